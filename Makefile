@@ -1,0 +1,66 @@
+# kata-cc entry points. `make demo` and `make test` are the two set-up commands on a fresh machine:
+# both install the host dependencies, build everything and bake the guest image first.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+CARGO ?= cargo
+TARGET := x86_64-unknown-linux-gnu
+RELEASE := target/$(TARGET)/release
+GUEST := build/guest
+CONFIG := build/configuration.toml
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+CONFDIR ?= /etc/kata-cc
+SHAREDIR ?= /usr/share/kata-cc
+DESTDIR ?=
+
+.PHONY: all deps build image demo test lint e2e install uninstall clean
+
+all: build
+
+deps:
+	bash hack/deps.sh
+
+build:
+	$(CARGO) build --release --workspace
+
+image: build
+	bash hack/bake-image.sh --agent $(RELEASE)/kata-cc-agent --out $(GUEST)
+
+demo: deps build image
+	bash hack/demo.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Unit tests and the end-to-end tests (real containerd, QEMU and guest). The e2e tests serialize
+# themselves (a lock in the harness); --test-threads=1 keeps their output readable too.
+e2e:
+	bash hack/test-image.sh
+	$(CARGO) test --release --workspace -- --test-threads=1
+
+test: deps build image lint e2e
+
+install:
+	@test -x $(RELEASE)/containerd-shim-kata-cc-v2 -a -x $(RELEASE)/kata-cc || { echo "install: run make build first" >&2; exit 1; }
+	@test -f $(GUEST)/manifest.json -a -f $(CONFIG) || { echo "install: run make image first" >&2; exit 1; }
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(CONFDIR) $(DESTDIR)$(SHAREDIR)
+	install -m 0755 $(RELEASE)/containerd-shim-kata-cc-v2 $(RELEASE)/kata-cc $(DESTDIR)$(BINDIR)/
+	install -m 0644 $(GUEST)/vmlinuz $(GUEST)/initrd.img $(GUEST)/rootfs.img $(GUEST)/cmdline $(GUEST)/manifest.json $(DESTDIR)$(SHAREDIR)/
+	@# The baked config names the build dir; the installed one names the installed guest files.
+	sed -e 's|$(CURDIR)/$(GUEST)/|$(SHAREDIR)/|g' $(CONFIG) > $(DESTDIR)$(CONFDIR)/configuration.toml.tmp
+	mv -f $(DESTDIR)$(CONFDIR)/configuration.toml.tmp $(DESTDIR)$(CONFDIR)/configuration.toml
+	chmod 0644 $(DESTDIR)$(CONFDIR)/configuration.toml
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/containerd-shim-kata-cc-v2 $(DESTDIR)$(BINDIR)/kata-cc
+	rm -f $(DESTDIR)$(CONFDIR)/configuration.toml
+	rm -rf $(DESTDIR)$(SHAREDIR)
+
+clean:
+	@# Private containerds of the demo or of interrupted tests: stopped by PID, mounts removed.
+	@find build -name containerd.pid 2>/dev/null | while read -r p; do bash hack/containerd.sh stop "$$(dirname "$$p")"; done
+	rm -rf build
+	$(CARGO) clean

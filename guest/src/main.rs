@@ -1,0 +1,84 @@
+//! kata-cc-agent: PID 1 of the kata-cc guest. Sets up the guest, reaps children, and serves the
+//! Kata agent API over ttrpc on vsock port 1024.
+
+mod container;
+mod copyfile;
+mod error;
+mod init;
+mod layers;
+mod logging;
+mod reaper;
+mod runc;
+mod server;
+mod spec;
+mod stats;
+mod stdio;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const DEFAULT_LISTEN: &str = "vsock://-1:1024";
+
+fn main() {
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        init::console();
+    }
+    logging::init();
+    if pid1 {
+        init::mount_filesystems();
+        init::setup_cgroups(std::path::Path::new(container::CGROUP_ROOT));
+        let _ = nix::unistd::sethostname("kata-cc");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fatal(pid1, &format!("starting the async runtime: {e}")),
+    };
+    if let Err(e) = rt.block_on(run()) {
+        fatal(pid1, &e);
+    }
+}
+
+fn fatal(pid1: bool, msg: &str) -> ! {
+    eprintln!("kata-cc-agent: fatal: {msg}");
+    if pid1 {
+        init::power_off();
+    }
+    std::process::exit(1);
+}
+
+async fn run() -> Result<(), String> {
+    // Start reaping before anything is spawned.
+    let _reaper = reaper::Reaper::global();
+    let listen = std::env::var("KATA_CC_AGENT_LISTEN").unwrap_or_else(|_| DEFAULT_LISTEN.into());
+    let containers_dir = PathBuf::from(
+        std::env::var("KATA_CC_CONTAINERS_DIR")
+            .unwrap_or_else(|_| container::CONTAINERS_DIR.into()),
+    );
+    let layers_dir = PathBuf::from(
+        std::env::var("KATA_CC_LAYERS_DIR").unwrap_or_else(|_| copyfile::LAYERS_DIR.into()),
+    );
+    for d in [&containers_dir, &layers_dir] {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    let sandbox = Arc::new(container::Sandbox::new(
+        runc::Runc::from_env(),
+        containers_dir,
+        layers_dir.clone(),
+    ));
+    let agent = server::Agent {
+        sandbox,
+        layers_dir,
+    };
+    let _server = server::serve(&listen, agent)
+        .await
+        .map_err(|e| format!("listening on {listen}: {e}"))?;
+    log::info!("kata-cc-agent {} listening on {listen}", server::VERSION);
+    // Serve until killed (as PID 1: until the VM is stopped by the host).
+    std::future::pending::<()>().await;
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Process stdio as the shim sees it: a stdin writer and stdout/stderr readers over pipes or a
+//! pty master. Output is pumped into a bounded queue: when the shim does not read, the process
+//! blocks on write (back-pressure) instead of data being dropped.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, Mutex};
+
+/// Chunks queued per output stream before the process is made to wait.
+const QUEUE_CHUNKS: usize = 64;
+const CHUNK: usize = 32 * 1024;
+
+/// A non-blocking fd driven by tokio (works for pipes and pty masters alike).
+pub struct AsyncFile {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl AsyncFile {
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(io::Error::from)?;
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+        // SAFETY: an OwnedFd is a valid open descriptor that stays the same until it is dropped
+        // together with the AsyncFd owning it.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        Ok(AsyncFile { fd })
+    }
+
+    pub fn raw(&self) -> i32 {
+        self.fd.get_ref().as_raw_fd()
+    }
+
+    /// Read some bytes; Ok(0) is end of file (EIO on a pty master whose slave side is gone too).
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard
+                .try_io(|inner| nix::unistd::read(inner.get_ref(), buf).map_err(io::Error::from))
+            {
+                Ok(Ok(n)) => return Ok(n),
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Write all of `data`.
+    pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            match guard
+                .try_io(|inner| nix::unistd::write(inner.get_ref(), data).map_err(io::Error::from))
+            {
+                Ok(Ok(n)) => data = &data[n..],
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One output stream (stdout or stderr) of a process.
+pub struct OutStream {
+    inner: Mutex<OutState>,
+}
+
+struct OutState {
+    rx: mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+}
+
+impl OutStream {
+    /// Start pumping `src` into a new stream.
+    pub fn pump(src: std::sync::Arc<AsyncFile>) -> OutStream {
+        let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match src.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("reading process output: {e}");
+                        break;
+                    }
+                }
+            }
+            // Dropping tx: the reader sees end of stream once the queue is drained.
+        });
+        OutStream {
+            inner: Mutex::new(OutState {
+                rx,
+                pending: Vec::new(),
+            }),
+        }
+    }
+
+    /// Up to `len` bytes; blocks until data is there; an empty result means end of stream.
+    pub async fn read(&self, len: usize) -> Vec<u8> {
+        let len = len.max(1);
+        let mut st = self.inner.lock().await;
+        if st.pending.is_empty() {
+            match st.rx.recv().await {
+                Some(chunk) => st.pending = chunk,
+                None => return Vec::new(),
+            }
+        }
+        if st.pending.len() <= len {
+            return std::mem::take(&mut st.pending);
+        }
+        let rest = st.pending.split_off(len);
+        std::mem::replace(&mut st.pending, rest)
+    }
+}
+
+/// What the agent keeps of one process's stdio.
+pub struct ProcessIo {
+    pub stdin: Mutex<Option<std::sync::Arc<AsyncFile>>>,
+    pub stdout: Option<OutStream>,
+    pub stderr: Option<OutStream>,
+    /// The pty master for terminal processes (resize target).
+    pub tty: Option<std::sync::Arc<AsyncFile>>,
+}
+
+impl ProcessIo {
+    pub fn from_pipes(stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<ProcessIo> {
+        let out = std::sync::Arc::new(AsyncFile::new(stdout)?);
+        let err = std::sync::Arc::new(AsyncFile::new(stderr)?);
+        Ok(ProcessIo {
+            stdin: Mutex::new(Some(std::sync::Arc::new(AsyncFile::new(stdin)?))),
+            stdout: Some(OutStream::pump(out)),
+            stderr: Some(OutStream::pump(err)),
+            tty: None,
+        })
+    }
+
+    pub fn from_pty(master: OwnedFd) -> io::Result<ProcessIo> {
+        let m = std::sync::Arc::new(AsyncFile::new(master)?);
+        Ok(ProcessIo {
+            stdin: Mutex::new(Some(m.clone())),
+            stdout: Some(OutStream::pump(m.clone())),
+            stderr: None,
+            tty: Some(m),
+        })
+    }
+
+    pub async fn write_stdin(&self, data: &[u8]) -> io::Result<usize> {
+        let w = self.stdin.lock().await.clone();
+        match w {
+            Some(w) => {
+                w.write_all(data).await?;
+                Ok(data.len())
+            }
+            None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "stdin is closed")),
+        }
+    }
+
+    /// Close stdin. For a terminal, send EOF (^D) instead: the master also carries the output.
+    pub async fn close_stdin(&self) -> io::Result<()> {
+        let w = self.stdin.lock().await.take();
+        if let (Some(w), Some(_)) = (w, &self.tty) {
+            w.write_all(&[4u8]).await?;
+        }
+        Ok(())
+    }
+
+    pub fn resize(&self, rows: u16, cols: u16) -> io::Result<()> {
+        let Some(tty) = &self.tty else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the process has no terminal",
+            ));
+        };
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize struct that lives across the call.
+        let rc = unsafe { libc::ioctl(tty.raw(), libc::TIOCSWINSZ, &ws) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// A pipe pair with close-on-exec set on both ends (the child's end is dup'ed onto 0/1/2).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_is_complete_in_order_and_ends_with_empty_read() {
+        let (r, w) = pipe().expect("pipe");
+        let out = OutStream::pump(std::sync::Arc::new(AsyncFile::new(r).expect("async")));
+        let total = 3 * 1024 * 1024 + 17;
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(w);
+            let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+            std::io::Write::write_all(&mut f, &data).expect("write");
+        });
+        let mut got = Vec::new();
+        loop {
+            let chunk = out.read(10_000).await;
+            assert!(chunk.len() <= 10_000);
+            if chunk.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&chunk);
+        }
+        writer.join().expect("writer");
+        assert_eq!(got.len(), total);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        assert!(out.read(10).await.is_empty());
+    }
+}

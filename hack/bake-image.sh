@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Bakes the kata-cc guest image: kernel, initrd and a dm-verity protected erofs rootfs.
+#
+#   hack/bake-image.sh [--agent PATH] [--out DIR] [--config PATH | --no-config] [--force]
+#
+# Output (DIR, default build/guest): vmlinuz, initrd.img, rootfs.img (erofs + verity hash tree),
+# cmdline, manifest.json; and the runtime config (default build/configuration.toml) from
+# hack/configuration.toml.in. Byte-reproducible: the same inputs give the same files and root hash.
+# Skips the work when the digest of every input matches the last bake in DIR.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HACK=$ROOT/hack
+AGENT=$ROOT/target/x86_64-unknown-linux-gnu/release/kata-cc-agent
+OUT=$ROOT/build/guest
+CONFIG=$ROOT/build/configuration.toml
+FORCE=0
+KERNEL_DIR=${KATA_CC_KERNEL_DIR:-/var/cache/kata-cc/kernel}
+KERNEL_SERIES=6.12
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
+# Fixed identities: the image bytes must not depend on when or where it was baked.
+EROFS_UUID=6b617461-6363-4000-8000-726f6f746673
+VERITY_UUID=6b617461-6363-4000-8000-766572697479
+BLOCK=4096
+BOOT_TIMEOUT=${KATA_CC_BOOT_TIMEOUT:-120}
+
+die() { echo "bake-image: $*" >&2; exit 1; }
+log() { echo "bake-image: $*" >&2; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --agent) [ $# -ge 2 ] || die "--agent needs a path"; AGENT=$2; shift 2 ;;
+    --out) [ $# -ge 2 ] || die "--out needs a directory"; OUT=$2; shift 2 ;;
+    --config) [ $# -ge 2 ] || die "--config needs a path"; CONFIG=$2; shift 2 ;;
+    --no-config) CONFIG=; shift ;;
+    --force) FORCE=1; shift ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+
+for tool in dpkg-deb depmod modinfo xz busybox cpio zstd mkfs.erofs veritysetup dmsetup ldd sha256sum jq; do
+  command -v "$tool" >/dev/null || die "'$tool' not found: run hack/deps.sh"
+done
+BUSYBOX=$(command -v busybox)
+! ldd "$BUSYBOX" >/dev/null 2>&1 || die "$BUSYBOX is dynamically linked: install busybox-static"
+RUNC=/usr/sbin/runc
+DMSETUP=$(command -v dmsetup)
+[ -x "$RUNC" ] || die "$RUNC not found: run hack/deps.sh"
+[ -f "$AGENT" ] || die "agent binary $AGENT not found (build it: cargo build --release -p kata-cc-guest, or pass --agent)"
+[ -x "$AGENT" ] || die "agent $AGENT is not executable"
+AGENT=$(cd "$(dirname "$AGENT")" && pwd)/$(basename "$AGENT")
+
+shopt -s nullglob
+debs=("$KERNEL_DIR"/linux-image-"$KERNEL_SERIES"*-cloud-amd64_*.deb)
+shopt -u nullglob
+[ ${#debs[@]} -ge 1 ] || die "no linux-image-${KERNEL_SERIES}*-cloud-amd64 .deb in $KERNEL_DIR: run hack/deps.sh"
+# Newest version wins if several were downloaded over time.
+KERNEL_DEB=$(printf '%s\n' "${debs[@]}" | sort -V | tail -n1)
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+# Shared libraries of a dynamic binary, as "/path" lines (the loader included).
+libs_of() {
+  ldd "$1" | awk '$2=="=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | LC_ALL=C sort -u
+}
+
+# ---- up-to-date check: a digest of every input ------------------------------------------------
+inputs() {
+  local f
+  {
+    echo "source_date_epoch $SOURCE_DATE_EPOCH"
+    echo "tools $(mkfs.erofs --help 2>&1 | head -n1) | $(veritysetup --version) | $(zstd --version) | $(cpio --version | head -n1)"
+    for f in "$KERNEL_DEB" "$AGENT" "$BUSYBOX" "$RUNC" "$DMSETUP" "$0" "$HACK/guest/init" "$HACK/configuration.toml.in"; do
+      printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
+    done
+    for f in $(libs_of "$RUNC") $(libs_of "$DMSETUP"); do
+      printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
+    done
+  }
+}
+INPUTS=$(inputs)
+
+outputs_intact() {
+  local f want got
+  [ -f "$OUT/manifest.json" ] && [ -f "$OUT/.inputs" ] || return 1
+  [ "$(cat "$OUT/.inputs")" = "$INPUTS" ] || return 1
+  for f in vmlinuz initrd.img rootfs.img; do
+    [ -f "$OUT/$f" ] || return 1
+    want=$(jq -r --arg f "$f" '.files[$f].sha256' "$OUT/manifest.json")
+    got=$(sha256sum <"$OUT/$f" | cut -d' ' -f1)
+    [ "$want" = "$got" ] || return 1
+  done
+}
+
+write_config() {
+  [ -n "$CONFIG" ] || return 0
+  local cmdline tmp
+  cmdline=$(cat "$OUT/cmdline")
+  mkdir -p "$(dirname "$CONFIG")"
+  tmp=$CONFIG.tmp.$$
+  sed -e "s|@QEMU@|/usr/bin/qemu-system-x86_64|g" \
+      -e "s|@KERNEL@|$OUT/vmlinuz|g" \
+      -e "s|@INITRD@|$OUT/initrd.img|g" \
+      -e "s|@IMAGE@|$OUT/rootfs.img|g" \
+      -e "s|@KERNEL_PARAMS@|$cmdline|g" \
+      -e "s|@BOOT_TIMEOUT@|$BOOT_TIMEOUT|g" \
+      "$HACK/configuration.toml.in" >"$tmp"
+  mv -f "$tmp" "$CONFIG"
+  log "wrote $CONFIG"
+}
+
+if [ "$FORCE" = 0 ] && outputs_intact; then
+  log "up to date: $OUT (root hash $(jq -r .rootfs.root_hash "$OUT/manifest.json"))"
+  write_config
+  exit 0
+fi
+
+WORK=$(mktemp -d "$OUT/.work.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+# ---- kernel -------------------------------------------------------------------------------------
+log "kernel from $(basename "$KERNEL_DEB")"
+KROOT=$WORK/kernel
+dpkg-deb -x "$KERNEL_DEB" "$KROOT"
+KVER=$(ls "$KROOT/lib/modules")
+[ "$(echo "$KVER" | wc -l)" = 1 ] || die "expected one kernel in $KERNEL_DEB, found: $KVER"
+[ -f "$KROOT/boot/vmlinuz-$KVER" ] || die "$KERNEL_DEB has no boot/vmlinuz-$KVER"
+# The package ships no modules.dep; build it in the extracted tree only.
+depmod -b "$KROOT" "$KVER"
+
+# Modules in dependency order. "required" ones stop the boot if they fail to load; the
+# confidential-computing ones only load on a machine that has the hardware.
+REQUIRED_MODULES=(virtio_blk dm-verity erofs vmw_vsock_virtio_transport overlay)
+OPTIONAL_MODULES=(configfs tsm sev-guest virtio-rng)
+declare -A SEEN=()
+MOD_ORDER=()
+MOD_FILES=()
+add_module() {
+  local name=$1 need=$2 file dep
+  file=$(modinfo -b "$KROOT" -k "$KVER" -F filename "$name" 2>/dev/null) || file=
+  if [ -z "$file" ]; then
+    [ "$need" = required ] && die "kernel $KVER has no module '$name'"
+    log "optional module $name not in kernel $KVER, skipped"
+    return 0
+  fi
+  [ "$file" = "(builtin)" ] && return 0
+  local base
+  base=$(basename "$file"); base=${base%%.ko*}
+  [ -z "${SEEN[$base]:-}" ] || return 0
+  SEEN[$base]=1
+  for dep in $(modinfo -b "$KROOT" -k "$KVER" -F depends "$name" | tr ',' ' '); do
+    add_module "$dep" "$need"
+  done
+  MOD_ORDER+=("$base $need")
+  MOD_FILES+=("$file")
+}
+for m in "${REQUIRED_MODULES[@]}"; do add_module "$m" required; done
+for m in "${OPTIONAL_MODULES[@]}"; do add_module "$m" optional; done
+
+# ---- initrd -------------------------------------------------------------------------------------
+IR=$WORK/initrd
+mkdir -p "$IR"/{bin,sbin,proc,sys,dev,run,tmp,newroot,etc/kata-cc,lib/modules}
+install -m 0755 "$HACK/guest/init" "$IR/init"
+install -m 0755 "$BUSYBOX" "$IR/bin/busybox"
+for a in $("$BUSYBOX" --list | LC_ALL=C sort); do
+  [ "$a" = busybox ] || ln -s busybox "$IR/bin/$a"
+done
+# dmsetup and its libraries at the paths the loader looks for them.
+install -D -m 0755 "$DMSETUP" "$IR/sbin/dmsetup"
+for lib in $(libs_of "$DMSETUP"); do install -D -m 0755 "$(readlink -f "$lib")" "$IR$lib"; done
+# Modules are stored uncompressed: busybox insmod needs no xz support, and the initrd as a whole
+# is compressed anyway.
+for f in "${MOD_FILES[@]}"; do
+  base=$(basename "$f"); base=${base%%.ko*}
+  case "$f" in
+    *.ko.xz) xz -dc "$f" >"$IR/lib/modules/$base.ko" ;;
+    *.ko.zst) zstd -qdc "$f" >"$IR/lib/modules/$base.ko" ;;
+    *.ko) cp "$f" "$IR/lib/modules/$base.ko" ;;
+    *) die "unexpected module file $f" ;;
+  esac
+done
+printf '%s\n' "${MOD_ORDER[@]}" >"$IR/etc/kata-cc/modules"
+echo "$KVER" >"$IR/etc/kata-cc/kernel-release"
+
+# Reproducible cpio: sorted names, owner 0, one fixed mtime, sequential inode numbers.
+make_cpio() { # dir out
+  local dir=$1 out=$2
+  find "$dir" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  (cd "$dir" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
+    cpio --quiet -o -H newc -R 0:0 --reproducible) >"$out"
+}
+make_cpio "$IR" "$WORK/initrd.cpio"
+# No /dev/console entry: the kernel's built-in initramfs (INITRAMFS_SOURCE="") provides it, and
+# writing a device node would need privileges and make the bytes depend on the build host.
+zstd -q -19 -T1 --no-progress -c "$WORK/initrd.cpio" >"$WORK/initrd.img"
+
+# ---- rootfs -------------------------------------------------------------------------------------
+RF=$WORK/rootfs
+mkdir -p "$RF"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,root,var,etc/kata-cc}
+install -m 0755 "$AGENT" "$RF/sbin/kata-cc-agent"
+install -m 0755 "$RUNC" "$RF/usr/sbin/runc"
+ln -s ../sbin/runc "$RF/usr/bin/runc"
+for lib in $(libs_of "$RUNC"); do install -D -m 0755 "$(readlink -f "$lib")" "$RF$lib"; done
+install -m 0755 "$BUSYBOX" "$RF/bin/busybox"
+for a in sh ash cat ls ps mount umount dmesg grep sed awk head tail sleep echo ip free df du find \
+         mkdir rm cp mv ln chmod touch uname id env wc stat readlink kill xargs top poweroff reboot \
+         sync hexdump od sha256sum nc vi less; do
+  ln -s busybox "$RF/bin/$a"
+done
+ln -s ../run "$RF/var/run"
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$RF/etc/passwd"
+printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' >"$RF/etc/group"
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' >"$RF/etc/hosts"
+echo "$KVER" >"$RF/etc/kata-cc/kernel-release"
+find "$RF" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+
+IMG=$WORK/rootfs.img
+mkfs.erofs --quiet -T"$SOURCE_DATE_EPOCH" -U"$EROFS_UUID" --all-root -x-1 "$IMG" "$RF" >/dev/null
+DATA_SIZE=$(stat -c %s "$IMG")
+[ $((DATA_SIZE % BLOCK)) = 0 ] || die "erofs image size $DATA_SIZE is not a multiple of $BLOCK"
+# The salt is derived from the data so that it is fixed for fixed inputs but differs per image.
+SALT=$(sha256sum <"$IMG" | cut -d' ' -f1)
+VFORMAT=$(veritysetup format --data-block-size=$BLOCK --hash-block-size=$BLOCK --hash=sha256 \
+  --hash-offset="$DATA_SIZE" --data-blocks=$((DATA_SIZE / BLOCK)) \
+  --salt="$SALT" --uuid="$VERITY_UUID" "$IMG" "$IMG")
+ROOT_HASH=$(echo "$VFORMAT" | awk -F: '/^Root hash:/ {gsub(/[ \t]/, "", $2); print $2}')
+[ ${#ROOT_HASH} = 64 ] || die "could not read the root hash from veritysetup: $VFORMAT"
+# Cross-check the whole tree in userspace before anything boots from it.
+veritysetup verify --hash-offset="$DATA_SIZE" --data-blocks=$((DATA_SIZE / BLOCK)) \
+  "$IMG" "$IMG" "$ROOT_HASH" || die "veritysetup verify of the fresh image failed"
+
+# ---- command line, manifest ---------------------------------------------------------------------
+# Kept short: console on the serial port, never hang (panic=1, reboot=k so QEMU -no-reboot exits),
+# skip probes that only cost time under emulation, and the verity parameters for the init.
+CMDLINE="console=ttyS0 quiet panic=1 panic_on_oops=1 reboot=k tsc=reliable no_timer_check \
+noreplace-smp cryptomgr.notests 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd \
+rcupdate.rcu_expedited=1 random.trust_cpu=on \
+kata_cc.roothash=$ROOT_HASH kata_cc.salt=$SALT kata_cc.hashoffset=$DATA_SIZE"
+echo "$CMDLINE" >"$WORK/cmdline"
+
+cp "$KROOT/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
+sha() { sha256sum <"$1" | cut -d' ' -f1; }
+jq -n --sort-keys \
+  --arg kver "$KVER" --arg deb "$(basename "$KERNEL_DEB")" --arg debsha "$(sha "$KERNEL_DEB")" \
+  --arg vmlinuz "$(sha "$WORK/vmlinuz")" --arg vsize "$(stat -c %s "$WORK/vmlinuz")" \
+  --arg initrd "$(sha "$WORK/initrd.img")" --arg isize "$(stat -c %s "$WORK/initrd.img")" \
+  --arg rootfs "$(sha "$IMG")" --arg rsize "$(stat -c %s "$IMG")" \
+  --arg roothash "$ROOT_HASH" --arg salt "$SALT" --arg hoff "$DATA_SIZE" \
+  --arg cmdline "$CMDLINE" --arg agent "$(sha "$AGENT")" --arg runc "$(sha "$RUNC")" \
+  --arg runcver "$("$RUNC" --version | head -n1)" --arg busybox "$(sha "$BUSYBOX")" \
+  --arg dmsetup "$(sha "$DMSETUP")" --arg sde "$SOURCE_DATE_EPOCH" \
+  --arg mods "$(printf '%s\n' "${MOD_ORDER[@]}")" \
+  '{
+    format: 1,
+    kernel: {version: $kver, package: $deb, package_sha256: $debsha},
+    files: {
+      "vmlinuz": {sha256: $vmlinuz, size: ($vsize|tonumber)},
+      "initrd.img": {sha256: $initrd, size: ($isize|tonumber)},
+      "rootfs.img": {sha256: $rootfs, size: ($rsize|tonumber)}
+    },
+    rootfs: {
+      filesystem: "erofs",
+      verity: "dm-verity v1, sha256, 4096-byte data and hash blocks, superblock at hash_offset",
+      root_hash: $roothash, salt: $salt,
+      hash_offset: ($hoff|tonumber), data_blocks: (($hoff|tonumber) / 4096)
+    },
+    cmdline: $cmdline,
+    initrd_modules: ($mods | split("\n") | map(select(. != "") | split(" ") | {name: .[0], need: .[1]})),
+    inputs: {
+      agent_sha256: $agent, runc_sha256: $runc, runc_version: $runcver,
+      busybox_sha256: $busybox, dmsetup_sha256: $dmsetup, source_date_epoch: ($sde|tonumber)
+    },
+    snp_measurement: {computed: false, reason: "not implemented yet: needs the SEV OVMF build and the sev crate measurement (planned in the kata-cc tool)"}
+  }' >"$WORK/manifest.json"
+
+for f in vmlinuz initrd.img rootfs.img cmdline manifest.json; do mv -f "$WORK/$f" "$OUT/$f"; done
+echo "$INPUTS" >"$OUT/.inputs"
+log "baked $OUT: kernel $KVER, root hash $ROOT_HASH"
+write_config

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Installs every host dependency kata-cc needs. Idempotent and quick when all is present.
+# The backports suite is added by reusing the URI of the machine's own Debian source.
+set -euo pipefail
+
+VHOST_DEVICE_VSOCK_VERSION=0.3.0
+KERNEL_SERIES=6.12
+need_root() { [ "$(id -u)" = 0 ] || { echo "deps.sh: must run as root (apt-get)" >&2; exit 1; }; }
+log() { echo "deps: $*"; }
+
+have_pkgs() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || return 1
+  done
+}
+
+# Finds the URI of the existing Debian main archive (the source that carries "bookworm").
+debian_uri() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk '
+      /^URIs:/ { uri=$2 }
+      /^Suites:/ { for (i=2;i<=NF;i++) if ($i=="bookworm") hit=1 }
+      /^$/ { if (hit && uri) { print uri; exit } uri=""; hit=0 }
+      END { if (hit && uri) print uri }' "$f"
+  done | head -n1
+  [ -f /etc/apt/sources.list ] && awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list || true
+}
+
+add_backports() {
+  local list=/etc/apt/sources.list.d/kata-cc-backports.sources
+  [ -f "$list" ] && return 0
+  local uri
+  uri=$(debian_uri | head -n1)
+  [ -n "$uri" ] || { echo "deps.sh: no existing Debian bookworm apt source found to derive backports from" >&2; exit 1; }
+  log "adding bookworm-backports from $uri"
+  cat >"$list" <<SRC
+Types: deb
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  APT_UPDATED=0
+}
+
+APT_UPDATED=1
+need_root
+export DEBIAN_FRONTEND=noninteractive
+
+BASE_PKGS=(containerd runc busybox-static cpio erofs-utils e2fsprogs cryptsetup-bin kmod dmsetup
+           protobuf-compiler socat jq python3 zstd)
+qemu_ok() {
+  command -v qemu-system-x86_64 >/dev/null || return 1
+  local v
+  v=$(qemu-system-x86_64 --version | awk 'NR==1{print $4}')
+  [ "$(printf '%s\n9.1\n' "$v" | sort -V | head -n1)" = 9.1 ]
+}
+
+add_backports
+if ! have_pkgs "${BASE_PKGS[@]}" || ! qemu_ok; then
+  if [ "$APT_UPDATED" = 0 ] || [ ! -f /var/lib/apt/lists/lock ] || ! apt-cache policy qemu-system-x86 | grep -q backports; then
+    apt-get update -qq
+  fi
+  log "installing ${BASE_PKGS[*]} qemu-system-x86 (backports)"
+  apt-get install -y -qq --no-install-recommends "${BASE_PKGS[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-system-data ovmf >/dev/null
+fi
+qemu_ok || { echo "deps.sh: qemu-system-x86_64 >= 9.1 is required, found $(qemu-system-x86_64 --version | head -n1)" >&2; exit 1; }
+
+# vhost-device-vsock: the vsock backend when /dev/vhost-vsock is absent.
+if ! command -v vhost-device-vsock >/dev/null || ! vhost-device-vsock --version 2>/dev/null | grep -q "$VHOST_DEVICE_VSOCK_VERSION"; then
+  log "cargo install vhost-device-vsock $VHOST_DEVICE_VSOCK_VERSION"
+  cargo install --locked --quiet --version "$VHOST_DEVICE_VSOCK_VERSION" vhost-device-vsock
+  install -m 0755 "$HOME/.cargo/bin/vhost-device-vsock" /usr/local/bin/vhost-device-vsock
+fi
+
+# The guest kernel: Debian's cloud kernel from backports, downloaded (not installed) into the build dir.
+BUILD=${BUILD:-$(cd "$(dirname "$0")/.." && pwd)/build}
+KDIR=${KATA_CC_KERNEL_DIR:-/var/cache/kata-cc/kernel}
+mkdir -p "$KDIR"
+if ! ls "$KDIR"/linux-image-${KERNEL_SERIES}*-cloud-amd64_*.deb >/dev/null 2>&1; then
+  pkg=$(apt-cache depends -t bookworm-backports linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  if [ -z "$pkg" ]; then apt-get update -qq; pkg=$(apt-cache depends -t bookworm-backports linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); fi
+  case "$pkg" in linux-image-${KERNEL_SERIES}*) ;; *) echo "deps.sh: backports cloud kernel is '$pkg', expected ${KERNEL_SERIES}" >&2; exit 1;; esac
+  log "downloading $pkg"
+  # apt drops privileges to _apt for downloads: let it write there.
+  chown _apt "$KDIR" 2>/dev/null || true
+  (cd "$KDIR" && apt-get download -qq "$pkg")
+fi
+log "ok"

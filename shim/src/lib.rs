@@ -1,0 +1,11 @@
+//! kata-cc host side: the containerd shim (`containerd-shim-kata-cc-v2`) and the `kata-cc` tool.
+
+// VM side (config, sizing, QEMU, vsock backend, agent connection).
+pub mod agent;
+pub mod config;
+pub mod sizing;
+pub mod vm;
+
+// containerd side (task service, containers, stdio, images).
+pub mod image;
+pub mod service;

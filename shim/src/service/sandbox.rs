@@ -1,0 +1,269 @@
+//! One pod's utility VM as the task service sees it: the VM, the agent connection, the layers
+//! already copied into the guest, and a flag that flips when QEMU is gone.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_proto::agent::{CopyFileRequest, CreateSandboxRequest};
+use tokio::sync::{watch, Mutex};
+
+use crate::agent::{context, AgentClient};
+use crate::config::Config;
+use crate::image::{digest_hex, ImageStore, Layer};
+use crate::sizing::size_for;
+use crate::vm::{Vm, VmSpec};
+
+/// Largest CopyFile payload (the ttrpc default message limit is 4 MiB).
+pub const COPY_CHUNK: usize = 1 << 20;
+/// Guest directory the layer blobs are copied to (guest tmpfs).
+pub const GUEST_LAYER_DIR: &str = "/run/kata-cc/layers";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("sizing the VM: {0}")]
+    Sizing(#[from] crate::sizing::SizingError),
+    #[error("{0}")]
+    Vm(#[from] crate::vm::VmError),
+    #[error("agent {rpc}: {source}")]
+    Agent {
+        rpc: &'static str,
+        source: ttrpc::Error,
+    },
+    #[error("{0}")]
+    Image(#[from] crate::image::ImageError),
+    #[error("copy layer {digest} to the guest: {source}")]
+    CopyLayer {
+        digest: String,
+        source: ttrpc::Error,
+    },
+    #[error("layer {digest}: containerd sent {got} bytes, manifest says {want}")]
+    LayerSize { digest: String, got: i64, want: i64 },
+}
+
+pub struct Sandbox {
+    pub id: String,
+    pub agent: AgentClient,
+    pub rpc_timeout: Duration,
+    vm: Mutex<Option<Vm>>,
+    qemu_pid: u32,
+    dead: watch::Receiver<bool>,
+    stopping: AtomicBool,
+    /// Held from a container's first layer copy until its CreateContainer returned: two
+    /// containers of a pod may share a blob path, which the agent consumes.
+    pub layer_lock: Mutex<()>,
+}
+
+impl Sandbox {
+    /// Size and boot the VM for a pod, then announce the sandbox to the agent. Nothing is left
+    /// running when this fails.
+    pub async fn start(
+        cfg: &Config,
+        id: &str,
+        hostname: &str,
+        annotations: &HashMap<String, String>,
+        resources: Option<&oci_spec::runtime::LinuxResources>,
+        rpc_timeout: Duration,
+    ) -> Result<Arc<Sandbox>, SandboxError> {
+        let size = size_for(cfg.hypervisor.qemu.default_memory, annotations, resources)?;
+        log::info!(
+            "sandbox {id}: starting VM with {} MiB, {} vCPUs",
+            size.memory_mib,
+            size.vcpus
+        );
+        let state_dir = cfg.runtime.state_root.join(id);
+        let mut vm = Vm::start(
+            cfg,
+            VmSpec {
+                id: id.to_string(),
+                size,
+                state_dir,
+            },
+        )
+        .await?;
+        let agent = match vm.agent().await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = vm.stop().await;
+                return Err(e.into());
+            }
+        };
+        let req = CreateSandboxRequest {
+            hostname: hostname.to_string(),
+            sandbox_id: id.to_string(),
+            ..Default::default()
+        };
+        if let Err(source) = agent.agent.create_sandbox(context(rpc_timeout), &req).await {
+            let _ = vm.stop().await;
+            return Err(SandboxError::Agent {
+                rpc: "CreateSandbox",
+                source,
+            });
+        }
+        log::info!(
+            "sandbox {id}: VM up in {:?} ({:?})",
+            vm.boot_time(),
+            vm.accel()
+        );
+        let (dead_tx, dead_rx) = watch::channel(false);
+        let exited = vm.wait_exited();
+        let sandbox = Arc::new(Sandbox {
+            id: id.to_string(),
+            agent,
+            rpc_timeout,
+            qemu_pid: vm.qemu_pid().map_or(0, |p| p as u32),
+            vm: Mutex::new(Some(vm)),
+            dead: dead_rx,
+            stopping: AtomicBool::new(false),
+            layer_lock: Mutex::new(()),
+        });
+        let weak = Arc::downgrade(&sandbox);
+        tokio::spawn(async move {
+            let exit = exited.await;
+            let _ = dead_tx.send(true);
+            if let Some(sb) = weak.upgrade() {
+                if !sb.stopping.load(Ordering::SeqCst) {
+                    log::error!(
+                        "sandbox {}: QEMU exited unexpectedly ({exit}); marking its processes exited",
+                        sb.id
+                    );
+                    // Give the process waiters a moment to record exits, then clean up the
+                    // backend and the state dir.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    sb.stop().await;
+                }
+            }
+        });
+        Ok(sandbox)
+    }
+
+    /// The PID reported to containerd for the pod's processes (QEMU's: the process that
+    /// actually carries the workload on this host).
+    pub fn pid(&self) -> u32 {
+        if self.qemu_pid != 0 {
+            self.qemu_pid
+        } else {
+            std::process::id()
+        }
+    }
+
+    pub fn dead(&self) -> watch::Receiver<bool> {
+        self.dead.clone()
+    }
+
+    pub fn is_dead(&self) -> bool {
+        *self.dead.borrow()
+    }
+
+    /// Stop QEMU and the vsock backend and remove the state dir. Idempotent.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let mut vm = self.vm.lock().await;
+        if let Some(mut v) = vm.take() {
+            log::info!("sandbox {}: stopping VM", self.id);
+            if let Err(e) = v.stop().await {
+                log::error!("sandbox {}: stopping VM: {e}", self.id);
+            }
+        }
+    }
+
+    /// Guest path of a layer blob.
+    pub fn guest_layer_path(digest: &str) -> String {
+        format!("{GUEST_LAYER_DIR}/{}", digest_hex(digest))
+    }
+
+    /// Copy a container's layer blobs to the guest, streaming from containerd's content store
+    /// in <= 1 MiB CopyFile chunks. Sent for every container: the agent consumes a blob when it
+    /// unpacks it (guest memory is the scarce resource), so nothing is cached across containers.
+    pub async fn send_layers(
+        &self,
+        store: &ImageStore,
+        layers: &[Layer],
+    ) -> Result<(), SandboxError> {
+        for layer in layers {
+            self.send_layer(store, layer).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_layer(&self, store: &ImageStore, layer: &Layer) -> Result<(), SandboxError> {
+        let path = Self::guest_layer_path(&layer.digest);
+        let started = std::time::Instant::now();
+        let mut reader = store.open(&layer.digest).await?;
+        let mut offset: i64 = 0;
+        let mut buf: Vec<u8> = Vec::with_capacity(COPY_CHUNK);
+        let copy = |offset: i64, data: Vec<u8>| {
+            let req = CopyFileRequest {
+                path: path.clone(),
+                file_size: layer.size,
+                file_mode: 0o644,
+                dir_mode: 0o755,
+                uid: 0,
+                gid: 0,
+                offset,
+                data,
+                ..Default::default()
+            };
+            let agent = self.agent.agent.clone();
+            let timeout = self.rpc_timeout;
+            let digest = layer.digest.clone();
+            async move {
+                agent
+                    .copy_file(context(timeout), &req)
+                    .await
+                    .map_err(|source| SandboxError::CopyLayer { digest, source })
+            }
+        };
+        loop {
+            let chunk = reader.next_chunk().await?;
+            let done = chunk.is_none();
+            if let Some(c) = chunk {
+                let mut c = &c[..];
+                while !c.is_empty() {
+                    let take = (COPY_CHUNK - buf.len()).min(c.len());
+                    buf.extend_from_slice(&c[..take]);
+                    c = &c[take..];
+                    if buf.len() == COPY_CHUNK {
+                        let data = std::mem::replace(&mut buf, Vec::with_capacity(COPY_CHUNK));
+                        let n = data.len() as i64;
+                        if offset + n > layer.size {
+                            return Err(SandboxError::LayerSize {
+                                digest: layer.digest.clone(),
+                                got: offset + n,
+                                want: layer.size,
+                            });
+                        }
+                        copy(offset, data).await?;
+                        offset += n;
+                    }
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        let n = buf.len() as i64;
+        if offset + n != layer.size {
+            return Err(SandboxError::LayerSize {
+                digest: layer.digest.clone(),
+                got: offset + n,
+                want: layer.size,
+            });
+        }
+        // The final (possibly empty) chunk completes the file in the guest.
+        if n > 0 || offset == 0 {
+            copy(offset, buf).await?;
+        }
+        log::info!(
+            "sandbox {}: layer {} ({} bytes) copied to the guest in {:?}",
+            self.id,
+            layer.digest,
+            layer.size,
+            started.elapsed()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,663 @@
+//! The utility VM: QEMU plus (without `/dev/vhost-vsock`) the vhost-user vsock backend, the
+//! sandbox state dir, and the agent connection. One `Vm` owns everything it starts; dropping it
+//! kills both processes by PID and removes the state dir.
+
+pub mod accel;
+pub mod console;
+pub mod process;
+pub mod qemu;
+pub mod qmp;
+pub mod vsock_backend;
+
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::agent::{self, AgentClient, AgentConnectError, AGENT_VSOCK_PORT};
+use crate::config::{Config, ConfigError};
+use crate::sizing::VmSize;
+use accel::Accel;
+use process::OwnedProcess;
+pub use process::ProcessExit;
+use qemu::{QemuLaunch, VsockDevice};
+use vsock_backend::{BackendError, VsockBackend};
+
+/// How QEMU ended.
+pub type VmExit = ProcessExit;
+
+/// Console lines quoted in errors.
+const CONSOLE_LINES: usize = 20;
+/// Bound on waiting for the backend's vhost-user socket.
+const BACKEND_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one Health.Check call during boot.
+const HEALTH_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on QMP connect/quit.
+const QMP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest unix socket path (sun_path without the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+pub struct VmSpec {
+    pub id: String,
+    pub size: VmSize,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "SEV-SNP launch is not implemented yet (hypervisor.qemu.confidential_guest = true in {0})"
+    )]
+    ConfidentialNotImplemented(PathBuf),
+    #[error("invalid sandbox id {0:?}: must be non-empty, without '/', not . or ..")]
+    BadId(String),
+    #[error("sandbox state dir {0} already exists")]
+    StateDirExists(PathBuf),
+    #[error("cannot create sandbox state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "socket path {0} is longer than {MAX_SOCKET_PATH} bytes; use a shorter runtime.state_root"
+    )]
+    SocketPathTooLong(PathBuf),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("cannot start QEMU {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("VM {id}: QEMU exited ({exit}) before the agent answered; guest console: {}{}",
+        .console.join(" | "),
+        if .qemu_log.is_empty() { String::new() } else { format!("; QEMU: {}", .qemu_log.join(" | ")) })]
+    BootFailed {
+        id: String,
+        exit: String,
+        console: Vec<String>,
+        qemu_log: Vec<String>,
+    },
+    #[error("VM {id}: the agent did not answer within {timeout:?} (hypervisor.qemu.boot_timeout; last error: {last}); guest console: {}",
+        .console.join(" | "))]
+    BootTimeout {
+        id: String,
+        timeout: Duration,
+        last: String,
+        console: Vec<String>,
+    },
+    #[error(transparent)]
+    Agent(#[from] AgentConnectError),
+    #[error("VM {id} is not running (QEMU {exit})")]
+    NotRunning { id: String, exit: String },
+    #[error("VM {id}: QEMU (pid {pid}) did not exit after SIGKILL")]
+    Unkillable { id: String, pid: i32 },
+}
+
+/// How the host reaches the agent.
+#[derive(Debug, Clone)]
+enum AgentChannel {
+    Hybrid { uds: PathBuf },
+    Vsock { cid: u32 },
+}
+
+pub struct Vm {
+    id: String,
+    state_dir: PathBuf,
+    qemu: Option<OwnedProcess>,
+    backend: Option<VsockBackend>,
+    qemu_exit: watch::Receiver<Option<ProcessExit>>,
+    channel: AgentChannel,
+    dial_timeout: Duration,
+    shutdown_timeout: Duration,
+    boot_time: Duration,
+    accel: Accel,
+}
+
+/// Removes the state dir unless disarmed (on every early return of `start`).
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            remove_state_dir(&d);
+        }
+    }
+}
+
+fn remove_state_dir(d: &Path) {
+    match std::fs::remove_dir_all(d) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::error!("cannot remove state dir {}: {e}", d.display()),
+    }
+}
+
+fn check_socket_path(p: &Path) -> Result<(), VmError> {
+    if p.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(VmError::SocketPathTooLong(p.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Kernel vhost-vsock when the device is usable (and not overridden), else the vhost-user backend.
+fn kernel_vsock_usable(cfg: &Config) -> bool {
+    if cfg.hypervisor.qemu.force_vhost_user_vsock {
+        return false;
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/vhost-vsock")
+        .is_ok()
+}
+
+/// A guest CID for kernel vsock: CIDs are host-global, so derive one from the sandbox id and PID.
+fn guest_cid_for(id: &str) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    std::process::id().hash(&mut h);
+    3 + (h.finish() % 0x7fff_0000) as u32
+}
+
+impl Vm {
+    /// Creates the state dir, starts the vsock backend and QEMU, and waits until the agent answers
+    /// Health.Check. On any failure everything started is killed and the state dir removed.
+    pub async fn start(cfg: &Config, spec: VmSpec) -> Result<Vm, VmError> {
+        let q = &cfg.hypervisor.qemu;
+        if q.confidential_guest {
+            return Err(VmError::ConfidentialNotImplemented(cfg.source.clone()));
+        }
+        if spec.id.is_empty() || spec.id.contains('/') || spec.id == "." || spec.id == ".." {
+            return Err(VmError::BadId(spec.id));
+        }
+        cfg.check_paths()?;
+        let use_kernel_vsock = kernel_vsock_usable(cfg);
+        if !use_kernel_vsock {
+            cfg.check_vsock_backend()?;
+        }
+        let sd = spec.state_dir.clone();
+        for name in [
+            qemu::QMP_SOCK,
+            qemu::VHOST_USER_SOCK,
+            qemu::HYBRID_VSOCK_SOCK,
+        ] {
+            check_socket_path(&sd.join(name))?;
+        }
+        if sd.exists() {
+            return Err(VmError::StateDirExists(sd));
+        }
+        if let Some(parent) = sd.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| VmError::StateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o750)
+            .create(&sd)
+            .map_err(|source| VmError::StateDir {
+                path: sd.clone(),
+                source,
+            })?;
+        let mut dir_guard = DirGuard(Some(sd.clone()));
+        let started = Instant::now();
+
+        let (backend, vsock, channel) = if use_kernel_vsock {
+            let cid = guest_cid_for(&spec.id);
+            log::info!("vsock: kernel vhost-vsock, guest cid {cid}");
+            (
+                None,
+                VsockDevice::Kernel { guest_cid: cid },
+                AgentChannel::Vsock { cid },
+            )
+        } else {
+            let vhost = sd.join(qemu::VHOST_USER_SOCK);
+            let uds = sd.join(qemu::HYBRID_VSOCK_SOCK);
+            log::info!(
+                "vsock: vhost-user backend {} (no usable /dev/vhost-vsock)",
+                q.vsock_backend.display()
+            );
+            let b = VsockBackend::start(
+                &q.vsock_backend,
+                &vhost,
+                &uds,
+                &sd.join(qemu::BACKEND_LOG),
+                BACKEND_SOCKET_TIMEOUT,
+            )
+            .await?;
+            (
+                Some(b),
+                VsockDevice::VhostUser { socket: vhost },
+                AgentChannel::Hybrid { uds },
+            )
+        };
+
+        let accel = accel::choose(q.accel, &q.path).await;
+        let args = qemu::qemu_args(&QemuLaunch {
+            id: &spec.id,
+            qemu: q,
+            size: spec.size,
+            accel,
+            vsock,
+            state_dir: &sd,
+        });
+        log::info!("starting {} {}", q.path.display(), args.join(" "));
+        let mut cmd = Command::new(&q.path);
+        cmd.args(&args);
+        let qemu_proc =
+            OwnedProcess::spawn("qemu", cmd, &sd.join(qemu::QEMU_LOG)).map_err(|source| {
+                VmError::Spawn {
+                    path: q.path.clone(),
+                    source,
+                }
+            })?;
+        let qemu_exit = qemu_proc.exit_watch();
+
+        let mut vm = Vm {
+            id: spec.id.clone(),
+            state_dir: sd.clone(),
+            qemu: Some(qemu_proc),
+            backend,
+            qemu_exit,
+            channel,
+            dial_timeout: cfg.agent.kata.dial_timeout(),
+            shutdown_timeout: q.shutdown_timeout(),
+            boot_time: Duration::ZERO,
+            accel,
+        };
+        // From here on `vm`'s Drop cleans up (processes first, then the dir).
+        dir_guard.0 = None;
+
+        let boot_timeout = q.boot_timeout();
+        match vm.wait_for_agent(started + boot_timeout).await {
+            Ok(()) => {
+                vm.boot_time = started.elapsed();
+                log::info!(
+                    "VM {} ready in {:.1} s ({}, {} vCPUs, {} MiB)",
+                    vm.id,
+                    vm.boot_time.as_secs_f64(),
+                    accel.as_qemu(),
+                    spec.size.vcpus,
+                    spec.size.memory_mib
+                );
+                Ok(vm)
+            }
+            Err(last) => {
+                let exited = vm.qemu.as_ref().and_then(|p| p.exit());
+                // Kill first so the console log is complete and nothing outlives the error.
+                vm.kill_all();
+                let console = console::relevant_lines_of(&vm.console_log(), CONSOLE_LINES);
+                let err = match exited {
+                    Some(exit) => VmError::BootFailed {
+                        id: vm.id.clone(),
+                        exit: exit.to_string(),
+                        console,
+                        qemu_log: console::relevant_lines_of(
+                            &sd.join(qemu::QEMU_LOG),
+                            CONSOLE_LINES,
+                        ),
+                    },
+                    None => VmError::BootTimeout {
+                        id: vm.id.clone(),
+                        timeout: boot_timeout,
+                        last,
+                        console,
+                    },
+                };
+                log::error!("{err}");
+                drop(vm);
+                Err(err)
+            }
+        }
+    }
+
+    /// Polls Health.Check until it answers, QEMU exits, or `deadline` passes. Err = why not.
+    async fn wait_for_agent(&self, deadline: Instant) -> Result<(), String> {
+        let exited = self.wait_exited();
+        let probe = async {
+            let mut last = String::from("none");
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(last);
+                }
+                match self.connect(left.min(self.dial_timeout)).await {
+                    Ok(c) => {
+                        let ctx = agent::context(HEALTH_CALL_TIMEOUT.min(left));
+                        let req = agent_proto::health::CheckRequest::new();
+                        match c.health.check(ctx, &req).await {
+                            Ok(_) => return Ok(()),
+                            Err(e) => last = format!("Health.Check: {e}"),
+                        }
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            e = exited => Err(format!("QEMU exited ({e})")),
+            r = probe => r,
+        }
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<AgentClient, AgentConnectError> {
+        let client = match &self.channel {
+            AgentChannel::Hybrid { uds } => {
+                agent::connect_hybrid_vsock(uds, AGENT_VSOCK_PORT, timeout).await?
+            }
+            AgentChannel::Vsock { cid } => {
+                agent::connect_vsock(*cid, AGENT_VSOCK_PORT, timeout).await?
+            }
+        };
+        Ok(AgentClient::new(client))
+    }
+
+    /// A new connection to the agent (bounded by `[agent.kata] dial_timeout`); fails at once when
+    /// QEMU has exited or exits meanwhile.
+    pub async fn agent(&self) -> Result<AgentClient, VmError> {
+        let not_running = |exit: VmExit| VmError::NotRunning {
+            id: self.id.clone(),
+            exit: exit.to_string(),
+        };
+        if let Some(e) = self.exited() {
+            return Err(not_running(e));
+        }
+        tokio::select! {
+            e = self.wait_exited() => Err(not_running(e)),
+            c = self.connect(self.dial_timeout) => Ok(c?),
+        }
+    }
+
+    /// Resolves when QEMU has exited for any reason; callable any number of times.
+    pub fn wait_exited(&self) -> impl Future<Output = VmExit> + Send + 'static {
+        let mut rx = self.qemu_exit.clone();
+        async move {
+            loop {
+                if let Some(e) = *rx.borrow_and_update() {
+                    return e;
+                }
+                if rx.changed().await.is_err() {
+                    // The owner thread sends before it ends, so this only happens if it panicked.
+                    return (*rx.borrow()).unwrap_or(ProcessExit {
+                        code: None,
+                        signal: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// QEMU's exit, if it has exited.
+    pub fn exited(&self) -> Option<VmExit> {
+        *self.qemu_exit.borrow()
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.state_dir.join(qemu::CONSOLE_LOG)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Time from `start` until the agent answered.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    pub fn qemu_pid(&self) -> Option<i32> {
+        self.qemu.as_ref().map(|p| p.pid())
+    }
+
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.backend.as_ref().map(|b| b.process.pid())
+    }
+
+    /// QMP `quit`, wait up to `shutdown_timeout`, then SIGKILL; stop the backend; remove the state
+    /// dir. Idempotent.
+    pub async fn stop(&mut self) -> Result<(), VmError> {
+        let mut result = Ok(());
+        if let Some(q) = self.qemu.as_ref() {
+            if q.exit().is_none() {
+                let qmp_sock = self.state_dir.join(qemu::QMP_SOCK);
+                if let Err(e) = qmp::quit(&qmp_sock, QMP_TIMEOUT).await {
+                    log::warn!("VM {}: QMP quit failed ({e}); sending SIGTERM", self.id);
+                    q.signal(libc::SIGTERM);
+                }
+                if q.wait_timeout(self.shutdown_timeout).await.is_none() {
+                    log::warn!(
+                        "VM {}: QEMU did not exit within {:?}; SIGKILL",
+                        self.id,
+                        self.shutdown_timeout
+                    );
+                    q.signal(libc::SIGKILL);
+                    if q.wait_timeout(Duration::from_secs(5)).await.is_none() {
+                        result = Err(VmError::Unkillable {
+                            id: self.id.clone(),
+                            pid: q.pid(),
+                        });
+                    }
+                }
+            }
+        }
+        if result.is_ok() {
+            self.qemu = None;
+        }
+        if let Some(b) = self.backend.as_ref() {
+            b.process.signal(libc::SIGTERM);
+            if b.process
+                .wait_timeout(Duration::from_secs(2))
+                .await
+                .is_none()
+            {
+                b.process.signal(libc::SIGKILL);
+                b.process.wait_timeout(Duration::from_secs(5)).await;
+            }
+        }
+        self.backend = None;
+        remove_state_dir(&self.state_dir);
+        result
+    }
+
+    /// SIGKILL both processes and wait for them (blocking, bounded).
+    fn kill_all(&mut self) {
+        if let Some(q) = self.qemu.as_ref() {
+            q.kill_blocking();
+        }
+        if let Some(b) = self.backend.as_ref() {
+            b.process.kill_blocking();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // QEMU before the backend: it is the backend's client.
+        self.qemu.take();
+        self.backend.take();
+        remove_state_dir(&self.state_dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QemuConfig;
+
+    fn cfg_with(dir: &Path, q: QemuConfig) -> Config {
+        Config {
+            hypervisor: crate::config::HypervisorConfig { qemu: q },
+            source: dir.join("configuration.toml"),
+            ..Default::default()
+        }
+    }
+
+    fn spec(dir: &Path) -> VmSpec {
+        VmSpec {
+            id: "t".into(),
+            size: VmSize {
+                memory_mib: 128,
+                vcpus: 1,
+            },
+            state_dir: dir.join("state/t"),
+        }
+    }
+
+    /// The task service keeps a `Vm` in shared state and drives it from spawned tasks.
+    #[test]
+    fn vm_and_its_futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Vm>();
+        send_sync::<AgentClient>();
+        let cfg = Config::default();
+        let dir = tempfile::tempdir().unwrap();
+        let start = Vm::start(&cfg, spec(dir.path()));
+        send(&start);
+    }
+
+    #[tokio::test]
+    async fn confidential_guest_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = QemuConfig {
+            confidential_guest: true,
+            ..Default::default()
+        };
+        let err = Vm::start(&cfg_with(dir.path(), q), spec(dir.path()))
+            .await
+            .err()
+            .unwrap();
+        assert!(err
+            .to_string()
+            .starts_with("SEV-SNP launch is not implemented yet"));
+        assert!(!dir.path().join("state/t").exists());
+    }
+
+    #[tokio::test]
+    async fn missing_qemu_named_and_nothing_left() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["k", "i", "r"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let q = QemuConfig {
+            path: "/nonexistent/qemu-system-x86_64".into(),
+            kernel: dir.path().join("k"),
+            initrd: dir.path().join("i"),
+            image: dir.path().join("r"),
+            ..Default::default()
+        };
+        let err = Vm::start(&cfg_with(dir.path(), q), spec(dir.path()))
+            .await
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/nonexistent/qemu-system-x86_64 does not exist (hypervisor.qemu.path in"),
+            "{msg}"
+        );
+        assert!(!dir.path().join("state/t").exists());
+    }
+
+    fn script(path: &Path, body: &str) {
+        std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+
+    /// A config whose "QEMU" and vsock backend are shell scripts (no real VM).
+    fn fake_cfg(dir: &Path, qemu_body: &str) -> Config {
+        for f in ["k", "i", "r"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        script(&dir.join("fake-qemu"), qemu_body);
+        // Creates the vhost-user socket path given in `--vm ...,socket=<path>,...` and stays up.
+        script(
+            &dir.join("fake-backend"),
+            "p=${2#*socket=}; p=${p%%,*}; : > \"$p\"; exec sleep 100",
+        );
+        let q = QemuConfig {
+            path: dir.join("fake-qemu"),
+            kernel: dir.join("k"),
+            initrd: dir.join("i"),
+            image: dir.join("r"),
+            accel: crate::config::AccelChoice::Tcg,
+            vsock_backend: dir.join("fake-backend"),
+            force_vhost_user_vsock: true,
+            boot_timeout: 1,
+            ..Default::default()
+        };
+        cfg_with(dir, q)
+    }
+
+    #[tokio::test]
+    async fn qemu_that_dies_is_reported_and_cleaned_up() {
+        // Writes a verity failure line to the console file it is given, then exits 1.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = fake_cfg(
+            dir.path(),
+            "for a in \"$@\"; do case \"$a\" in file,id=console,path=*) \
+             echo 'kata-cc: rootfs did not verify' > \"${a#file,id=console,path=}\";; esac; done\n\
+             echo 'qemu: boom' >&2; exit 1",
+        );
+        let err = Vm::start(&cfg, spec(dir.path())).await.err().unwrap();
+        let msg = err.to_string();
+        assert!(msg.contains("QEMU exited (exit status 1)"), "{msg}");
+        assert!(msg.contains("kata-cc: rootfs did not verify"), "{msg}");
+        assert!(msg.contains("qemu: boom"), "{msg}");
+        assert!(!dir.path().join("state/t").exists());
+    }
+
+    #[tokio::test]
+    async fn boot_timeout_kills_everything() {
+        // A "QEMU" that never boots: records its PID (kept by exec) and sleeps.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("qemu.pid");
+        let cfg = fake_cfg(
+            dir.path(),
+            &format!("echo $$ > {}; exec sleep 100", pidfile.display()),
+        );
+        let t = Instant::now();
+        let err = Vm::start(&cfg, spec(dir.path())).await.err().unwrap();
+        let msg = err.to_string();
+        assert!(msg.contains("the agent did not answer within 1s"), "{msg}");
+        assert!(msg.contains("hypervisor.qemu.boot_timeout"), "{msg}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        assert!(!Path::new(&format!("/proc/{}", pid.trim())).exists());
+        assert!(!dir.path().join("state/t").exists());
+    }
+
+    #[tokio::test]
+    async fn existing_state_dir_and_bad_id_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = fake_cfg(dir.path(), "exit 1");
+        std::fs::create_dir_all(dir.path().join("state/t")).unwrap();
+        let err = Vm::start(&cfg, spec(dir.path())).await.err().unwrap();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        // Not ours: left alone.
+        assert!(dir.path().join("state/t").exists());
+        let mut bad = spec(dir.path());
+        bad.id = "../x".into();
+        let err = Vm::start(&cfg, bad).await.err().unwrap();
+        assert!(err.to_string().starts_with("invalid sandbox id"), "{err}");
+    }
+}

@@ -1,0 +1,181 @@
+//! The QEMU command line, built by a pure function so it can be checked exactly.
+
+use std::path::{Path, PathBuf};
+
+use super::accel::Accel;
+use crate::config::QemuConfig;
+use crate::sizing::VmSize;
+
+/// File names inside the sandbox state dir.
+pub const CONSOLE_LOG: &str = "console.log";
+pub const QMP_SOCK: &str = "qmp.sock";
+pub const VHOST_USER_SOCK: &str = "vhost.sock";
+pub const HYBRID_VSOCK_SOCK: &str = "vsock.sock";
+pub const QEMU_LOG: &str = "qemu.log";
+pub const BACKEND_LOG: &str = "vsock-backend.log";
+
+/// How the guest's virtio-vsock device is backed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VsockDevice {
+    /// `/dev/vhost-vsock` (kernel vhost); the host talks AF_VSOCK to `guest_cid`.
+    Kernel { guest_cid: u32 },
+    /// vhost-user backend (vhost-device-vsock) listening on `socket`.
+    VhostUser { socket: PathBuf },
+}
+
+/// Everything the command line depends on.
+#[derive(Debug, Clone)]
+pub struct QemuLaunch<'a> {
+    pub id: &'a str,
+    pub qemu: &'a QemuConfig,
+    pub size: VmSize,
+    pub accel: Accel,
+    pub vsock: VsockDevice,
+    pub state_dir: &'a Path,
+}
+
+/// QEMU option values are comma separated; a literal comma is written as two.
+fn esc(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+fn p(path: &Path) -> String {
+    esc(&path.to_string_lossy())
+}
+
+/// The arguments after the QEMU binary. No `-daemonize`: QEMU stays our child.
+pub fn qemu_args(l: &QemuLaunch<'_>) -> Vec<String> {
+    let q = l.qemu;
+    let mem = l.size.memory_mib;
+    let machine = q.machine_type.as_deref().unwrap_or("q35");
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |x: &[&str]| a.extend(x.iter().map(|s| s.to_string()));
+
+    push(&["-name", &format!("kata-cc-{}", esc(l.id))]);
+    push(&[
+        "-machine",
+        &format!("{machine},accel={},memory-backend=mem", l.accel.as_qemu()),
+    ]);
+    push(&[
+        "-cpu",
+        match l.accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        },
+    ]);
+    push(&["-smp", &l.size.vcpus.to_string()]);
+    push(&["-m", &format!("{mem}M")]);
+    // memfd + share=on: the vhost-user backend maps guest memory.
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+    ]);
+    if !q.firmware.as_os_str().is_empty() {
+        push(&["-bios", &p(&q.firmware)]);
+    }
+    push(&["-kernel", &p(&q.kernel)]);
+    push(&["-initrd", &p(&q.initrd)]);
+    push(&["-append", &q.kernel_params]);
+    push(&[
+        "-drive",
+        &format!(
+            "file={},if=none,id=rootfs,format=raw,readonly=on",
+            p(&q.image)
+        ),
+    ]);
+    push(&["-device", "virtio-blk-pci,drive=rootfs"]);
+    match &l.vsock {
+        VsockDevice::Kernel { guest_cid } => {
+            push(&["-device", &format!("vhost-vsock-pci,guest-cid={guest_cid}")]);
+        }
+        VsockDevice::VhostUser { socket } => {
+            push(&["-chardev", &format!("socket,id=vsock,path={}", p(socket))]);
+            push(&["-device", "vhost-user-vsock-pci,chardev=vsock"]);
+        }
+    }
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", p(&l.state_dir.join(QMP_SOCK))),
+    ]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", p(&l.state_dir.join(CONSOLE_LOG))),
+    ]);
+    push(&["-serial", "chardev:console"]);
+    push(&["-nographic", "-nodefaults", "-no-user-config", "-no-reboot"]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu_cfg() -> QemuConfig {
+        QemuConfig {
+            kernel: "/g/vmlinuz".into(),
+            initrd: "/g/initrd.img".into(),
+            image: "/g/rootfs.img".into(),
+            kernel_params: "console=ttyS0 kata_cc.roothash=ab".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn golden_tcg_vhost_user() {
+        let q = qemu_cfg();
+        let args = qemu_args(&QemuLaunch {
+            id: "pod1",
+            qemu: &q,
+            size: VmSize {
+                memory_mib: 2560,
+                vcpus: 3,
+            },
+            accel: Accel::Tcg,
+            vsock: VsockDevice::VhostUser {
+                socket: "/run/kata-cc/sandboxes/pod1/vhost.sock".into(),
+            },
+            state_dir: Path::new("/run/kata-cc/sandboxes/pod1"),
+        });
+        let expected = "-name kata-cc-pod1 \
+            -machine q35,accel=tcg,memory-backend=mem -cpu max -smp 3 -m 2560M \
+            -object memory-backend-memfd,id=mem,size=2560M,share=on \
+            -kernel /g/vmlinuz -initrd /g/initrd.img -append console=ttyS0§kata_cc.roothash=ab \
+            -drive file=/g/rootfs.img,if=none,id=rootfs,format=raw,readonly=on \
+            -device virtio-blk-pci,drive=rootfs \
+            -chardev socket,id=vsock,path=/run/kata-cc/sandboxes/pod1/vhost.sock \
+            -device vhost-user-vsock-pci,chardev=vsock \
+            -qmp unix:/run/kata-cc/sandboxes/pod1/qmp.sock,server=on,wait=off \
+            -chardev file,id=console,path=/run/kata-cc/sandboxes/pod1/console.log \
+            -serial chardev:console -nographic -nodefaults -no-user-config -no-reboot";
+        let expected: Vec<String> = expected
+            .split_whitespace()
+            .map(|s| s.replace('§', " "))
+            .collect();
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn golden_kvm_vhost_kernel_with_firmware() {
+        let mut q = qemu_cfg();
+        q.firmware = "/fw/OVMF,x.fd".into();
+        let args = qemu_args(&QemuLaunch {
+            id: "p",
+            qemu: &q,
+            size: VmSize {
+                memory_mib: 2048,
+                vcpus: 1,
+            },
+            accel: Accel::Kvm,
+            vsock: VsockDevice::Kernel { guest_cid: 42 },
+            state_dir: Path::new("/s"),
+        });
+        let joined = args.join(" ");
+        assert!(
+            joined.contains("-machine q35,accel=kvm,memory-backend=mem -cpu host -smp 1 -m 2048M")
+        );
+        assert!(joined.contains("-bios /fw/OVMF,,x.fd -kernel"));
+        assert!(joined.contains("-device vhost-vsock-pci,guest-cid=42 -qmp"));
+        assert!(!joined.contains("vhost-user"));
+        assert!(!joined.contains("-daemonize"));
+    }
+}

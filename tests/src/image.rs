@@ -1,0 +1,77 @@
+//! The test images: OCI archives built locally by hack/oci-image.sh (busybox-static, one layer).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use crate::{cmd, paths};
+
+/// One locally built image archive.
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    /// The reference containerd gives it on import.
+    pub name: String,
+    pub archive: PathBuf,
+    /// The digest of its one layer blob, `sha256:<hex>`.
+    pub layer_digest: String,
+}
+
+impl TestImage {
+    /// The gzip image every ordinary test runs.
+    pub fn busybox() -> TestImage {
+        build("localhost/kata-cc-e2e/busybox:gzip", "gzip")
+    }
+
+    /// The same files with a zstd-compressed layer.
+    pub fn busybox_zstd() -> TestImage {
+        build("localhost/kata-cc-e2e/busybox:zstd", "zstd")
+    }
+
+    /// The same files with an uncompressed layer (so a flipped byte is a plain digest mismatch).
+    pub fn busybox_uncompressed() -> TestImage {
+        build("localhost/kata-cc-e2e/busybox:uncompressed", "none")
+    }
+
+    /// The layer's hex digest (without `sha256:`).
+    pub fn layer_hex(&self) -> &str {
+        self.layer_digest
+            .strip_prefix("sha256:")
+            .expect("layer digest is sha256")
+    }
+}
+
+/// Builds an archive once per test process (the script is reproducible, so reuse is safe).
+fn build(name: &str, compression: &str) -> TestImage {
+    static BUILT: OnceLock<Mutex<HashMap<String, TestImage>>> = OnceLock::new();
+    let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(img) = map.get(name) {
+        return img.clone();
+    }
+    let dir = paths::e2e_dir().join("images");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let archive = dir.join(format!("busybox-{compression}.tar"));
+    let mut c = Command::new("bash");
+    c.arg(paths::repo().join("hack/oci-image.sh"))
+        .arg("--compression")
+        .arg(compression)
+        .arg(&archive)
+        .arg(name);
+    let out = cmd::run(c, None, paths::ctr_timeout());
+    out.assert_success();
+    // The script reports "... layer sha256:<hex>, <compression>)".
+    let text = out.stdout_str();
+    let layer_digest = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sha256:").map(|h| h.trim_end_matches(',')))
+        .map(|h| format!("sha256:{h}"))
+        .unwrap_or_else(|| panic!("no layer digest in oci-image.sh output: {text}"));
+    let img = TestImage {
+        name: name.to_string(),
+        archive,
+        layer_digest,
+    };
+    map.insert(name.to_string(), img.clone());
+    img
+}

@@ -1,0 +1,23 @@
+//! Harness for kata-cc's end-to-end tests: a private containerd per test, `ctr` with timeouts,
+//! locally built OCI images, and a leak checker that proves nothing of a test survives it.
+//!
+//! Every test runs against real parts (containerd, the shim, QEMU, the guest image); the harness
+//! never skips: a missing build product is a panic telling which `make` target to run.
+
+pub mod cmd;
+pub mod containerd;
+pub mod image;
+pub mod leak;
+pub mod paths;
+pub mod procs;
+pub mod pty;
+pub mod scenarios;
+
+pub use cmd::{Background, CmdOutput};
+pub use containerd::{Containerd, Options};
+pub use image::TestImage;
+
+/// The containerd runtime name of kata-cc's shim.
+pub const RUNTIME: &str = "io.containerd.kata-cc.v2";
+/// The containerd namespace the tests use.
+pub const NAMESPACE: &str = "kata-cc-e2e";
