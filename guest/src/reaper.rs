@@ -52,7 +52,7 @@ pub struct Reaper {
 static REAPER: OnceLock<Arc<Reaper>> = OnceLock::new();
 
 impl Reaper {
-    /// The process-wide reaper; the first call starts its SIGCHLD loop on the current tokio runtime.
+    /// The process-wide reaper; the first call starts its SIGCHLD loop on a thread of its own.
     pub fn global() -> Arc<Reaper> {
         REAPER
             .get_or_init(|| {
@@ -65,23 +65,48 @@ impl Reaper {
                 unsafe {
                     libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
                 }
+                // The loop runs on a runtime of its own: it must outlive whichever caller first
+                // asked for the reaper (each unit test has its own runtime, dropped at its end).
                 let r2 = r.clone();
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
-                    Ok(mut sig) => {
-                        tokio::spawn(async move {
+                let spawned = std::thread::Builder::new()
+                    .name("reaper".into())
+                    .spawn(move || {
+                        let rt = match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt,
+                            Err(e) => {
+                                log::error!("cannot start the reaper runtime: {e}");
+                                return;
+                            }
+                        };
+                        rt.block_on(async move {
+                            let mut sig = match tokio::signal::unix::signal(
+                                tokio::signal::unix::SignalKind::child(),
+                            ) {
+                                Ok(sig) => Some(sig),
+                                Err(e) => {
+                                    log::error!("cannot install the SIGCHLD handler: {e}");
+                                    None
+                                }
+                            };
                             loop {
                                 r2.reap_all();
                                 // A periodic sweep as well: signals coalesce, and a child that
                                 // exited between registration and the handler install must not hang.
-                                let _ = tokio::time::timeout(
-                                    std::time::Duration::from_millis(500),
-                                    sig.recv(),
-                                )
-                                .await;
+                                let tick = std::time::Duration::from_millis(500);
+                                match sig.as_mut() {
+                                    Some(sig) => {
+                                        let _ = tokio::time::timeout(tick, sig.recv()).await;
+                                    }
+                                    None => tokio::time::sleep(tick).await,
+                                }
                             }
                         });
-                    }
-                    Err(e) => log::error!("cannot install the SIGCHLD handler: {e}"),
+                    });
+                if let Err(e) = spawned {
+                    log::error!("cannot start the reaper thread: {e}");
                 }
                 r
             })
