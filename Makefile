@@ -8,6 +8,8 @@ TARGET := x86_64-unknown-linux-gnu
 RELEASE := target/$(TARGET)/release
 GUEST := build/guest
 CONFIG := build/configuration.toml
+# The policy baked into the measured rootfs (hack/guest/policy/<name>.rego): allow-all or no-exec-no-logs.
+DEFAULT_POLICY ?= allow-all
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
@@ -26,7 +28,7 @@ build:
 	$(CARGO) build --release --workspace
 
 image: build
-	bash hack/bake-image.sh --agent $(RELEASE)/kata-cc-agent --out $(GUEST)
+	bash hack/bake-image.sh --agent $(RELEASE)/kata-cc-agent --out $(GUEST) --default-policy $(DEFAULT_POLICY)
 
 demo: deps build image
 	bash hack/demo.sh
@@ -39,7 +41,7 @@ lint:
 # themselves (a lock in the harness); --test-threads=1 keeps their output readable too.
 e2e:
 	bash hack/test-image.sh
-	$(CARGO) test --release --workspace -- --test-threads=1
+	$(CARGO) test --release --workspace --no-fail-fast -- --test-threads=1
 
 test: deps build image lint e2e
 

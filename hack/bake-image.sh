@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Bakes the kata-cc guest image: kernel, initrd and a dm-verity protected erofs rootfs.
 #
-#   hack/bake-image.sh [--agent PATH] [--out DIR] [--config PATH | --no-config] [--force]
+#   hack/bake-image.sh [--agent PATH] [--out DIR] [--config PATH | --no-config]
+#                      [--default-policy allow-all|no-exec-no-logs] [--force]
 #
 # Output (DIR, default build/guest): vmlinuz, initrd.img, rootfs.img (erofs + verity hash tree),
 # cmdline, manifest.json; and the runtime config (default build/configuration.toml) from
-# hack/configuration.toml.in. Byte-reproducible: the same inputs give the same files and root hash.
+# hack/configuration.toml.in. The default policy (hack/guest/policy/<name>.rego, default allow-all)
+# is installed as /etc/kata-cc/policy.rego in the rootfs, so the root hash measures it; pods
+# without a policy annotation run under it. Byte-reproducible: the same inputs give the same files and root hash.
 # Skips the work when the digest of every input matches the last bake in DIR.
 set -euo pipefail
 
@@ -15,6 +18,7 @@ AGENT=$ROOT/target/x86_64-unknown-linux-gnu/release/kata-cc-agent
 OUT=$ROOT/build/guest
 CONFIG=$ROOT/build/configuration.toml
 FORCE=0
+DEFAULT_POLICY=allow-all
 KERNEL_DIR=${KATA_CC_KERNEL_DIR:-/var/cache/kata-cc/kernel}
 KERNEL_SERIES=6.12
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
@@ -23,6 +27,11 @@ EROFS_UUID=6b617461-6363-4000-8000-726f6f746673
 VERITY_UUID=6b617461-6363-4000-8000-766572697479
 BLOCK=4096
 BOOT_TIMEOUT=${KATA_CC_BOOT_TIMEOUT:-120}
+# SEV-SNP: with an AMD SEV (AmdSev) OVMF build, the manifest gets the expected launch measurement
+# for each vCPU count in KATA_CC_SNP_VCPUS (computed by `kata-cc measure`).
+SNP_FIRMWARE=${KATA_CC_SNP_FIRMWARE:-}
+SNP_VCPUS=${KATA_CC_SNP_VCPUS:-1 2 4}
+KATA_CC_BIN=${KATA_CC_BIN:-$ROOT/target/x86_64-unknown-linux-gnu/release/kata-cc}
 
 die() { echo "bake-image: $*" >&2; exit 1; }
 log() { echo "bake-image: $*" >&2; }
@@ -33,11 +42,18 @@ while [ $# -gt 0 ]; do
     --out) [ $# -ge 2 ] || die "--out needs a directory"; OUT=$2; shift 2 ;;
     --config) [ $# -ge 2 ] || die "--config needs a path"; CONFIG=$2; shift 2 ;;
     --no-config) CONFIG=; shift ;;
+    --default-policy) [ $# -ge 2 ] || die "--default-policy needs a name"; DEFAULT_POLICY=$2; shift 2 ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
+
+POLICY_FILE=$HACK/guest/policy/$DEFAULT_POLICY.rego
+case "$DEFAULT_POLICY" in
+  */*|'') die "--default-policy '$DEFAULT_POLICY': expected a name such as allow-all or no-exec-no-logs" ;;
+esac
+[ -f "$POLICY_FILE" ] || die "--default-policy '$DEFAULT_POLICY': no $POLICY_FILE (available: $(cd "$HACK/guest/policy" && ls *.rego | sed 's/\.rego$//' | paste -sd' '))"
 
 for tool in dpkg-deb depmod modinfo xz busybox cpio zstd mkfs.erofs veritysetup dmsetup ldd sha256sum jq; do
   command -v "$tool" >/dev/null || die "'$tool' not found: run hack/deps.sh"
@@ -71,8 +87,10 @@ inputs() {
   local f
   {
     echo "source_date_epoch $SOURCE_DATE_EPOCH"
+    echo "default_policy $DEFAULT_POLICY"
+    echo "snp_firmware $SNP_FIRMWARE $([ -z "$SNP_FIRMWARE" ] || sha256sum <"$SNP_FIRMWARE" | cut -d' ' -f1) vcpus $SNP_VCPUS"
     echo "tools $(mkfs.erofs --help 2>&1 | head -n1) | $(veritysetup --version) | $(zstd --version) | $(cpio --version | head -n1)"
-    for f in "$KERNEL_DEB" "$AGENT" "$BUSYBOX" "$RUNC" "$DMSETUP" "$0" "$HACK/guest/init" "$HACK/configuration.toml.in"; do
+    for f in "$KERNEL_DEB" "$AGENT" "$BUSYBOX" "$RUNC" "$DMSETUP" "$0" "$HACK/guest/init" "$HACK/configuration.toml.in" "$POLICY_FILE"; do
       printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
     done
     for f in $(libs_of "$RUNC") $(libs_of "$DMSETUP"); do
@@ -214,6 +232,8 @@ printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:
 printf 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n' >"$RF/etc/group"
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' >"$RF/etc/hosts"
 echo "$KVER" >"$RF/etc/kata-cc/kernel-release"
+# The agent's initial policy (until the shim sends the pod's own with SetPolicy).
+install -m 0644 "$POLICY_FILE" "$RF/etc/kata-cc/policy.rego"
 find "$RF" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 IMG=$WORK/rootfs.img
@@ -242,6 +262,28 @@ echo "$CMDLINE" >"$WORK/cmdline"
 
 cp "$KROOT/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
 sha() { sha256sum <"$1" | cut -d' ' -f1; }
+# The manifest's snp_measurement: expected SNP launch digests of this kernel + initrd + cmdline.
+snp_measurement() {
+  if [ -z "$SNP_FIRMWARE" ]; then
+    jq -n '{computed: false, reason: "no AMD SEV firmware given (set KATA_CC_SNP_FIRMWARE to an AmdSev OVMF build); Debian'"'"'s OVMF is not an AmdSev build: it has no SNP kernel-hashes section, so it cannot measure a kernel boot"}'
+    return
+  fi
+  [ -f "$SNP_FIRMWARE" ] || die "KATA_CC_SNP_FIRMWARE=$SNP_FIRMWARE does not exist"
+  [ -x "$KATA_CC_BIN" ] || die "$KATA_CC_BIN not found (cargo build --release -p kata-cc-shim, or set KATA_CC_BIN)"
+  local n d err digests='{}'
+  for n in $SNP_VCPUS; do
+    if ! d=$("$KATA_CC_BIN" measure --firmware "$SNP_FIRMWARE" --kernel "$WORK/vmlinuz" --initrd "$WORK/initrd.img" \
+        --append "$CMDLINE" --vcpus "$n" --vcpu-type EPYC-v4 --guest-features 0x1 2>"$WORK/measure.err"); then
+      err=$(cat "$WORK/measure.err")
+      jq -n --arg r "$err" '{computed: false, reason: $r}'
+      return
+    fi
+    digests=$(jq -c --arg n "$n" --arg d "$d" '. + {($n): $d}' <<<"$digests")
+  done
+  jq -n --argjson d "$digests" --arg fw "$(basename "$SNP_FIRMWARE")" --arg fwsha "$(sha "$SNP_FIRMWARE")" \
+    '{computed: true, firmware: $fw, firmware_sha256: $fwsha, vcpu_type: "EPYC-v4", guest_features: "0x1", by_vcpus: $d}'
+}
+
 jq -n --sort-keys \
   --arg kver "$KVER" --arg deb "$(basename "$KERNEL_DEB")" --arg debsha "$(sha "$KERNEL_DEB")" \
   --arg vmlinuz "$(sha "$WORK/vmlinuz")" --arg vsize "$(stat -c %s "$WORK/vmlinuz")" \
@@ -251,7 +293,8 @@ jq -n --sort-keys \
   --arg cmdline "$CMDLINE" --arg agent "$(sha "$AGENT")" --arg runc "$(sha "$RUNC")" \
   --arg runcver "$("$RUNC" --version | head -n1)" --arg busybox "$(sha "$BUSYBOX")" \
   --arg dmsetup "$(sha "$DMSETUP")" --arg sde "$SOURCE_DATE_EPOCH" \
-  --arg mods "$(printf '%s\n' "${MOD_ORDER[@]}")" \
+  --arg policy "$DEFAULT_POLICY" --arg policysha "$(sha "$POLICY_FILE")" \
+  --arg mods "$(printf '%s\n' "${MOD_ORDER[@]}")" --argjson snp "$(snp_measurement)" \
   '{
     format: 1,
     kernel: {version: $kver, package: $deb, package_sha256: $debsha},
@@ -267,12 +310,13 @@ jq -n --sort-keys \
       hash_offset: ($hoff|tonumber), data_blocks: (($hoff|tonumber) / 4096)
     },
     cmdline: $cmdline,
+    default_policy: {name: $policy, path: "/etc/kata-cc/policy.rego", sha256: $policysha},
     initrd_modules: ($mods | split("\n") | map(select(. != "") | split(" ") | {name: .[0], need: .[1]})),
     inputs: {
       agent_sha256: $agent, runc_sha256: $runc, runc_version: $runcver,
       busybox_sha256: $busybox, dmsetup_sha256: $dmsetup, source_date_epoch: ($sde|tonumber)
     },
-    snp_measurement: {computed: false, reason: "not implemented yet: needs the SEV OVMF build and the sev crate measurement (planned in the kata-cc tool)"}
+    snp_measurement: $snp
   }' >"$WORK/manifest.json"
 
 for f in vmlinuz initrd.img rootfs.img cmdline manifest.json; do mv -f "$WORK/$f" "$OUT/$f"; done

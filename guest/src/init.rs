@@ -67,6 +67,20 @@ pub fn mount_filesystems() {
             log::warn!("mounting {fstype} on {target}: {e}");
         }
     }
+    // configfs carries configfs-tsm (SNP reports); its mount point exists only when the
+    // configfs module is loaded, which the initrd does when the kernel has it.
+    let cfg = Path::new("/sys/kernel/config");
+    if cfg.is_dir() && !is_mountpoint(cfg) {
+        if let Err(e) = mount(
+            Some("configfs"),
+            cfg,
+            Some("configfs"),
+            MsFlags::from_bits_truncate(NOSUID_NODEV_NOEXEC),
+            None::<&str>,
+        ) {
+            log::warn!("mounting configfs on {}: {e}", cfg.display());
+        }
+    }
     // /dev/ptmx must be the devpts instance's multiplexer for ptys made in the guest.
     let ptmx = Path::new("/dev/ptmx");
     if !ptmx.exists() {

@@ -5,6 +5,7 @@ mod container;
 mod copyfile;
 mod error;
 mod init;
+mod launch;
 mod layers;
 mod logging;
 mod reaper;
@@ -15,6 +16,8 @@ mod stats;
 mod stdio;
 
 use std::path::PathBuf;
+
+use kata_cc_guest::policy;
 use std::sync::Arc;
 
 const DEFAULT_LISTEN: &str = "vsock://-1:1024";
@@ -41,6 +44,26 @@ fn main() {
     if let Err(e) = rt.block_on(run()) {
         fatal(pid1, &e);
     }
+}
+
+/// The initial policy: the one baked into the measured rootfs (`KATA_CC_POLICY_PATH` overrides
+/// the path for host tests). Without one, only SetPolicy is allowed (see
+/// [`policy::NO_POLICY_FALLBACK`]): an unmeasured allow-all would defeat the policy. A baked
+/// policy that does not parse is fatal: the guest must not run under a policy it cannot enforce.
+fn load_policy() -> Result<policy::PolicyEngine, String> {
+    let path = std::env::var("KATA_CC_POLICY_PATH")
+        .unwrap_or_else(|_| policy::DEFAULT_POLICY_PATH.to_string());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log::warn!("no policy at {path}: only SetPolicy is allowed until one is set");
+            policy::NO_POLICY_FALLBACK.to_string()
+        }
+        Err(e) => return Err(format!("reading the policy {path}: {e}")),
+    };
+    let engine = policy::PolicyEngine::new(&text).map_err(|e| format!("policy {path}: {e}"))?;
+    log::info!("policy loaded from {path}");
+    Ok(engine)
 }
 
 fn fatal(pid1: bool, msg: &str) -> ! {
@@ -70,9 +93,12 @@ async fn run() -> Result<(), String> {
         containers_dir,
         layers_dir.clone(),
     ));
+    let policy = load_policy()?;
     let agent = server::Agent {
         sandbox,
         layers_dir,
+        policy: Arc::new(std::sync::Mutex::new(policy)),
+        launch: Arc::new(launch::Launch::detect()),
     };
     let _server = server::serve(&listen, agent)
         .await

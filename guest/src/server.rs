@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use agent_proto::{agent, agent_ttrpc, csi, empty::Empty, health, health_ttrpc, types};
 use async_trait::async_trait;
+use kata_cc_guest::policy::{self, PolicyEngine};
+use protobuf::MessageDyn;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::container::Sandbox;
 use crate::copyfile;
 use crate::error::{unimplemented, AgentError};
+use crate::launch::Launch;
 use crate::layers;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -19,6 +22,78 @@ const MAX_READ: usize = 1024 * 1024;
 pub struct Agent {
     pub sandbox: Arc<Sandbox>,
     pub layers_dir: std::path::PathBuf,
+    /// The sandbox's security policy: one engine (and its state) per agent.
+    pub policy: Arc<std::sync::Mutex<PolicyEngine>>,
+    /// The TEE and the launch's HOST_DATA, which a new policy must match.
+    pub launch: Arc<Launch>,
+}
+
+impl Agent {
+    /// Checks a request against the policy before any work is done for it.
+    fn check(&self, req: &dyn MessageDyn) -> TResult<()> {
+        let name = req.descriptor_dyn().name().to_string();
+        let input = policy::input::to_json(req);
+        let decision = {
+            // A poisoned lock means an evaluation panicked: deny rather than trust its state.
+            let Ok(mut engine) = self.policy.lock() else {
+                return Err(denied(format!(
+                    "{name} is blocked by policy: policy engine failed"
+                )));
+            };
+            engine.evaluate(&name, &input)
+        };
+        match decision {
+            Ok(d) if d.allowed => {
+                if d.forced {
+                    log::warn!(
+                        "policy: {name} allowed by AllowRequestsFailingPolicy: {}",
+                        d.prints.join(" ")
+                    );
+                }
+                Ok(())
+            }
+            Ok(d) => {
+                let msg = d.denial_message(&name);
+                log::warn!("{msg}");
+                Err(denied(msg))
+            }
+            Err(e) => {
+                let msg = format!("{name} is blocked by policy: {e}");
+                log::warn!("{msg}");
+                Err(denied(msg))
+            }
+        }
+    }
+
+    /// ReadStdout/ReadStderr: a denied read returns no data, but the stream is drained until the
+    /// process closes it, so the process never blocks on a full pipe.
+    async fn read_stream(
+        &self,
+        req: agent::ReadStreamRequest,
+        stdout: bool,
+    ) -> TResult<agent::ReadStreamResponse> {
+        let allowed = self.check(&req).is_ok();
+        let what = if stdout { "ReadStdout" } else { "ReadStderr" };
+        let p = ok(
+            self.sandbox.process(&req.container_id, &req.exec_id).await,
+            what,
+        )?;
+        let mut r = agent::ReadStreamResponse::new();
+        // A terminal process has no separate stderr: it reads as an empty stream (EOF).
+        let stream = if stdout { &p.io.stdout } else { &p.io.stderr };
+        if let Some(s) = stream {
+            if allowed {
+                r.data = s.read((req.len as usize).min(MAX_READ)).await;
+            } else {
+                while !s.read(MAX_READ).await.is_empty() {}
+            }
+        }
+        Ok(r)
+    }
+}
+
+fn denied(msg: String) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::PERMISSION_DENIED, msg))
 }
 
 type TResult<T> = ttrpc::Result<T>;
@@ -37,7 +112,21 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::CreateContainerRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         let cid = req.container_id.clone();
+        if let Some(spec) = req.OCI.as_ref() {
+            let wants = crate::spec::wants_attestation(spec)
+                .map_err(|e| AgentError::invalid(format!("CreateContainer {cid}: {e}")))?;
+            if wants && self.launch.tee == kata_cc_guest::tee::Tee::None {
+                return Err(AgentError::invalid(format!(
+                    "CreateContainer {cid}: annotation {}: this VM has no TEE ({}): no \
+                     attestation report can be made in it",
+                    crate::spec::ATTESTATION_ANNOTATION,
+                    self.launch.feature()
+                ))
+                .into());
+            }
+        }
         ok(
             self.sandbox.create_container(req).await,
             &format!("CreateContainer {cid}"),
@@ -50,6 +139,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::StartContainerRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         ok(
             self.sandbox.start_container(&req.container_id).await,
             "StartContainer",
@@ -62,6 +152,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::RemoveContainerRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         ok(
             self.sandbox
                 .remove_container(&req.container_id, req.timeout)
@@ -76,6 +167,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::ExecProcessRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         ok(self.sandbox.exec_process(req).await, "ExecProcess")?;
         Ok(Empty::new())
     }
@@ -85,6 +177,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::SignalProcessRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         ok(
             self.sandbox
                 .signal_process(&req.container_id, &req.exec_id, req.signal)
@@ -99,6 +192,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::WaitProcessRequest,
     ) -> TResult<agent::WaitProcessResponse> {
+        self.check(&req)?;
         let p = ok(
             self.sandbox.process(&req.container_id, &req.exec_id).await,
             "WaitProcess",
@@ -113,6 +207,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::StatsContainerRequest,
     ) -> TResult<agent::StatsContainerResponse> {
+        self.check(&req)?;
         ok(
             self.sandbox.stats(&req.container_id).await,
             "StatsContainer",
@@ -124,6 +219,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::WriteStreamRequest,
     ) -> TResult<agent::WriteStreamResponse> {
+        self.check(&req)?;
         let p = ok(
             self.sandbox.process(&req.container_id, &req.exec_id).await,
             "WriteStdin",
@@ -147,15 +243,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> TResult<agent::ReadStreamResponse> {
-        let p = ok(
-            self.sandbox.process(&req.container_id, &req.exec_id).await,
-            "ReadStdout",
-        )?;
-        let mut r = agent::ReadStreamResponse::new();
-        if let Some(s) = &p.io.stdout {
-            r.data = s.read((req.len as usize).min(MAX_READ)).await;
-        }
-        Ok(r)
+        self.read_stream(req, true).await
     }
 
     async fn read_stderr(
@@ -163,16 +251,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> TResult<agent::ReadStreamResponse> {
-        let p = ok(
-            self.sandbox.process(&req.container_id, &req.exec_id).await,
-            "ReadStderr",
-        )?;
-        let mut r = agent::ReadStreamResponse::new();
-        // A terminal process has no separate stderr: it reads as an empty stream (EOF).
-        if let Some(s) = &p.io.stderr {
-            r.data = s.read((req.len as usize).min(MAX_READ)).await;
-        }
-        Ok(r)
+        self.read_stream(req, false).await
     }
 
     async fn close_stdin(
@@ -180,6 +259,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::CloseStdinRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         let p = ok(
             self.sandbox.process(&req.container_id, &req.exec_id).await,
             "CloseStdin",
@@ -201,6 +281,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::TtyWinResizeRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         let p = ok(
             self.sandbox.process(&req.container_id, &req.exec_id).await,
             "TtyWinResize",
@@ -222,6 +303,7 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::CreateSandboxRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         if !req.hostname.is_empty() && std::process::id() == 1 {
             if let Err(e) = nix::unistd::sethostname(&req.hostname) {
                 return Err(AgentError::internal(format!(
@@ -245,8 +327,9 @@ impl agent_ttrpc::AgentService for Agent {
     async fn destroy_sandbox(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::DestroySandboxRequest,
+        req: agent::DestroySandboxRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         ok(self.sandbox.remove_all().await, "DestroySandbox")?;
         let _ = std::fs::remove_dir_all(&self.layers_dir);
         Ok(Empty::new())
@@ -257,10 +340,12 @@ impl agent_ttrpc::AgentService for Agent {
         _ctx: &TtrpcContext,
         req: agent::GuestDetailsRequest,
     ) -> TResult<agent::GuestDetailsResponse> {
+        self.check(&req)?;
         let mut d = agent::AgentDetails::new();
         d.version = VERSION.to_string();
         d.init_daemon = std::process::id() == 1;
         d.storage_handlers = vec![layers::DRIVER.to_string()];
+        d.extra_features = vec![self.launch.feature()];
         let mut r = agent::GuestDetailsResponse::new();
         r.agent_details = Some(d).into();
         if req.mem_block_size {
@@ -276,6 +361,13 @@ impl agent_ttrpc::AgentService for Agent {
     }
 
     async fn copy_file(&self, _ctx: &TtrpcContext, req: agent::CopyFileRequest) -> TResult<Empty> {
+        self.check(&req)?;
+        if req.path == kata_cc_guest::initdata::GUEST_PATH {
+            self.launch
+                .store_initdata(req.offset, &req.data)
+                .map_err(|e| AgentError::invalid(format!("CopyFile: {e}")))?;
+            return Ok(Empty::new());
+        }
         ok(
             copyfile::copy_chunk(
                 &self.layers_dir,
@@ -294,189 +386,229 @@ impl agent_ttrpc::AgentService for Agent {
     async fn update_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::UpdateContainerRequest,
+        req: agent::UpdateContainerRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("UpdateContainerRequest"))
     }
 
     async fn update_ephemeral_mounts(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::UpdateEphemeralMountsRequest,
+        req: agent::UpdateEphemeralMountsRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("UpdateEphemeralMountsRequest"))
     }
 
     async fn pause_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::PauseContainerRequest,
+        req: agent::PauseContainerRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("PauseContainerRequest"))
     }
 
     async fn resume_container(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::ResumeContainerRequest,
+        req: agent::ResumeContainerRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("ResumeContainerRequest"))
     }
 
     async fn remove_stale_virtiofs_share_mounts(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::RemoveStaleVirtiofsShareMountsRequest,
+        req: agent::RemoveStaleVirtiofsShareMountsRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("RemoveStaleVirtiofsShareMountsRequest"))
     }
 
     async fn update_interface(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::UpdateInterfaceRequest,
+        req: agent::UpdateInterfaceRequest,
     ) -> TResult<types::Interface> {
+        self.check(&req)?;
         Err(unimplemented("UpdateInterfaceRequest"))
     }
 
     async fn update_routes(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::UpdateRoutesRequest,
+        req: agent::UpdateRoutesRequest,
     ) -> TResult<agent::Routes> {
+        self.check(&req)?;
         Err(unimplemented("UpdateRoutesRequest"))
     }
 
     async fn list_interfaces(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::ListInterfacesRequest,
+        req: agent::ListInterfacesRequest,
     ) -> TResult<agent::Interfaces> {
+        self.check(&req)?;
         Err(unimplemented("ListInterfacesRequest"))
     }
 
     async fn list_routes(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::ListRoutesRequest,
+        req: agent::ListRoutesRequest,
     ) -> TResult<agent::Routes> {
+        self.check(&req)?;
         Err(unimplemented("ListRoutesRequest"))
     }
 
     async fn add_arp_neighbors(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::AddARPNeighborsRequest,
+        req: agent::AddARPNeighborsRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("AddARPNeighborsRequest"))
     }
 
     async fn get_ip_tables(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::GetIPTablesRequest,
+        req: agent::GetIPTablesRequest,
     ) -> TResult<agent::GetIPTablesResponse> {
+        self.check(&req)?;
         Err(unimplemented("GetIPTablesRequest"))
     }
 
     async fn set_ip_tables(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::SetIPTablesRequest,
+        req: agent::SetIPTablesRequest,
     ) -> TResult<agent::SetIPTablesResponse> {
+        self.check(&req)?;
         Err(unimplemented("SetIPTablesRequest"))
     }
 
     async fn get_metrics(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::GetMetricsRequest,
+        req: agent::GetMetricsRequest,
     ) -> TResult<agent::Metrics> {
+        self.check(&req)?;
         Err(unimplemented("GetMetricsRequest"))
     }
 
     async fn mem_agent_memcg_set(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::MemAgentMemcgConfig,
+        req: agent::MemAgentMemcgConfig,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("MemAgentMemcgConfig"))
     }
 
     async fn mem_agent_compact_set(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::MemAgentCompactConfig,
+        req: agent::MemAgentCompactConfig,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("MemAgentCompactConfig"))
     }
 
     async fn online_cpu_mem(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::OnlineCPUMemRequest,
+        req: agent::OnlineCPUMemRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("OnlineCPUMemRequest"))
     }
 
     async fn reseed_random_dev(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::ReseedRandomDevRequest,
+        req: agent::ReseedRandomDevRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("ReseedRandomDevRequest"))
     }
 
     async fn mem_hotplug_by_probe(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::MemHotplugByProbeRequest,
+        req: agent::MemHotplugByProbeRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("MemHotplugByProbeRequest"))
     }
 
     async fn set_guest_date_time(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::SetGuestDateTimeRequest,
+        req: agent::SetGuestDateTimeRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("SetGuestDateTimeRequest"))
     }
 
     async fn get_oom_event(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::GetOOMEventRequest,
+        req: agent::GetOOMEventRequest,
     ) -> TResult<agent::OOMEvent> {
+        self.check(&req)?;
         Err(unimplemented("GetOOMEventRequest"))
     }
 
-    async fn add_swap(&self, _ctx: &TtrpcContext, _req: agent::AddSwapRequest) -> TResult<Empty> {
+    async fn add_swap(&self, _ctx: &TtrpcContext, req: agent::AddSwapRequest) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("AddSwapRequest"))
     }
 
     async fn get_volume_stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::VolumeStatsRequest,
+        req: agent::VolumeStatsRequest,
     ) -> TResult<csi::VolumeStatsResponse> {
+        self.check(&req)?;
         Err(unimplemented("VolumeStatsRequest"))
     }
 
     async fn resize_volume(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::ResizeVolumeRequest,
+        req: agent::ResizeVolumeRequest,
     ) -> TResult<Empty> {
+        self.check(&req)?;
         Err(unimplemented("ResizeVolumeRequest"))
     }
 
     async fn set_policy(
         &self,
         _ctx: &TtrpcContext,
-        _req: agent::SetPolicyRequest,
+        req: agent::SetPolicyRequest,
     ) -> TResult<Empty> {
-        Err(unimplemented("SetPolicyRequest"))
+        // The current policy decides whether it may be replaced.
+        self.check(&req)?;
+        // Under SNP only the policy the measured launch names (HOST_DATA) may be enforced.
+        if let Err(e) = self.launch.check_policy(&req.policy) {
+            let msg = format!("SetPolicyRequest: {e}");
+            log::warn!("{msg}");
+            return Err(denied(msg));
+        }
+        let engine = PolicyEngine::new(&req.policy).map_err(|e| {
+            log::warn!("SetPolicy: {e}");
+            ttrpc::Error::from(AgentError::invalid(format!("SetPolicyRequest: {e}")))
+        })?;
+        match self.policy.lock() {
+            Ok(mut current) => *current = engine,
+            Err(poisoned) => *poisoned.into_inner() = engine,
+        }
+        log::info!("policy replaced by SetPolicy ({} bytes)", req.policy.len());
+        Ok(Empty::new())
     }
 }
 

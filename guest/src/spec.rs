@@ -11,6 +11,29 @@ use serde_json::{json, Map, Value};
 const GUEST_MOUNT_TYPES: &[&str] = &[
     "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
 ];
+/// A container annotation asking for SNP attestation reports from inside the container. The
+/// request carries it, so the pod's policy decides (generated policies refuse annotations they
+/// do not list). The container then gets the guest's configfs (configfs-tsm,
+/// `/sys/kernel/config/tsm/report`) and makes reports the standard Linux way.
+pub const ATTESTATION_ANNOTATION: &str = "io.katacontainers.kata-cc.attestation";
+/// Where configfs is, in the guest and in the container.
+pub const CONFIGFS: &str = "/sys/kernel/config";
+
+/// Whether the spec asks for attestation reports; `Err` names a value that is not a bool.
+pub fn wants_attestation(spec: &oci::Spec) -> Result<bool, String> {
+    match spec
+        .Annotations
+        .get(ATTESTATION_ANNOTATION)
+        .map(String::as_str)
+    {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(format!(
+            "annotation {ATTESTATION_ANNOTATION}: {other:?} is not \"true\" or \"false\""
+        )),
+    }
+}
+
 /// Namespaces every container gets fresh in the guest.
 const NEW_NAMESPACES: &[&str] = &["pid", "mount", "uts", "ipc"];
 
@@ -191,6 +214,13 @@ pub fn config_json(cid: &str, spec: &oci::Spec, rootfs: &Path) -> Value {
             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         }));
     }
+    if wants_attestation(spec) == Ok(true) {
+        // After the spec's own /sys, so it lands on the container's sysfs mount point.
+        mounts.push(json!({
+            "destination": CONFIGFS, "type": "bind", "source": CONFIGFS,
+            "options": ["rbind", "rw", "nosuid", "nodev", "noexec"],
+        }));
+    }
     out.insert("mounts".into(), json!(mounts));
 
     let annotations: Map<String, Value> = spec
@@ -253,6 +283,27 @@ pub fn config_json(cid: &str, spec: &oci::Spec, rootfs: &Path) -> Value {
 #[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attestation_annotation_adds_configfs_last() {
+        let mut spec = oci::Spec::default();
+        assert_eq!(wants_attestation(&spec), Ok(false));
+        let v = config_json("c1", &spec, Path::new("/r"));
+        assert!(!v["mounts"].to_string().contains(CONFIGFS));
+        spec.Annotations
+            .insert(ATTESTATION_ANNOTATION.to_string(), "true".to_string());
+        let v = config_json("c1", &spec, Path::new("/r"));
+        let last = v["mounts"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["destination"], CONFIGFS);
+        assert_eq!(last["type"], "bind");
+        spec.Annotations
+            .insert(ATTESTATION_ANNOTATION.to_string(), "yes".to_string());
+        let e = wants_attestation(&spec).unwrap_err();
+        assert!(
+            e.contains(ATTESTATION_ANNOTATION) && e.contains("\"yes\""),
+            "{e}"
+        );
+    }
 
     #[test]
     fn host_parts_are_dropped_and_workload_parts_kept() {

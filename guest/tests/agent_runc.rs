@@ -31,12 +31,16 @@ impl AgentProc {
     fn start() -> AgentProc {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("agent.sock");
+        // Without a policy the agent allows only SetPolicy; these tests exercise the data path.
+        let policy = dir.path().join("policy.rego");
+        std::fs::write(&policy, kata_cc_guest::policy::allow_all()).expect("write policy");
         let child = Command::new(env!("CARGO_BIN_EXE_kata-cc-agent"))
             .env("KATA_CC_AGENT_LISTEN", format!("unix://{}", sock.display()))
             .env("KATA_CC_CONTAINERS_DIR", dir.path().join("containers"))
             .env("KATA_CC_LAYERS_DIR", dir.path().join("layers"))
             .env("KATA_CC_RUNC_ROOT", dir.path().join("runc"))
             .env("KATA_CC_RUNC", RUNC)
+            .env("KATA_CC_POLICY_PATH", &policy)
             .spawn()
             .expect("start kata-cc-agent");
         AgentProc { child, dir }

@@ -4,8 +4,10 @@
 pub mod agent;
 pub mod config;
 pub mod sizing;
+pub mod snp;
 pub mod vm;
 
 // containerd side (task service, containers, stdio, images).
 pub mod image;
+pub mod policy_source;
 pub mod service;

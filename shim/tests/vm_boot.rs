@@ -61,6 +61,7 @@ fn spec(cfg: &Config, id: &str) -> VmSpec {
             vcpus: 1,
         },
         state_dir: cfg.runtime.state_root.join(id),
+        host_data: None,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod image;
 pub mod leak;
 pub mod paths;
+pub mod policy;
 pub mod procs;
 pub mod pty;
 pub mod scenarios;

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use kata_cc_shim::config::Config;
 
+#[path = "../policy_cli.rs"]
+mod policy_cli;
+#[path = "../snp_cli.rs"]
+mod snp_cli;
+
 const USAGE: &str = "usage: kata-cc <command>\n\ncommands:\n  config [--config PATH]   load and validate the runtime configuration (default: $KATA_CC_CONFIG_PATH, else /etc/kata-cc/configuration.toml)\n  version                  print the version\n";
 
 fn main() -> ExitCode {
@@ -15,8 +20,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("config") => config(&args[1..]),
+        Some("policy") => policy_cli::main(&args[1..]),
+        Some("measure") => snp_cli::measure(&args[1..]),
+        Some("attest") => snp_cli::attest(&args[1..]),
+        Some("check") => snp_cli::check(&args[1..]),
         Some("help") | Some("--help") | Some("-h") => {
-            print!("{USAGE}");
+            print!("{USAGE}{}{}", policy_cli::USAGE, snp_cli::USAGE);
             ExitCode::SUCCESS
         }
         Some(other) => {

@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_proto::agent::{CopyFileRequest, CreateSandboxRequest};
+use std::path::PathBuf;
+
+use agent_proto::agent::{CopyFileRequest, CreateSandboxRequest, SetPolicyRequest};
 use tokio::sync::{watch, Mutex};
 
 use crate::agent::{context, AgentClient};
 use crate::config::Config;
 use crate::image::{digest_hex, ImageStore, Layer};
+use crate::policy_source::{self, PodPolicy, PolicyState};
 use crate::sizing::size_for;
 use crate::vm::{Vm, VmSpec};
 
@@ -42,6 +45,29 @@ pub enum SandboxError {
     },
     #[error("layer {digest}: containerd sent {got} bytes, manifest says {want}")]
     LayerSize { digest: String, got: i64, want: i64 },
+    /// The agent refused the pod's policy (current policy denies SetPolicy, or the text does
+    /// not parse); `code` is the agent's status code, kept for containerd.
+    #[error("policy from annotation {annotation}: agent SetPolicy: {message}")]
+    SetPolicy {
+        annotation: &'static str,
+        code: ttrpc::Code,
+        message: String,
+    },
+    #[error("cannot record the policy in {path}: {source}")]
+    PolicyState {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl SandboxError {
+    /// The ttrpc status code containerd should see (the agent's own for a policy refusal).
+    pub fn code(&self) -> ttrpc::Code {
+        match self {
+            SandboxError::SetPolicy { code, .. } => *code,
+            _ => ttrpc::Code::INTERNAL,
+        }
+    }
 }
 
 pub struct Sandbox {
@@ -55,10 +81,101 @@ pub struct Sandbox {
     /// Held from a container's first layer copy until its CreateContainer returned: two
     /// containers of a pod may share a blob path, which the agent consumes.
     pub layer_lock: Mutex<()>,
+    state_dir: PathBuf,
+    /// SEV-SNP launch: the agent binds policies to HOST_DATA.
+    confidential: bool,
+    launch_host_data: Option<[u8; 32]>,
+    /// The policy the shim last set (None: the agent's baked default).
+    policy: Mutex<Option<PodPolicy>>,
+}
+
+/// Sends a policy to the agent, which checks SetPolicyRequest against its current policy.
+/// A confidential guest first gets the init-data document the policy came from (if it did):
+/// the agent checks the document's digest against the launch's HOST_DATA.
+async fn set_policy(
+    agent: &AgentClient,
+    timeout: Duration,
+    p: &PodPolicy,
+    confidential: bool,
+) -> Result<(), SandboxError> {
+    if let (true, Some(doc)) = (confidential, &p.document) {
+        copy_initdata(agent, timeout, doc, p.source.annotation()).await?;
+    }
+    let req = SetPolicyRequest {
+        policy: p.text.clone(),
+        ..Default::default()
+    };
+    agent
+        .agent
+        .set_policy(context(timeout), &req)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            let (code, message) = match e {
+                ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
+                other => (ttrpc::Code::INTERNAL, other.to_string()),
+            };
+            SandboxError::SetPolicy {
+                annotation: p.source.annotation(),
+                code,
+                message,
+            }
+        })
+}
+
+/// CopyFile of the init-data document to its fixed guest path, in chunks.
+async fn copy_initdata(
+    agent: &AgentClient,
+    timeout: Duration,
+    doc: &str,
+    annotation: &'static str,
+) -> Result<(), SandboxError> {
+    const CHUNK: usize = 1 << 20;
+    let bytes = doc.as_bytes();
+    let mut offset = 0usize;
+    loop {
+        let end = (offset + CHUNK).min(bytes.len());
+        let req = CopyFileRequest {
+            path: kata_cc_guest::initdata::GUEST_PATH.to_string(),
+            file_size: bytes.len() as i64,
+            file_mode: 0o600,
+            dir_mode: 0o700,
+            offset: offset as i64,
+            data: bytes[offset..end].to_vec(),
+            ..Default::default()
+        };
+        agent
+            .agent
+            .copy_file(context(timeout), &req)
+            .await
+            .map_err(|e| {
+                let (code, message) = match e {
+                    ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
+                    other => (ttrpc::Code::INTERNAL, other.to_string()),
+                };
+                SandboxError::SetPolicy {
+                    annotation,
+                    code,
+                    message: format!("copying the init-data document: {message}"),
+                }
+            })?;
+        offset = end;
+        if offset >= bytes.len() {
+            return Ok(());
+        }
+    }
+}
+
+fn record_policy(state_dir: &std::path::Path, state: &PolicyState) -> Result<(), SandboxError> {
+    policy_source::write_state(state_dir, state).map_err(|source| SandboxError::PolicyState {
+        path: state_dir.join(policy_source::POLICY_STATE_FILE),
+        source,
+    })
 }
 
 impl Sandbox {
-    /// Size and boot the VM for a pod, then announce the sandbox to the agent. Nothing is left
+    /// Size and boot the VM for a pod, send the pod's policy (if it has one: otherwise the
+    /// agent keeps its baked default), then announce the sandbox to the agent. Nothing is left
     /// running when this fails.
     pub async fn start(
         cfg: &Config,
@@ -66,6 +183,7 @@ impl Sandbox {
         hostname: &str,
         annotations: &HashMap<String, String>,
         resources: Option<&oci_spec::runtime::LinuxResources>,
+        policy: Option<PodPolicy>,
         rpc_timeout: Duration,
     ) -> Result<Arc<Sandbox>, SandboxError> {
         let size = size_for(cfg.hypervisor.qemu.default_memory, annotations, resources)?;
@@ -80,7 +198,8 @@ impl Sandbox {
             VmSpec {
                 id: id.to_string(),
                 size,
-                state_dir,
+                state_dir: state_dir.clone(),
+                host_data: policy.as_ref().map(PodPolicy::host_data),
             },
         )
         .await?;
@@ -91,6 +210,34 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
+        // The policy goes first: CreateSandbox and everything after are checked against it.
+        let state = match &policy {
+            Some(p) => {
+                if let Err(e) = set_policy(
+                    &agent,
+                    rpc_timeout,
+                    p,
+                    cfg.hypervisor.qemu.confidential_guest,
+                )
+                .await
+                {
+                    let _ = vm.stop().await;
+                    return Err(e);
+                }
+                log::info!(
+                    "sandbox {id}: policy from {} set ({:?} digest {})",
+                    p.source.annotation(),
+                    p.algorithm,
+                    p.digest_hex()
+                );
+                p.state(Some(p.host_data()))
+            }
+            None => PolicyState::baked_default(),
+        };
+        if let Err(e) = record_policy(&state_dir, &state) {
+            let _ = vm.stop().await;
+            return Err(e);
+        }
         let req = CreateSandboxRequest {
             hostname: hostname.to_string(),
             sandbox_id: id.to_string(),
@@ -119,6 +266,10 @@ impl Sandbox {
             dead: dead_rx,
             stopping: AtomicBool::new(false),
             layer_lock: Mutex::new(()),
+            state_dir,
+            confidential: cfg.hypervisor.qemu.confidential_guest,
+            launch_host_data: policy.as_ref().map(PodPolicy::host_data),
+            policy: Mutex::new(policy),
         });
         let weak = Arc::downgrade(&sandbox);
         tokio::spawn(async move {
@@ -148,6 +299,26 @@ impl Sandbox {
         } else {
             std::process::id()
         }
+    }
+
+    /// A later container of the pod carries a policy: if it differs from the one in force the
+    /// shim asks the agent to replace it, which only succeeds if the current policy allows
+    /// SetPolicyRequest. The same policy again (CRI repeats pod annotations on every
+    /// container) is not re-sent.
+    pub async fn update_policy(&self, p: &PodPolicy) -> Result<(), SandboxError> {
+        let mut current = self.policy.lock().await;
+        if current.as_ref().is_some_and(|c| c.text == p.text) {
+            return Ok(());
+        }
+        set_policy(&self.agent, self.rpc_timeout, p, self.confidential).await?;
+        log::info!(
+            "sandbox {}: policy replaced from {} (digest {})",
+            self.id,
+            p.source.annotation(),
+            p.digest_hex()
+        );
+        *current = Some(p.clone());
+        record_policy(&self.state_dir, &p.state(self.launch_host_data))
     }
 
     pub fn dead(&self) -> watch::Receiver<bool> {

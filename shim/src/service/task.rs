@@ -38,6 +38,7 @@ use super::{runtime_options_config_path, ANNOTATION_CONTAINER_TYPE, ANNOTATION_S
 use crate::agent::context;
 use crate::config::Config;
 use crate::image::ImageStore;
+use crate::policy_source;
 
 /// Storage driver the agent unpacks layers with.
 pub const LAYER_DRIVER: &str = "kata-cc.layer";
@@ -77,6 +78,14 @@ fn agent_err(rpc: &str, e: ttrpc::Error) -> ttrpc::Error {
             ttrpc::Error::RpcStatus(s)
         }
         other => internal(format!("agent {rpc}: {other}")),
+    }
+}
+
+/// Closes a process's stdio that no copier took over (the process never started).
+async fn close_stdio(io: stdio::OpenedStdio) {
+    if let Some(l) = io.logger {
+        drop((io.stdin, io.stdout, io.stderr));
+        l.finish().await;
     }
 }
 
@@ -159,12 +168,23 @@ impl Inner {
         annotations: &HashMap<String, String>,
     ) -> TtrpcResult<(Arc<Sandbox>, bool)> {
         let mut slot = self.sandbox.lock().await;
+        // A bad policy annotation fails here, before anything is started.
+        let policy = policy_source::from_annotations(annotations)
+            .map_err(|e| invalid(format!("container {}: {e}", req.id)))?;
         if let Some(sb) = slot.as_ref() {
             if sb.is_dead() {
                 return Err(precondition(format!(
                     "the VM of sandbox {} is gone; the pod must be recreated",
                     sb.id
                 )));
+            }
+            if let Some(p) = &policy {
+                sb.update_policy(p).await.map_err(|e| {
+                    rpc_status(
+                        e.code(),
+                        format!("container {}: sandbox {}: {e}", req.id, sb.id),
+                    )
+                })?;
             }
             return Ok((sb.clone(), false));
         }
@@ -202,10 +222,11 @@ impl Inner {
             &hostname,
             annotations,
             resources.as_ref(),
+            policy,
             self.rpc_timeout,
         )
         .await
-        .map_err(|e| internal(format!("sandbox {sandbox_id}: {e}")))?;
+        .map_err(|e| rpc_status(e.code(), format!("sandbox {sandbox_id}: {e}")))?;
         *slot = Some(sb.clone());
         Ok((sb, true))
     }
@@ -499,7 +520,7 @@ impl Task for TaskService {
             )));
         }
         let agent = &sandbox.agent.agent;
-        if req.exec_id.is_empty() {
+        let started = if req.exec_id.is_empty() {
             agent
                 .start_container(
                     context(inner.rpc_timeout),
@@ -509,7 +530,8 @@ impl Task for TaskService {
                     },
                 )
                 .await
-                .map_err(|e| agent_err("StartContainer", e))?;
+                .map(|_| ())
+                .map_err(|e| agent_err("StartContainer", e))
         } else {
             let mut process = proc.spec.clone().unwrap_or_default();
             process.Terminal = proc.stdio.terminal;
@@ -524,7 +546,16 @@ impl Task for TaskService {
                     },
                 )
                 .await
-                .map_err(|e| agent_err("ExecProcess", e))?;
+                .map(|_| ())
+                .map_err(|e| agent_err("ExecProcess", e))
+        };
+        if let Err(e) = started {
+            // containerd's client waits for EOF on the process's stdio before it returns the
+            // error (and deletes the process): close it now.
+            if let Some(io) = proc.take_io() {
+                close_stdio(io).await;
+            }
+            return Err(e);
         }
         proc.set_running();
         inner.spawn_process(sandbox, proc.clone());
@@ -768,6 +799,10 @@ impl Task for TaskService {
         if !req.exec_id.is_empty() {
             if let Some(c) = inner.containers.lock().await.get_mut(&req.id) {
                 c.execs.remove(&req.exec_id);
+            }
+            // An exec that never started still holds its stdio open.
+            if let Some(io) = proc.take_io() {
+                close_stdio(io).await;
             }
             return Ok(DeleteResponse {
                 pid: proc.pid,

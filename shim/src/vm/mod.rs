@@ -45,16 +45,20 @@ pub struct VmSpec {
     pub id: String,
     pub size: VmSize,
     pub state_dir: PathBuf,
+    /// SNP HOST_DATA (the pod policy's digest): becomes the `sev-snp-guest` object's
+    /// `host-data` (`snp::qemu::snp_object`) when `confidential_guest = true`.
+    pub host_data: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Error)]
 pub enum VmError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error(
-        "SEV-SNP launch is not implemented yet (hypervisor.qemu.confidential_guest = true in {0})"
-    )]
-    ConfidentialNotImplemented(PathBuf),
+    /// `confidential_guest = true` on a host that cannot launch SNP: names what is missing.
+    #[error(transparent)]
+    SnpUnavailable(#[from] crate::snp::host::SnpUnavailable),
+    #[error(transparent)]
+    SnpArgs(#[from] crate::snp::qemu::SnpArgsError),
     #[error("invalid sandbox id {0:?}: must be non-empty, without '/', not . or ..")]
     BadId(String),
     #[error("sandbox state dir {0} already exists")]
@@ -174,9 +178,19 @@ impl Vm {
     /// Health.Check. On any failure everything started is killed and the state dir removed.
     pub async fn start(cfg: &Config, spec: VmSpec) -> Result<Vm, VmError> {
         let q = &cfg.hypervisor.qemu;
-        if q.confidential_guest {
-            return Err(VmError::ConfidentialNotImplemented(cfg.source.clone()));
-        }
+        // SNP: checked before anything is started; never falls back to a non-confidential VM.
+        let snp = if q.confidential_guest {
+            let (cbitpos, reduced) = crate::snp::host::require_snp(
+                &crate::snp::host::HostPaths::default(),
+                &q.firmware,
+                &cfg.source,
+            )?;
+            let mut l = crate::snp::qemu::SnpLaunch::new(cbitpos, reduced);
+            l.host_data = spec.host_data;
+            Some(l)
+        } else {
+            None
+        };
         if spec.id.is_empty() || spec.id.contains('/') || spec.id == "." || spec.id == ".." {
             return Err(VmError::BadId(spec.id));
         }
@@ -242,7 +256,10 @@ impl Vm {
             )
         };
 
-        let accel = accel::choose(q.accel, &q.path).await;
+        let accel = match snp {
+            Some(_) => Accel::Kvm,
+            None => accel::choose(q.accel, &q.path).await,
+        };
         let args = qemu::qemu_args(&QemuLaunch {
             id: &spec.id,
             qemu: q,
@@ -251,6 +268,10 @@ impl Vm {
             vsock,
             state_dir: &sd,
         });
+        let args = match &snp {
+            Some(l) => crate::snp::qemu::snp_qemu_args(&args, l)?,
+            None => args,
+        };
         log::info!("starting {} {}", q.path.display(), args.join(" "));
         let mut cmd = Command::new(&q.path);
         cmd.args(&args);
@@ -519,6 +540,7 @@ mod tests {
                 vcpus: 1,
             },
             state_dir: dir.join("state/t"),
+            host_data: None,
         }
     }
 
@@ -546,9 +568,15 @@ mod tests {
             .await
             .err()
             .unwrap();
-        assert!(err
-            .to_string()
-            .starts_with("SEV-SNP launch is not implemented yet"));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("SEV-SNP requested (hypervisor.qemu.confidential_guest = true in"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("SEV firmware (hypervisor.qemu.firmware is not set"),
+            "{msg}"
+        );
         assert!(!dir.path().join("state/t").exists());
     }
 

@@ -1,0 +1,317 @@
+use super::*;
+use serde_json::json;
+
+const BASE: &str = "package agent_policy\n\ndefault ReadStreamRequest := false\n";
+
+fn corpus_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/kata-policy")
+}
+
+fn corpus_cases() -> Vec<std::path::PathBuf> {
+    let dir = corpus_dir();
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("policy.rego").is_file())
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 4,
+        "conformance cases missing in {}",
+        dir.display()
+    );
+    cases
+}
+
+#[test]
+fn bool_result() {
+    let mut p = PolicyEngine::new(&format!(
+        "{BASE}ExecProcessRequest {{ input.process.Args[0] == \"ls\"\n print(\"ok\") }}\n\
+         default ExecProcessRequest := false\nCloseStdinRequest := true\n"
+    ))
+    .unwrap();
+    let d = p
+        .evaluate("ExecProcessRequest", &json!({"process": {"Args": ["ls"]}}))
+        .unwrap();
+    assert!(d.allowed && !d.forced && !d.undefined);
+    // The compiled form decides allowed requests and runs no prints (they only matter in a
+    // denial message); the interpreter gathers them.
+    assert!(p.has_fast_path());
+    assert!(d.prints.is_empty(), "{:?}", d.prints);
+    let mut interp = p.clone();
+    interp.disable_fast_path();
+    let d = interp
+        .evaluate("ExecProcessRequest", &json!({"process": {"Args": ["ls"]}}))
+        .unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.prints.len(), 1);
+    assert!(d.prints[0].ends_with("ok"), "{:?}", d.prints);
+    let d = p
+        .evaluate("ExecProcessRequest", &json!({"process": {"Args": ["sh"]}}))
+        .unwrap();
+    assert!(!d.allowed);
+    assert!(p.evaluate("CloseStdinRequest", &json!({})).unwrap().allowed);
+    assert!(!p.evaluate("ReadStreamRequest", &json!({})).unwrap().allowed);
+}
+
+#[test]
+fn undefined_rule_denies() {
+    let mut p = PolicyEngine::new(BASE).unwrap();
+    let d = p.evaluate("ExecProcessRequest", &json!({})).unwrap();
+    assert!(!d.allowed && d.undefined);
+    assert_eq!(
+        d.denial_message("ExecProcessRequest"),
+        "ExecProcessRequest is blocked by policy: the policy has no rule ExecProcessRequest"
+    );
+    // A rule that exists but has no default and whose body fails is undefined too.
+    let mut p =
+        PolicyEngine::new(&format!("{BASE}CloseStdinRequest {{ input.x == 1 }}\n")).unwrap();
+    let d = p.evaluate("CloseStdinRequest", &json!({"x": 2})).unwrap();
+    assert!(!d.allowed && d.undefined);
+    assert!(
+        p.evaluate("CloseStdinRequest", &json!({"x": 1}))
+            .unwrap()
+            .allowed
+    );
+    assert!(matches!(
+        p.evaluate("bad.name", &json!({})),
+        Err(PolicyError::BadRequestName(_))
+    ));
+}
+
+#[test]
+fn allow_requests_failing_policy() {
+    let mut p = PolicyEngine::new(&format!(
+        "{BASE}default AllowRequestsFailingPolicy := true\nExecProcessRequest {{ print(\"no\")\n false }}\n"
+    ))
+    .unwrap();
+    assert!(p.allows_failures());
+    let d = p.evaluate("ReadStreamRequest", &json!({})).unwrap();
+    assert!(d.allowed && d.forced);
+    let d = p.evaluate("PullImageRequest", &json!({})).unwrap();
+    assert!(d.allowed && d.forced && d.undefined);
+    let d = p
+        .evaluate("AllowRequestsFailingPolicy", &json!({}))
+        .unwrap();
+    assert!(d.allowed && !d.forced);
+}
+
+#[test]
+fn ops_update_state() {
+    // A policy in the style of newer genpolicy: the first exec of a container records its
+    // command line in data.pstate; later execs must repeat it.
+    let rego = r#"package agent_policy
+import future.keywords.if
+
+default ExecProcessRequest := {"allowed": false}
+
+ExecProcessRequest := {"allowed": true, "ops": ops} if {
+    not data.pstate[input.container_id]
+    ops := [
+        {"op": "add", "path": "/pstate", "value": {}},
+        {"op": "add", "path": sprintf("/pstate/%s", [input.container_id]), "value": input.process.Args},
+    ]
+} else := {"allowed": true, "ops": []} if {
+    data.pstate[input.container_id] == input.process.Args
+}
+
+ReadStreamRequest := {"allowed": true, "ops": [{"op": "remove", "path": "/nope"}]}
+"#;
+    let mut p = PolicyEngine::new(rego).unwrap();
+    let req = |args: &[&str]| json!({"container_id": "c1", "process": {"Args": args}});
+    let d = p.evaluate("ExecProcessRequest", &req(&["ls"])).unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.ops_applied, 2);
+    assert_eq!(p.state(), json!({"pstate": {"c1": ["ls"]}}));
+    assert!(
+        p.evaluate("ExecProcessRequest", &req(&["ls"]))
+            .unwrap()
+            .allowed
+    );
+    let d = p.evaluate("ExecProcessRequest", &req(&["sh"])).unwrap();
+    assert!(!d.allowed);
+    assert_eq!(p.state(), json!({"pstate": {"c1": ["ls"]}}));
+    // An op that cannot apply is an error naming the op; the state is unchanged.
+    let e = p.evaluate("ReadStreamRequest", &json!({})).unwrap_err();
+    assert!(e.to_string().contains("state op 0"), "{e}");
+    assert_eq!(p.state(), json!({"pstate": {"c1": ["ls"]}}));
+}
+
+#[test]
+fn parse_error_names_line() {
+    let e = PolicyEngine::new("package agent_policy\n\ndefault X := true\nY {\n  input.a == \n}\n")
+        .unwrap_err();
+    match &e {
+        PolicyError::Parse { line, message, .. } => {
+            assert!((4..=6).contains(line), "{e}");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+    assert!(e.to_string().contains("line"), "{e}");
+}
+
+#[test]
+fn missing_package() {
+    let e = PolicyEngine::new("package other\n\ndefault X := true\n").unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::MissingPackage { found } if found == "other"),
+        "{e:?}"
+    );
+    assert!(PolicyEngine::new("default X := true\n").is_err());
+    assert!(PolicyEngine::new("").is_err());
+}
+
+#[test]
+fn evaluation_error_is_an_error() {
+    // Regorus resolves functions when a rule is first evaluated: the request fails (the agent
+    // denies it), other rules still work.
+    let mut p = PolicyEngine::new(&format!("{BASE}X {{ no_such_function(1) }}\n")).unwrap();
+    let e = p.evaluate("X", &json!({})).unwrap_err();
+    assert!(e.to_string().contains("no_such_function"), "{e}");
+    assert!(!p.evaluate("ReadStreamRequest", &json!({})).unwrap().allowed);
+}
+
+#[test]
+fn denial_message_is_bounded() {
+    let d = Decision {
+        allowed: false,
+        forced: false,
+        undefined: false,
+        prints: (0..5000).map(|i| format!("print {i}")).collect(),
+        ops_applied: 0,
+    };
+    let m = d.denial_message("CreateContainerRequest");
+    assert!(m.starts_with("CreateContainerRequest is blocked by policy: ..."));
+    assert!(m.len() <= MAX_DENIAL_MESSAGE);
+    assert!(m.ends_with("print 4999"));
+}
+
+/// Every logged request of the corpus survives JSON -> message -> JSON. Our messages follow a
+/// newer agent.proto than the one the logs were made with, so fields the log lacks come back with
+/// their default value; those are listed (and must be defaults), anything else fails.
+#[test]
+fn corpus_requests_round_trip() {
+    let mut added = std::collections::BTreeSet::new();
+    let mut checked = 0;
+    for case in corpus_cases() {
+        let text = std::fs::read_to_string(case.join("inputs.txt")).unwrap();
+        for e in log::parse(&text).unwrap() {
+            if input::descriptor(&e.name).is_none() {
+                // AllowRequestsFailingPolicy is a policy rule, not a message.
+                assert_eq!(e.name, ALLOW_FAILURES_RULE, "{}:{}", case.display(), e.line);
+                continue;
+            }
+            let mut orig = e.input.clone();
+            // Kata renamed Interface.pciPath (field 6) to devicePath after these logs were made;
+            // our types.proto has the new name.
+            if let Some(i) = orig.get_mut("interface").and_then(|i| i.as_object_mut()) {
+                if let Some(v) = i.remove("pciPath") {
+                    i.insert("devicePath".into(), v);
+                    added.insert("UpdateInterfaceRequest..pciPath renamed devicePath".into());
+                }
+            }
+            let m = input::from_json(&e.name, &orig)
+                .unwrap_or_else(|err| panic!("{}:{}: {err}", case.display(), e.line));
+            let back = input::to_json(&*m);
+            compare(&orig, &back, &e.name, &mut added)
+                .unwrap_or_else(|err| panic!("{}:{}: {err}", case.display(), e.line));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 150, "{checked}");
+    eprintln!("round-tripped {checked} requests; fields our protocol adds: {added:?}");
+}
+
+fn compare(
+    orig: &serde_json::Value,
+    back: &serde_json::Value,
+    path: &str,
+    added: &mut std::collections::BTreeSet<String>,
+) -> Result<(), String> {
+    use serde_json::Value;
+    match (orig, back) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, av) in a {
+                let bv = b
+                    .get(k)
+                    .ok_or_else(|| format!("{path}.{k}: lost in the round trip"))?;
+                compare(av, bv, &format!("{path}.{k}"), added)?;
+            }
+            for (k, bv) in b {
+                if !a.contains_key(k) {
+                    let default = match bv {
+                        Value::Null => true,
+                        Value::Bool(b) => !b,
+                        Value::Number(n) => n.as_f64() == Some(0.0),
+                        Value::String(s) => s.is_empty(),
+                        Value::Array(v) => v.is_empty(),
+                        Value::Object(o) => o.is_empty(),
+                    };
+                    if !default {
+                        return Err(format!("{path}.{k}: appeared with value {bv}"));
+                    }
+                    let generic = path.split('.').next().unwrap_or(path);
+                    added.insert(format!("{generic}..{k}"));
+                }
+            }
+            Ok(())
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                compare(x, y, &format!("{path}[{i}]"), added)?;
+            }
+            Ok(())
+        }
+        (a, b) if a == b => Ok(()),
+        (a, b) => Err(format!("{path}: {a} came back as {b}")),
+    }
+}
+
+/// The engine reaches the decisions in each case's outputs.json, in order.
+#[test]
+fn corpus_decisions() {
+    for case in corpus_cases() {
+        let rego = std::fs::read_to_string(case.join("policy.rego")).unwrap();
+        let text = std::fs::read_to_string(case.join("inputs.txt")).unwrap();
+        let outputs: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(case.join("outputs.json")).unwrap())
+                .unwrap();
+        let entries = log::parse(&text).unwrap();
+        assert_eq!(entries.len(), outputs.len(), "{}", case.display());
+        let mut p = PolicyEngine::new(&rego).unwrap();
+        for (e, want) in entries.iter().zip(&outputs) {
+            let want = match want {
+                serde_json::Value::Bool(b) => *b,
+                other => other["allowed"].as_bool().unwrap(),
+            };
+            let d = p.evaluate(&e.name, &e.input).unwrap();
+            assert_eq!(d.allowed, want, "{}:{} {}", case.display(), e.line, e.name);
+        }
+    }
+}
+
+/// Requests built from our own messages (not from the log JSON) get the same decisions.
+#[test]
+fn corpus_decisions_via_messages() {
+    for case in corpus_cases() {
+        let rego = std::fs::read_to_string(case.join("policy.rego")).unwrap();
+        let text = std::fs::read_to_string(case.join("inputs.txt")).unwrap();
+        let mut p = PolicyEngine::new(&rego).unwrap();
+        let mut q = p.clone();
+        for e in log::parse(&text).unwrap() {
+            let Ok(m) = input::from_json(&e.name, &e.input) else {
+                continue;
+            };
+            let a = p.evaluate(&e.name, &e.input).unwrap().allowed;
+            let b = q.evaluate(&e.name, &input::to_json(&*m)).unwrap().allowed;
+            assert_eq!(a, b, "{}:{} {}", case.display(), e.line, e.name);
+        }
+    }
+}
+
+#[test]
+fn engine_is_send() {
+    fn send<T: Send + 'static>() {}
+    send::<PolicyEngine>();
+}

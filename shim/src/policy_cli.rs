@@ -1,0 +1,518 @@
+//! `kata-cc policy ...`: runs request logs through the agent's own policy engine
+//! (`kata_cc_guest::policy`), so the host tool and the guest decide alike.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use kata_cc_guest::policy::{input, log, PolicyEngine};
+use serde_json::{json, Value};
+
+pub const USAGE: &str = "  policy replay --policy P --requests LOG [--verbose]\n                           feed a request log through the policy in order; one `allow|deny <Request>` line each\n  policy bench --policy P --requests LOG [--iterations N]\n                           per-request-type evaluation time (p50/p99) over the log;\n                           --interpreter: without the compiled (VM) fast path\n  policy check --policy P --pod POD.json [--base LOG]\n                           which of a pod's container creations/exec probes the policy denies (--help)\n";
+
+struct Args {
+    policy: String,
+    requests: String,
+    iterations: usize,
+    verbose: bool,
+    interpreter: bool,
+}
+
+fn parse_args(cmd: &str, args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        policy: String::new(),
+        requests: String::new(),
+        iterations: 50,
+        verbose: false,
+        interpreter: false,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("kata-cc policy {cmd}: {flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--policy" => a.policy = value()?,
+            "--requests" => a.requests = value()?,
+            "--iterations" => {
+                let v = value()?;
+                a.iterations = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    format!("kata-cc policy {cmd}: --iterations {v}: not a positive number")
+                })?;
+            }
+            "--verbose" | "-v" => a.verbose = true,
+            "--interpreter" => a.interpreter = true,
+            other => return Err(format!("kata-cc policy {cmd}: unknown argument {other}")),
+        }
+    }
+    if a.policy.is_empty() || a.requests.is_empty() {
+        return Err(format!(
+            "kata-cc policy {cmd}: --policy and --requests are required"
+        ));
+    }
+    Ok(a)
+}
+
+fn load(a: &Args) -> Result<(PolicyEngine, Vec<log::LogEntry>), String> {
+    let rego = std::fs::read_to_string(&a.policy).map_err(|e| format!("{}: {e}", a.policy))?;
+    let engine = PolicyEngine::new(&rego).map_err(|e| format!("{}: {e}", a.policy))?;
+    let text = std::fs::read_to_string(&a.requests).map_err(|e| format!("{}: {e}", a.requests))?;
+    let entries = log::parse(&text).map_err(|e| format!("{}: {e}", a.requests))?;
+    Ok((engine, entries))
+}
+
+pub fn main(args: &[String]) -> ExitCode {
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => {
+            eprint!("usage:\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if cmd == "check" {
+        return check_main(rest);
+    }
+    let parsed = match cmd {
+        "replay" | "bench" => parse_args(cmd, rest),
+        other => Err(format!(
+            "kata-cc policy: unknown command '{other}'\nusage:\n{USAGE}"
+        )),
+    };
+    let a = match parsed {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (mut engine, entries) = match load(&a) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("kata-cc policy {cmd}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if a.interpreter {
+        engine.disable_fast_path();
+    }
+    if cmd == "replay" {
+        replay(engine, &entries, a.verbose)
+    } else {
+        bench(engine, &entries, a.iterations)
+    }
+}
+
+fn replay(mut engine: PolicyEngine, entries: &[log::LogEntry], verbose: bool) -> ExitCode {
+    for e in entries {
+        match engine.evaluate(&e.name, &e.input) {
+            Ok(d) => {
+                println!("{} {}", if d.allowed { "allow" } else { "deny" }, e.name);
+                if verbose && !d.allowed {
+                    eprintln!("line {}: {}", e.line, d.denial_message(&e.name));
+                }
+            }
+            Err(err) => {
+                // An evaluation error denies, as in the agent.
+                println!("deny {}", e.name);
+                if verbose {
+                    eprintln!("line {}: {err}", e.line);
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Replays the log `iterations` times, each pass from the freshly loaded policy (state ops
+/// start over), timing each evaluation (input conversion included).
+fn bench(engine: PolicyEngine, entries: &[log::LogEntry], iterations: usize) -> ExitCode {
+    let mut times: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for _ in 0..iterations {
+        let mut p = engine.clone();
+        for e in entries {
+            let start = Instant::now();
+            let _ = p.evaluate(&e.name, &e.input);
+            times
+                .entry(e.name.as_str())
+                .or_default()
+                .push(start.elapsed().as_nanos() as u64);
+        }
+    }
+    println!(
+        "{:<32} {:>7} {:>10} {:>10}",
+        "request", "count", "p50 (us)", "p99 (us)"
+    );
+    for (name, mut t) in times {
+        t.sort_unstable();
+        let pct = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+        println!(
+            "{:<32} {:>7} {:>10.1} {:>10.1}",
+            name,
+            t.len(),
+            pct(0.50),
+            pct(0.99)
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------------
+// `policy check`: the requests a pod would cause, checked against a policy.
+
+pub const CHECK_HELP: &str = "\
+kata-cc policy check --policy P --pod POD.json [--base LOG] [--verbose]
+  Builds the agent requests the pod's creation would cause and says, per container, whether the
+  policy allows them: the sandbox (pause) container first, then each container's
+  CreateContainerRequest, then one ExecProcessRequest per exec probe (liveness/readiness/startup).
+  POD: a Kubernetes Pod as JSON (`kubectl get pod NAME -o json`, or
+  `kubectl create -f pod.yaml --dry-run=client -o json`); YAML is not read.
+  Modeled from the pod: metadata.name/namespace (CRI sandbox-name/namespace annotations),
+  each container's name, image (image-name annotation), command+args (process Args), env entries
+  with literal `value` (appended to the base env, replacing same-named ones), workingDir (Cwd),
+  securityContext.privileged / runAsUser / runAsGroup / readOnlyRootFilesystem, exec probe
+  commands. Not modeled: the image's own entrypoint/env/user (the pod must give `command` or the
+  base's args are kept), valueFrom env, volumes/mounts, resources, devices, networking.
+  Everything not modeled comes from --base: a request log of a similar pod (the format of
+  `kata-cc policy replay`), whose first sandbox/container CreateContainerRequest and first
+  ExecProcessRequest are used as skeletons (their container ids replaced per container).
+  Without --base the skeletons are the protocol's empty messages, which generated policies deny
+  for unmodeled fields (mounts, capabilities, namespaces): the output says so.
+  Output: one `allow|deny <Request> <what>` line each, a denial followed by the policy's last
+  prints (the failing rule and line); exit status 1 if anything is denied.
+";
+
+const ANNO_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+const ANNO_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+const ANNO_SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+const ANNO_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+const ANNO_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+
+struct CheckArgs {
+    policy: String,
+    pod: String,
+    base: Option<String>,
+    verbose: bool,
+}
+
+fn parse_check_args(args: &[String]) -> Result<CheckArgs, String> {
+    let mut a = CheckArgs {
+        policy: String::new(),
+        pod: String::new(),
+        base: None,
+        verbose: false,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("kata-cc policy check: {flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--policy" => a.policy = value()?,
+            "--pod" => a.pod = value()?,
+            "--base" => a.base = Some(value()?),
+            "--verbose" | "-v" => a.verbose = true,
+            "--help" | "-h" => return Err(CHECK_HELP.to_string()),
+            other => {
+                return Err(format!(
+                    "kata-cc policy check: unknown argument {other}\n{CHECK_HELP}"
+                ))
+            }
+        }
+    }
+    if a.policy.is_empty() || a.pod.is_empty() {
+        return Err(format!(
+            "kata-cc policy check: --policy and --pod are required\n{CHECK_HELP}"
+        ));
+    }
+    Ok(a)
+}
+
+/// Request skeletons: everything the pod spec does not say.
+struct Skeletons {
+    sandbox: Value,
+    container: Value,
+    exec: Value,
+    from_base: bool,
+}
+
+fn empty_request(name: &str, oci: bool) -> Value {
+    let seed = if oci {
+        json!({"OCI": {"Process": {"User": {}, "Capabilities": {}}, "Root": {}, "Linux": {}}})
+    } else {
+        json!({"process": {"User": {}}})
+    };
+    input::from_json(name, &seed)
+        .map(|m| input::to_json(&*m))
+        .unwrap_or(seed)
+}
+
+fn container_type(req: &Value) -> Option<&str> {
+    req.pointer(&format!(
+        "/OCI/Annotations/{}",
+        ANNO_CONTAINER_TYPE.replace('~', "~0").replace('/', "~1")
+    ))?
+    .as_str()
+}
+
+fn skeletons(base: Option<&str>) -> Result<Skeletons, String> {
+    let mut s = Skeletons {
+        sandbox: empty_request("CreateContainerRequest", true),
+        container: empty_request("CreateContainerRequest", true),
+        exec: empty_request("ExecProcessRequest", false),
+        from_base: false,
+    };
+    let Some(path) = base else { return Ok(s) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let entries = log::parse(&text).map_err(|e| format!("{path}: {e}"))?;
+    let (mut sandbox, mut container, mut exec) = (None, None, None);
+    for e in entries {
+        match e.name.as_str() {
+            "CreateContainerRequest" => match container_type(&e.input) {
+                Some("sandbox") if sandbox.is_none() => sandbox = Some(e.input),
+                Some("container") if container.is_none() => container = Some(e.input),
+                _ => {}
+            },
+            "ExecProcessRequest" if exec.is_none() => exec = Some(e.input),
+            _ => {}
+        }
+    }
+    s.sandbox = sandbox.ok_or_else(|| format!("{path}: no sandbox CreateContainerRequest"))?;
+    s.container =
+        container.ok_or_else(|| format!("{path}: no container CreateContainerRequest"))?;
+    if let Some(x) = exec {
+        s.exec = x;
+    }
+    s.from_base = true;
+    Ok(s)
+}
+
+/// A container id for `what`, stable across runs (64 hex digits like containerd's).
+fn container_id(what: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(what.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `skeleton` with its container id replaced by `new_id` wherever it occurs (bundle paths,
+/// mount sources, storages).
+fn with_id(skeleton: &Value, new_id: &str) -> Value {
+    let old = skeleton
+        .get("container_id")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if old.is_empty() {
+        let mut v = skeleton.clone();
+        v["container_id"] = json!(new_id);
+        return v;
+    }
+    let text = skeleton.to_string().replace(old, new_id);
+    serde_json::from_str(&text).unwrap_or_else(|_| skeleton.clone())
+}
+
+fn set_annotation(req: &mut Value, key: &str, value: &str) {
+    if let Some(oci) = req.get_mut("OCI").and_then(Value::as_object_mut) {
+        let annos = oci.entry("Annotations").or_insert_with(|| json!({}));
+        if !annos.is_object() {
+            *annos = json!({});
+        }
+        annos[key] = json!(value);
+    }
+}
+
+fn str_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Applies the modeled fields of a pod container to a process (`OCI.Process` or an exec's
+/// `process`).
+fn apply_container(process: &mut Value, c: &Value) {
+    let mut args = str_list(c.get("command"));
+    if !args.is_empty() {
+        args.extend(str_list(c.get("args")));
+        process["Args"] = json!(args);
+    } else if c.get("args").is_some() {
+        // args without command: the image's entrypoint (not known) + args; keep the base's
+        // first word as the entrypoint.
+        let mut base = str_list(process.get("Args"));
+        base.truncate(1);
+        base.extend(str_list(c.get("args")));
+        process["Args"] = json!(base);
+    }
+    if let Some(env) = c.get("env").and_then(Value::as_array) {
+        let mut out = str_list(process.get("Env"));
+        for e in env {
+            let (Some(name), Some(value)) = (
+                e.get("name").and_then(Value::as_str),
+                e.get("value").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            out.retain(|x| x.split('=').next() != Some(name));
+            out.push(format!("{name}={value}"));
+        }
+        process["Env"] = json!(out);
+    }
+    if let Some(cwd) = c.get("workingDir").and_then(Value::as_str) {
+        process["Cwd"] = json!(cwd);
+    }
+    if let Some(sc) = c.get("securityContext") {
+        if let Some(uid) = sc.get("runAsUser").and_then(Value::as_u64) {
+            process["User"]["UID"] = json!(uid);
+        }
+        if let Some(gid) = sc.get("runAsGroup").and_then(Value::as_u64) {
+            process["User"]["GID"] = json!(gid);
+        }
+    }
+}
+
+fn check(a: &CheckArgs) -> Result<bool, String> {
+    let rego = std::fs::read_to_string(&a.policy).map_err(|e| format!("{}: {e}", a.policy))?;
+    let mut engine = PolicyEngine::new(&rego).map_err(|e| format!("{}: {e}", a.policy))?;
+    let text = std::fs::read_to_string(&a.pod).map_err(|e| format!("{}: {e}", a.pod))?;
+    let pod: Value = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not a JSON pod ({e}); convert YAML with `kubectl create -f POD --dry-run=client -o json`",
+            a.pod
+        )
+    })?;
+    if pod.get("kind").and_then(Value::as_str) != Some("Pod") {
+        return Err(format!("{}: kind: expected Pod", a.pod));
+    }
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{}: metadata.name: missing", a.pod))?;
+    let namespace = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let containers = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| format!("{}: spec.containers: missing or empty", a.pod))?;
+    let sk = skeletons(a.base.as_deref())?;
+    println!(
+        "modeled: pod name/namespace, container name/image/command/args/env values/workingDir/\
+runAsUser/runAsGroup, exec probe commands; from {}: everything else",
+        match &a.base {
+            Some(b) => format!("--base {b}"),
+            None => "empty protocol messages (no --base: expect denials on unmodeled fields)"
+                .to_string(),
+        }
+    );
+    let mut all_allowed = true;
+    let mut run = |engine: &mut PolicyEngine, request: &str, what: &str, input: &Value| {
+        let (allowed, detail) = match engine.evaluate(request, input) {
+            Ok(d) if d.allowed => (true, String::new()),
+            Ok(d) => {
+                let keep = if a.verbose { d.prints.len() } else { 3 };
+                let start = d.prints.len().saturating_sub(keep);
+                let mut detail = d.prints[start..].join("\n    ");
+                if d.undefined && detail.is_empty() {
+                    detail = format!("the policy has no rule {request}");
+                }
+                (false, detail)
+            }
+            Err(e) => (false, e.to_string()),
+        };
+        all_allowed &= allowed;
+        if allowed {
+            println!("allow {request} {what}");
+        } else {
+            println!("deny {request} {what}\n    {detail}");
+        }
+    };
+
+    // The pause container: its id is the sandbox id.
+    let sandbox_id = container_id(&format!("{namespace}/{name}"));
+    let mut sandbox = with_id(&sk.sandbox, &sandbox_id);
+    set_annotation(&mut sandbox, ANNO_SANDBOX_NAME, name);
+    set_annotation(&mut sandbox, ANNO_SANDBOX_NAMESPACE, namespace);
+    run(
+        &mut engine,
+        "CreateContainerRequest",
+        "sandbox (pause)",
+        &sandbox,
+    );
+
+    for c in containers {
+        let cname = c.get("name").and_then(Value::as_str).unwrap_or("");
+        let id = container_id(&format!("{namespace}/{name}/{cname}"));
+        let mut req = with_id(&sk.container, &id);
+        set_annotation(&mut req, ANNO_SANDBOX_NAME, name);
+        set_annotation(&mut req, ANNO_SANDBOX_NAMESPACE, namespace);
+        set_annotation(&mut req, ANNO_CONTAINER_NAME, cname);
+        if let Some(image) = c.get("image").and_then(Value::as_str) {
+            set_annotation(&mut req, ANNO_IMAGE_NAME, image);
+        }
+        if let Some(process) = req.pointer_mut("/OCI/Process") {
+            apply_container(process, c);
+        }
+        if let Some(sc) = c.get("securityContext") {
+            if let Some(ro) = sc.get("readOnlyRootFilesystem").and_then(Value::as_bool) {
+                if let Some(root) = req.pointer_mut("/OCI/Root") {
+                    root["Readonly"] = json!(ro);
+                }
+            }
+        }
+        run(
+            &mut engine,
+            "CreateContainerRequest",
+            &format!("container {cname}"),
+            &req,
+        );
+        for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+            let Some(cmd) = c.pointer(&format!("/{probe}/exec/command")) else {
+                continue;
+            };
+            let mut exec = sk.exec.clone();
+            exec["container_id"] = json!(id);
+            exec["exec_id"] = json!(container_id(&format!("{id}/{probe}")));
+            if !exec["process"].is_object() {
+                exec["process"] = json!({});
+            }
+            exec["process"]["Args"] = json!(str_list(Some(cmd)));
+            run(
+                &mut engine,
+                "ExecProcessRequest",
+                &format!("container {cname} {probe}"),
+                &exec,
+            );
+        }
+    }
+    if !sk.from_base {
+        println!("note: without --base the requests lack what a CRI runtime adds (mounts, capabilities, namespaces)");
+    }
+    Ok(all_allowed)
+}
+
+fn check_main(args: &[String]) -> ExitCode {
+    let a = match parse_check_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match check(&a) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("kata-cc policy check: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The QEMU arguments of an SEV-SNP guest. QEMU (>= 9.1) takes an `sev-snp-guest` object as the
+//! machine's `confidential-guest-support`; with it KVM backs private guest memory with
+//! guest_memfd by itself, so the shared memfd backend (which the vhost-user vsock backend maps)
+//! stays as it is. `kernel-hashes=on` makes QEMU put the kernel/initrd/command line hashes into
+//! the firmware's hash table page, so they are part of the launch measurement.
+
+use thiserror::Error;
+
+use super::measure::DEFAULT_VCPU_TYPE;
+
+/// Default SNP guest policy: SMT allowed (bit 16), reserved bit 17 set; no debug, no migration.
+pub const DEFAULT_GUEST_POLICY: u64 = 0x30000;
+/// The id of the `sev-snp-guest` object.
+pub const SNP_OBJECT_ID: &str = "snp0";
+
+/// Everything the SNP part of the command line depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnpLaunch {
+    /// Page-table bit that marks encrypted memory (CPUID 0x8000001F EBX[5:0]).
+    pub cbitpos: u32,
+    /// Physical address bits lost to memory encryption (CPUID 0x8000001F EBX[11:6]).
+    pub reduced_phys_bits: u32,
+    pub policy: u64,
+    /// HOST_DATA: the pod policy's digest, copied into every report.
+    pub host_data: Option<[u8; 32]>,
+    /// Optional ID block and its authentication structure (base64, as QEMU takes them).
+    pub id_block: Option<String>,
+    pub id_auth: Option<String>,
+    /// QEMU `-cpu` model; the expected measurement assumes the same one.
+    pub vcpu_type: String,
+}
+
+impl SnpLaunch {
+    pub fn new(cbitpos: u32, reduced_phys_bits: u32) -> SnpLaunch {
+        SnpLaunch {
+            cbitpos,
+            reduced_phys_bits,
+            policy: DEFAULT_GUEST_POLICY,
+            host_data: None,
+            id_block: None,
+            id_auth: None,
+            vcpu_type: DEFAULT_VCPU_TYPE.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SnpArgsError {
+    #[error("SEV-SNP command line: the base QEMU arguments have no {0} option")]
+    Missing(&'static str),
+    #[error("SEV-SNP needs a firmware (hypervisor.qemu.firmware): an AMD SEV OVMF build")]
+    NoFirmware,
+    #[error("hypervisor.qemu.snp_id_auth is required with snp_id_block (and only with it)")]
+    IdAuth,
+}
+
+/// The `sev-snp-guest` object's option string.
+pub fn snp_object(s: &SnpLaunch) -> String {
+    let mut o = format!(
+        "sev-snp-guest,id={SNP_OBJECT_ID},cbitpos={},reduced-phys-bits={},policy={:#x},kernel-hashes=on",
+        s.cbitpos, s.reduced_phys_bits, s.policy
+    );
+    if let Some(h) = &s.host_data {
+        o.push(',');
+        o.push_str(&crate::vm::qemu::snp_host_data_option(h));
+    }
+    if let (Some(b), Some(a)) = (&s.id_block, &s.id_auth) {
+        o.push_str(&format!(",id-block={b},id-auth={a}"));
+    }
+    o
+}
+
+/// Turns the ordinary command line (`vm::qemu::qemu_args`) into an SNP one: KVM only, the
+/// `sev-snp-guest` object as confidential-guest-support, the measured vCPU model. Pure.
+pub fn snp_qemu_args(base: &[String], s: &SnpLaunch) -> Result<Vec<String>, SnpArgsError> {
+    if s.id_block.is_some() != s.id_auth.is_some() {
+        return Err(SnpArgsError::IdAuth);
+    }
+    let pos = |opt: &str| {
+        base.iter()
+            .position(|a| a == opt)
+            .filter(|i| i + 1 < base.len())
+    };
+    let machine = pos("-machine").ok_or(SnpArgsError::Missing("-machine"))?;
+    let cpu = pos("-cpu").ok_or(SnpArgsError::Missing("-cpu"))?;
+    pos("-bios").ok_or(SnpArgsError::NoFirmware)?;
+    let mut out = base.to_vec();
+    let m: Vec<String> = out[machine + 1]
+        .split(',')
+        .map(|part| {
+            if part.starts_with("accel=") {
+                "accel=kvm".to_string()
+            } else {
+                part.to_string()
+            }
+        })
+        .collect();
+    out[machine + 1] = format!("{},confidential-guest-support={SNP_OBJECT_ID}", m.join(","));
+    out[cpu + 1] = s.vcpu_type.clone();
+    // The object right after the machine options (QEMU resolves the link at machine init).
+    out.splice(
+        machine + 2..machine + 2,
+        ["-object".to_string(), snp_object(s)],
+    );
+    Ok(out)
+}
+
+/// Reads CPUID 0x8000001F (AMD memory encryption): (SNP supported, cbitpos, reduced phys bits).
+pub fn host_cbit() -> Result<(bool, u32, u32), String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::__cpuid;
+        let vendor = __cpuid(0);
+        let mut v = Vec::with_capacity(12);
+        for r in [vendor.ebx, vendor.edx, vendor.ecx] {
+            v.extend_from_slice(&r.to_le_bytes());
+        }
+        let vendor = String::from_utf8_lossy(&v).to_string();
+        // Leaf 0x80000000 reports the highest extended leaf.
+        let max_ext = __cpuid(0x8000_0000).eax;
+        if vendor != "AuthenticAMD" || max_ext < 0x8000_001F {
+            return Err(format!(
+                "CPUID leaf 0x8000001F (AMD memory encryption) is absent ({vendor}, highest extended leaf {max_ext:#x})"
+            ));
+        }
+        let l = __cpuid(0x8000_001F);
+        Ok((l.eax & (1 << 4) != 0, l.ebx & 0x3f, (l.ebx >> 6) & 0x3f))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Err("CPUID leaf 0x8000001F (AMD memory encryption) is absent: not an x86_64 host".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<String> {
+        "-name kata-cc-p -machine q35,accel=tcg,memory-backend=mem -cpu max -smp 2 -m 2048M \
+         -object memory-backend-memfd,id=mem,size=2048M,share=on -bios /fw/OVMF.fd -kernel /k"
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn golden_snp_command_line() {
+        let mut s = SnpLaunch::new(51, 1);
+        s.host_data = Some(std::array::from_fn(|i| i as u8));
+        let args = snp_qemu_args(&base(), &s).unwrap();
+        assert_eq!(
+            args.join(" "),
+            "-name kata-cc-p \
+             -machine q35,accel=kvm,memory-backend=mem,confidential-guest-support=snp0 \
+             -object sev-snp-guest,id=snp0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,kernel-hashes=on,host-data=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= \
+             -cpu EPYC-v4 -smp 2 -m 2048M \
+             -object memory-backend-memfd,id=mem,size=2048M,share=on -bios /fw/OVMF.fd -kernel /k"
+        );
+    }
+
+    #[test]
+    fn id_block_needs_id_auth_and_firmware_is_required() {
+        let mut s = SnpLaunch::new(51, 1);
+        s.id_block = Some("AAAA".into());
+        assert_eq!(snp_qemu_args(&base(), &s), Err(SnpArgsError::IdAuth));
+        s.id_auth = Some("BBBB".into());
+        s.policy = 0x30001;
+        let a = snp_qemu_args(&base(), &s).unwrap().join(" ");
+        assert!(
+            a.contains("policy=0x30001,kernel-hashes=on,id-block=AAAA,id-auth=BBBB"),
+            "{a}"
+        );
+        let no_bios: Vec<String> = base()
+            .into_iter()
+            .filter(|a| !a.contains("bios") && !a.contains("OVMF"))
+            .collect();
+        assert_eq!(
+            snp_qemu_args(&no_bios, &SnpLaunch::new(51, 1)),
+            Err(SnpArgsError::NoFirmware)
+        );
+    }
+
+    #[test]
+    fn cpuid_answers_or_names_the_leaf() {
+        match host_cbit() {
+            Ok((_, c, r)) => assert!(c < 64 && r < 64),
+            Err(e) => assert!(e.contains("CPUID leaf 0x8000001F"), "{e}"),
+        }
+    }
+}

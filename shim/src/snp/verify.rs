@@ -1,0 +1,440 @@
+//! Verification of an SNP attestation report: VCEK/VLEK -> ASK -> ARK (an AMD root built into the
+//! `sev` crate), the report's ECDSA P-384 signature over its first 0x2A0 bytes, the report's TCB
+//! and chip id against the VCEK's X.509 extensions, and the expected values the caller gives.
+//! Every check is named and reported, pass or fail; nothing stops at the first failure.
+
+use std::path::{Path, PathBuf};
+
+use p384::ecdsa::signature::Verifier as _;
+use sev::certs::snp::{builtin, Certificate, Verifiable};
+use thiserror::Error;
+use x509_cert::der::{Decode, DecodePem, Encode};
+
+use super::hex;
+use super::report::{Report, SigningKey, Tcb, SIG_ALGO_ECDSA_P384_SHA384};
+
+/// AMD's VCEK extension OIDs (VCEK spec, "VCEK certificate extensions").
+const OID_BL_SPL: &str = "1.3.6.1.4.1.3704.1.3.1";
+const OID_TEE_SPL: &str = "1.3.6.1.4.1.3704.1.3.2";
+const OID_SNP_SPL: &str = "1.3.6.1.4.1.3704.1.3.3";
+const OID_UCODE_SPL: &str = "1.3.6.1.4.1.3704.1.3.8";
+const OID_FMC_SPL: &str = "1.3.6.1.4.1.3704.1.3.9";
+const OID_HWID: &str = "1.3.6.1.4.1.3704.1.4";
+
+#[derive(Debug, Error)]
+pub enum CertError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path}: not a DER or PEM X.509 certificate: {msg}")]
+    Parse {
+        what: &'static str,
+        path: PathBuf,
+        msg: String,
+    },
+    #[error("chain {path}: expected the ASK (or ASVK) and the ARK, found {count} certificate(s)")]
+    ChainShape { path: PathBuf, count: usize },
+}
+
+/// A VCEK/VLEK certificate file (DER or PEM).
+pub fn load_vek(path: &Path) -> Result<x509_cert::Certificate, CertError> {
+    let data = std::fs::read(path).map_err(|source| CertError::Read {
+        what: "VCEK",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let parsed = if data.starts_with(b"-----BEGIN") {
+        x509_cert::Certificate::from_pem(&data).map_err(|e| e.to_string())
+    } else {
+        x509_cert::Certificate::from_der(&data).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|msg| CertError::Parse {
+        what: "VCEK",
+        path: path.to_path_buf(),
+        msg,
+    })
+}
+
+/// The AMD CA chain: the signing key (ASK, or ASVK for VLEKs) and the root (ARK).
+#[derive(Debug, Clone)]
+pub struct CaChain {
+    pub ask: x509_cert::Certificate,
+    pub ark: x509_cert::Certificate,
+}
+
+/// A PEM file with the ASK and the ARK (in either order; the ARK is the self-issued one).
+pub fn load_chain(path: &Path) -> Result<CaChain, CertError> {
+    let data = std::fs::read(path).map_err(|source| CertError::Read {
+        what: "chain",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs = x509_cert::Certificate::load_pem_chain(&data).map_err(|e| CertError::Parse {
+        what: "chain",
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    if certs.len() != 2 {
+        return Err(CertError::ChainShape {
+            path: path.to_path_buf(),
+            count: certs.len(),
+        });
+    }
+    let self_issued =
+        |c: &x509_cert::Certificate| c.tbs_certificate.subject == c.tbs_certificate.issuer;
+    let (ark, ask) = if self_issued(&certs[1]) || !self_issued(&certs[0]) {
+        (certs[1].clone(), certs[0].clone())
+    } else {
+        (certs[0].clone(), certs[1].clone())
+    };
+    Ok(CaChain { ask, ark })
+}
+
+/// Values the report must carry.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    pub measurement: Option<Vec<u8>>,
+    pub host_data: Option<Vec<u8>>,
+    pub report_data: Option<Vec<u8>>,
+}
+
+/// One named check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn check(name: &'static str, r: Result<String, String>) -> Check {
+    match r {
+        Ok(detail) => Check {
+            name,
+            ok: true,
+            detail,
+        },
+        Err(detail) => Check {
+            name,
+            ok: false,
+            detail,
+        },
+    }
+}
+
+/// The result of [`verify`].
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub checks: Vec<Check>,
+}
+
+impl Verification {
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+    pub fn failed(&self) -> Vec<&'static str> {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name)
+            .collect()
+    }
+    pub fn get(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+}
+
+fn der(c: &x509_cert::Certificate) -> Vec<u8> {
+    c.to_der().unwrap_or_default()
+}
+
+/// `signer` signed `signee` (RSA-PSS SHA-384, as all AMD CA certificates are).
+fn signed_by(
+    signer: &x509_cert::Certificate,
+    signee: &x509_cert::Certificate,
+) -> Result<(), String> {
+    let a = Certificate::from(signer.clone());
+    let b = Certificate::from(signee.clone());
+    (&a, &b).verify().map_err(|e| e.to_string())
+}
+
+/// A built-in certificate of the `sev` crate.
+type CertFn = fn() -> std::io::Result<Certificate>;
+
+/// The built-in AMD chains, by product name.
+fn builtin_chains() -> Vec<(&'static str, CaChain)> {
+    let mut out = Vec::new();
+    let all: [(&str, CertFn, CertFn); 3] = [
+        ("Milan", builtin::milan::ask, builtin::milan::ark),
+        ("Genoa", builtin::genoa::ask, builtin::genoa::ark),
+        ("Turin", builtin::turin::ask, builtin::turin::ark),
+    ];
+    for (name, ask, ark) in all {
+        if let (Ok(ask), Ok(ark)) = (ask(), ark()) {
+            out.push((
+                name,
+                CaChain {
+                    ask: ask.into(),
+                    ark: ark.into(),
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// An SPL extension's value: a DER INTEGER (0..=255) inside the extension's OCTET STRING.
+fn spl(cert: &x509_cert::Certificate, oid: &str) -> Option<u8> {
+    let ext = extension(cert, oid)?;
+    match ext {
+        [0x02, len, rest @ ..] if *len as usize == rest.len() && !rest.is_empty() => {
+            let v = rest.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64);
+            u8::try_from(v).ok()
+        }
+        _ => None,
+    }
+}
+
+fn extension<'a>(cert: &'a x509_cert::Certificate, oid: &str) -> Option<&'a [u8]> {
+    cert.tbs_certificate
+        .extensions
+        .as_ref()?
+        .iter()
+        .find(|e| e.extn_id.to_string() == oid)
+        .map(|e| e.extn_value.as_bytes())
+}
+
+/// The chip id the VCEK was issued for (raw bytes, or wrapped in an OCTET STRING).
+fn hwid(cert: &x509_cert::Certificate) -> Option<Vec<u8>> {
+    let v = extension(cert, OID_HWID)?;
+    match v {
+        [0x04, len, rest @ ..] if *len as usize == rest.len() => Some(rest.to_vec()),
+        _ => Some(v.to_vec()),
+    }
+}
+
+fn vek_tcb(cert: &x509_cert::Certificate) -> Result<Tcb, String> {
+    let get = |oid: &str, name: &str| {
+        spl(cert, oid).ok_or_else(|| format!("VCEK has no {name} extension ({oid})"))
+    };
+    Ok(Tcb {
+        fmc: spl(cert, OID_FMC_SPL),
+        bootloader: get(OID_BL_SPL, "blSPL")?,
+        tee: get(OID_TEE_SPL, "teeSPL")?,
+        snp: get(OID_SNP_SPL, "snpSPL")?,
+        microcode: get(OID_UCODE_SPL, "ucodeSPL")?,
+    })
+}
+
+fn report_signature(report: &Report, vek: &x509_cert::Certificate) -> Result<String, String> {
+    let spk = vek
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(spk)
+        .map_err(|e| format!("the VCEK's public key is not a P-384 key: {e}"))?;
+    let (r, s) = report.signature_rs();
+    let sig = p384::ecdsa::Signature::from_scalars(r, s)
+        .map_err(|e| format!("malformed signature (R/S out of range): {e}"))?;
+    key.verify(report.signed_bytes(), &sig)
+        .map(|()| "ECDSA P-384/SHA-384 over bytes 0..0x2A0 verifies with the VCEK".to_string())
+        .map_err(|_| "the signature does not verify with this VCEK's key".to_string())
+}
+
+fn compare(what: &str, got: &[u8], want: &[u8]) -> Result<String, String> {
+    if got == want {
+        Ok(hex(got))
+    } else {
+        Err(format!(
+            "{what} is {} but {} was expected",
+            hex(got),
+            hex(want)
+        ))
+    }
+}
+
+/// Runs every check. `vek` None: the signature and TCB checks fail saying so; `chain` None: the
+/// AMD chains built into the `sev` crate.
+pub fn verify(
+    report: &Report,
+    vek: Option<&x509_cert::Certificate>,
+    chain: Option<&CaChain>,
+    expected: &Expected,
+) -> Verification {
+    let mut checks = Vec::new();
+    let key_kind = report.signing_key();
+    checks.push(check(
+        "report-format",
+        Ok(format!(
+            "version {}, signed by {key_kind}",
+            report.version()
+        )),
+    ));
+    checks.push(check(
+        "signature-algorithm",
+        if report.sig_algo() == SIG_ALGO_ECDSA_P384_SHA384 {
+            Ok("ECDSA P-384 with SHA-384".into())
+        } else {
+            Err(format!(
+                "signature algorithm {} (only 1, ECDSA P-384 with SHA-384, is defined)",
+                report.sig_algo()
+            ))
+        },
+    ));
+
+    let builtins = builtin_chains();
+    // The CA chain: the caller's (its ARK must be an AMD root) or a built-in one.
+    let ca: Option<(String, CaChain)> = match chain {
+        Some(c) => {
+            let root = builtins
+                .iter()
+                .find(|(_, b)| der(&b.ark) == der(&c.ark))
+                .map(|(n, _)| *n);
+            checks.push(check(
+                "ark-is-amd-root",
+                root.map(|n| format!("the chain's ARK is AMD's {n} root (built in)"))
+                    .ok_or_else(|| {
+                        "the chain's ARK is none of AMD's roots (Milan, Genoa, Turin)".to_string()
+                    }),
+            ));
+            Some(("given".into(), c.clone()))
+        }
+        None => {
+            // Pick the product whose ASK signed the VCEK (the ARK is the crate's, so trusted).
+            let found = vek.and_then(|v| {
+                builtins
+                    .iter()
+                    .find(|(_, b)| signed_by(&b.ask, v).is_ok())
+                    .map(|(n, b)| (format!("built-in {n}"), b.clone()))
+            });
+            checks.push(check(
+                "ark-is-amd-root",
+                match &found {
+                    Some((n, _)) => Ok(format!("{n} ARK")),
+                    None if vek.is_none() => Err("no VCEK given, so no AMD chain could be chosen".into()),
+                    None => Err("no built-in AMD chain (Milan, Genoa, Turin) signed this VCEK; for a VLEK pass --chain with the ASVK and ARK".into()),
+                },
+            ));
+            found
+        }
+    };
+    if let Some((src, ca)) = &ca {
+        checks.push(check(
+            "ark-self-signed",
+            signed_by(&ca.ark, &ca.ark)
+                .map(|()| format!("{src} ARK signs itself"))
+                .map_err(|e| format!("{src} ARK: {e}")),
+        ));
+        checks.push(check(
+            "ask-signed-by-ark",
+            signed_by(&ca.ark, &ca.ask)
+                .map(|()| format!("{src} ASK is signed by the ARK"))
+                .map_err(|e| format!("{src} ASK: {e}")),
+        ));
+    }
+    let vek_name = if key_kind == SigningKey::Vlek {
+        "VLEK"
+    } else {
+        "VCEK"
+    };
+    match vek {
+        None => {
+            checks.push(check(
+                "vcek-signed-by-ask",
+                Err(format!(
+                    "no {vek_name} given (--vcek): get the one for chip id {} at TCB {}",
+                    hex(report.chip_id()),
+                    report.reported_tcb()
+                )),
+            ));
+        }
+        Some(v) => {
+            if let Some((src, ca)) = &ca {
+                checks.push(check(
+                    "vcek-signed-by-ask",
+                    signed_by(&ca.ask, v)
+                        .map(|()| format!("the {vek_name} is signed by the {src} ASK"))
+                        .map_err(|e| format!("the {vek_name} is not signed by the {src} ASK: {e}")),
+                ));
+            } else {
+                checks.push(check(
+                    "vcek-signed-by-ask",
+                    Err(format!("no AMD chain signed this {vek_name}")),
+                ));
+            }
+        }
+    }
+    checks.push(check(
+        "report-signature",
+        match vek {
+            Some(v) => report_signature(report, v),
+            None => Err(format!("no {vek_name} given (--vcek)")),
+        },
+    ));
+    checks.push(check(
+        "tcb-matches-vcek",
+        match vek {
+            None => Err(format!("no {vek_name} given (--vcek)")),
+            Some(v) => vek_tcb(v).and_then(|vt| {
+                let rt = report.reported_tcb();
+                // FMC exists only on Turin and later; compare it when both have it.
+                let fmc_ok = match (rt.fmc, vt.fmc) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                };
+                if fmc_ok
+                    && (rt.bootloader, rt.tee, rt.snp, rt.microcode)
+                        == (vt.bootloader, vt.tee, vt.snp, vt.microcode)
+                {
+                    Ok(format!("reported TCB {rt}"))
+                } else {
+                    Err(format!(
+                        "report's reported TCB is {rt} but the {vek_name} is for {vt}"
+                    ))
+                }
+            }),
+        },
+    ));
+    if key_kind != SigningKey::Vlek {
+        if let Some(v) = vek {
+            let chip = report.chip_id();
+            checks.push(check(
+                "chip-id-matches-vcek",
+                match hwid(v) {
+                    None => Err("the VCEK has no hwID extension".into()),
+                    // Turin VCEKs carry the 8 significant bytes only.
+                    Some(h) if !h.is_empty() && chip.starts_with(&h) && chip[h.len()..].iter().all(|b| *b == 0) => {
+                        Ok(format!("chip id {}…", hex(&chip[..8])))
+                    }
+                    Some(_) if chip.iter().all(|b| *b == 0) => {
+                        Err("the report's chip id is masked (MASK_CHIP_ID); it cannot be matched to the VCEK".into())
+                    }
+                    Some(h) => Err(format!("report chip id {} differs from the VCEK's hwID {}", hex(chip), hex(&h))),
+                },
+            ));
+        }
+    }
+    if let Some(m) = &expected.measurement {
+        checks.push(check(
+            "measurement",
+            compare("measurement", report.measurement(), m),
+        ));
+    }
+    if let Some(h) = &expected.host_data {
+        checks.push(check(
+            "host-data",
+            compare("host_data", report.host_data(), h),
+        ));
+    }
+    if let Some(d) = &expected.report_data {
+        checks.push(check(
+            "report-data",
+            compare("report_data", report.report_data(), d),
+        ));
+    }
+    Verification { checks }
+}

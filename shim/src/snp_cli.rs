@@ -1,0 +1,436 @@
+//! `kata-cc measure`, `kata-cc attest verify|report` and `kata-cc check`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use kata_cc_shim::config::Config;
+use kata_cc_shim::snp::measure::{self, MeasureInput};
+use kata_cc_shim::snp::report::Report;
+use kata_cc_shim::snp::verify::{self, Expected};
+use kata_cc_shim::snp::{self, host};
+
+pub const USAGE: &str = "  measure --firmware F [--kernel K [--initrd I] [--append CMDLINE | --cmdline-file F]] --vcpus N [--vcpu-type EPYC-v4] [--guest-features 0x1]
+                           print the expected SEV-SNP launch measurement (hex)
+  attest verify --report R [--vcek V] [--chain C] [--measurement M] [--host-data H] [--report-data D]
+                           verify an SEV-SNP attestation report; prints each check, exits 1 naming failures
+  attest report [--report-data D]
+                           print this SNP guest's attestation report (hex; inside an SNP guest only)
+  check [--config PATH]    what this host can do; exits 1 when the configured mode cannot run
+";
+
+/// `--flag value` pairs; Err names the bad argument.
+fn flags(cmd: &str, args: &[String], known: &[&str]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if !known.contains(&a.as_str()) {
+            return Err(format!(
+                "kata-cc {cmd}: unknown argument '{a}' (expected one of {})",
+                known.join(", ")
+            ));
+        }
+        let v = it
+            .next()
+            .ok_or_else(|| format!("kata-cc {cmd}: {a} needs a value"))?;
+        if out.insert(a.clone(), v.clone()).is_some() {
+            return Err(format!("kata-cc {cmd}: {a} given twice"));
+        }
+    }
+    Ok(out)
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::from(2)
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+pub fn measure(args: &[String]) -> ExitCode {
+    let f = match flags(
+        "measure",
+        args,
+        &[
+            "--firmware",
+            "--kernel",
+            "--initrd",
+            "--append",
+            "--cmdline-file",
+            "--vcpus",
+            "--vcpu-type",
+            "--guest-features",
+        ],
+    ) {
+        Ok(f) => f,
+        Err(e) => return usage_error(&e),
+    };
+    let Some(firmware) = f.get("--firmware") else {
+        return usage_error("kata-cc measure: --firmware is required");
+    };
+    let vcpus = match f.get("--vcpus").map(|v| v.parse::<u32>()) {
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return usage_error("kata-cc measure: --vcpus must be a number"),
+        None => return usage_error("kata-cc measure: --vcpus is required"),
+    };
+    let guest_features = match f.get("--guest-features").map(|v| parse_u64(v)) {
+        None => measure::DEFAULT_GUEST_FEATURES,
+        Some(Some(v)) => v,
+        Some(None) => {
+            return usage_error("kata-cc measure: --guest-features must be a number (e.g. 0x1)")
+        }
+    };
+    let append = match (f.get("--append"), f.get("--cmdline-file")) {
+        (Some(_), Some(_)) => {
+            return usage_error("kata-cc measure: give --append or --cmdline-file, not both")
+        }
+        (Some(a), None) => Some(a.clone()),
+        (None, Some(p)) => match std::fs::read_to_string(p) {
+            // The file holds one line; QEMU gets it without the newline.
+            Ok(s) => Some(s.trim_end_matches(['\n', '\r']).to_string()),
+            Err(e) => {
+                eprintln!("kata-cc measure: cannot read --cmdline-file {p}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => None,
+    };
+    let input = MeasureInput {
+        firmware: PathBuf::from(firmware),
+        kernel: f.get("--kernel").map(PathBuf::from),
+        initrd: f.get("--initrd").map(PathBuf::from),
+        append,
+        vcpus,
+        vcpu_type: f
+            .get("--vcpu-type")
+            .cloned()
+            .unwrap_or_else(|| measure::DEFAULT_VCPU_TYPE.to_string()),
+        guest_features,
+    };
+    match measure::launch_digest(&input) {
+        Ok(d) => {
+            println!("{}", snp::hex(&d));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kata-cc measure: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn attest(args: &[String]) -> ExitCode {
+    match args.first().map(String::as_str) {
+        Some("verify") => attest_verify(&args[1..]),
+        Some("report") => attest_report(&args[1..]),
+        _ => usage_error("kata-cc attest: expected 'verify' or 'report'"),
+    }
+}
+
+/// Hex of exactly `len` bytes, or (`pad`) at most `len` bytes zero-padded.
+fn hex_arg(flag: &str, v: &str, len: usize, pad: bool) -> Result<Vec<u8>, String> {
+    let mut b = snp::unhex(v).ok_or_else(|| format!("kata-cc attest verify: {flag} is not hex"))?;
+    if b.len() == len || (pad && b.len() < len) {
+        b.resize(len, 0);
+        Ok(b)
+    } else {
+        Err(format!(
+            "kata-cc attest verify: {flag} is {} bytes, expected {}{len}",
+            b.len(),
+            if pad { "at most " } else { "" }
+        ))
+    }
+}
+
+fn attest_verify(args: &[String]) -> ExitCode {
+    let f = match flags(
+        "attest verify",
+        args,
+        &[
+            "--report",
+            "--vcek",
+            "--chain",
+            "--measurement",
+            "--host-data",
+            "--report-data",
+        ],
+    ) {
+        Ok(f) => f,
+        Err(e) => return usage_error(&e),
+    };
+    let Some(report) = f.get("--report") else {
+        return usage_error("kata-cc attest verify: --report is required");
+    };
+    let mut expected = Expected::default();
+    for (flag, slot, len, pad) in [
+        ("--measurement", &mut expected.measurement, 48, false),
+        ("--host-data", &mut expected.host_data, 32, false),
+        ("--report-data", &mut expected.report_data, 64, true),
+    ] {
+        if let Some(v) = f.get(flag) {
+            match hex_arg(flag, v, len, pad) {
+                Ok(b) => *slot = Some(b),
+                Err(e) => return usage_error(&e),
+            }
+        }
+    }
+    let loaded = (|| -> Result<_, String> {
+        let r = Report::load(Path::new(report)).map_err(|e| e.to_string())?;
+        let vek = f
+            .get("--vcek")
+            .map(|p| verify::load_vek(Path::new(p)))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let chain = f
+            .get("--chain")
+            .map(|p| verify::load_chain(Path::new(p)))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Ok((r, vek, chain))
+    })();
+    let (r, vek, chain) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("kata-cc attest verify: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let v = verify::verify(&r, vek.as_ref(), chain.as_ref(), &expected);
+    for c in &v.checks {
+        println!(
+            "{:<22} {:<6} {}",
+            c.name,
+            if c.ok { "ok" } else { "FAILED" },
+            c.detail
+        );
+    }
+    println!("measurement: {}", snp::hex(r.measurement()));
+    println!("host_data:   {}", snp::hex(r.host_data()));
+    if v.ok() {
+        println!("report verified");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "kata-cc attest verify: failed checks: {}",
+            v.failed().join(", ")
+        );
+        ExitCode::FAILURE
+    }
+}
+
+/// Inside an SNP guest (a CVM node, or a container the policy let attest): a fresh report with
+/// the given report data, through the same code the agent uses.
+fn attest_report(args: &[String]) -> ExitCode {
+    let f = match flags("attest report", args, &["--report-data"]) {
+        Ok(f) => f,
+        Err(e) => return usage_error(&e),
+    };
+    let data = match f
+        .get("--report-data")
+        .map(|v| hex_arg("--report-data", v, 64, true))
+    {
+        None => vec![0u8; 64],
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return usage_error(&e),
+    };
+    match kata_cc_guest::tee::Tee::detect().report(&data) {
+        Ok(r) => {
+            println!("{}", snp::hex(&r));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kata-cc attest report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `<qemu> --version` -> (major, minor, text).
+fn qemu_version(qemu: &Path) -> Result<(u32, u32, String), String> {
+    let mut child = Command::new(qemu)
+        .arg("--version")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", qemu.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} --version did not answer within 10 s",
+                    qemu.display()
+                ));
+            }
+        }
+    }
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        use std::io::Read;
+        let _ = s.read_to_string(&mut out);
+    }
+    let line = out.lines().next().unwrap_or("").to_string();
+    let ver = line
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or("");
+    let mut parts = ver.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => Ok((a, b, ver.to_string())),
+        _ => Err(format!("cannot read a version from '{line}'")),
+    }
+}
+
+pub fn check(args: &[String]) -> ExitCode {
+    let explicit = match args {
+        [] => None,
+        [flag, path] if flag == "--config" => Some(path.as_str()),
+        _ => return usage_error("kata-cc check: expected [--config PATH]"),
+    };
+    let path = Config::locate(explicit);
+    // (row, ok, detail, needed for the configured mode)
+    let mut rows: Vec<(String, bool, String, bool)> = Vec::new();
+    let cfg = match Config::load(&path) {
+        Ok(c) => {
+            rows.push(("config".into(), true, path.display().to_string(), true));
+            c
+        }
+        Err(e) => {
+            rows.push(("config".into(), false, e.to_string(), true));
+            Config::default()
+        }
+    };
+    let q = &cfg.hypervisor.qemu;
+    let snp_mode = q.confidential_guest;
+    rows.push((
+        "mode".into(),
+        true,
+        if snp_mode {
+            "SEV-SNP (hypervisor.qemu.confidential_guest = true)".into()
+        } else {
+            "no TEE (hypervisor.qemu.confidential_guest = false): development only".into()
+        },
+        false,
+    ));
+    let paths = cfg.check_paths();
+    rows.push((
+        "guest files".into(),
+        paths.is_ok(),
+        match &paths {
+            Ok(()) => "qemu, kernel, initrd, image present".into(),
+            Err(e) => e.to_string(),
+        },
+        true,
+    ));
+    // The shim's own probe: a test VM in KVM, then QEMU setting up a KVM vCPU.
+    let kvm = match kata_cc_shim::vm::accel::probe_kvm() {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match rt {
+                Ok(rt) => match rt.block_on(kata_cc_shim::vm::accel::choose(
+                    kata_cc_shim::config::AccelChoice::Auto,
+                    &q.path,
+                )) {
+                    kata_cc_shim::vm::accel::Accel::Kvm => Ok(()),
+                    kata_cc_shim::vm::accel::Accel::Tcg => Err(format!(
+                        "a test VM runs, but {} cannot set up a KVM vCPU",
+                        q.path.display()
+                    )),
+                },
+                Err(e) => Err(format!("cannot start a runtime for the probe: {e}")),
+            }
+        }
+    };
+    let kvm_needed = snp_mode || q.accel == kata_cc_shim::config::AccelChoice::Kvm;
+    rows.push((
+        "KVM usable".into(),
+        kvm.is_ok(),
+        match &kvm {
+            Ok(()) => "a test VM ran and QEMU set up a KVM vCPU".into(),
+            Err(e) if kvm_needed => e.clone(),
+            Err(e) => format!("{e} (TCG software emulation will be used)"),
+        },
+        kvm_needed,
+    ));
+    let vhost = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/vhost-vsock");
+    rows.push((
+        "/dev/vhost-vsock".into(),
+        vhost.is_ok(),
+        match &vhost {
+            Ok(_) => "usable".into(),
+            Err(e) => format!("{e} (vhost-device-vsock is used instead)"),
+        },
+        false,
+    ));
+    let backend = &q.vsock_backend;
+    let backend_ok = backend.is_file();
+    rows.push((
+        "vhost-device-vsock".into(),
+        backend_ok,
+        if backend_ok {
+            backend.display().to_string()
+        } else {
+            format!(
+                "{} does not exist (hypervisor.qemu.vsock_backend)",
+                backend.display()
+            )
+        },
+        vhost.is_err() || q.force_vhost_user_vsock,
+    ));
+    let qv = qemu_version(&q.path);
+    rows.push((
+        "QEMU version".into(),
+        matches!(qv, Ok((a, b, _)) if (a, b) >= (9, 1)),
+        match &qv {
+            Ok((a, b, v)) if (*a, *b) >= (9, 1) => format!("{v} ({})", q.path.display()),
+            Ok((_, _, v)) => format!("{v} ({}): 9.1 or later is needed", q.path.display()),
+            Err(e) => e.clone(),
+        },
+        true,
+    ));
+    for c in host::snp_capabilities(&host::HostPaths::default(), &q.firmware) {
+        rows.push((format!("SNP: {}", c.name), c.ok, c.detail, snp_mode));
+    }
+    let mut can_run = true;
+    for (name, ok, detail, needed) in &rows {
+        let status = match (ok, needed) {
+            (true, _) => "ok",
+            (false, true) => "MISSING",
+            (false, false) => "no",
+        };
+        if !ok && *needed {
+            can_run = false;
+        }
+        println!("{name:<24} {status:<8} {detail}");
+    }
+    if can_run {
+        println!(
+            "this host can run the configured mode ({})",
+            if snp_mode { "SEV-SNP" } else { "no TEE" }
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "this host cannot run the configured mode ({}): see the MISSING rows",
+            if snp_mode { "SEV-SNP" } else { "no TEE" }
+        );
+        ExitCode::FAILURE
+    }
+}
