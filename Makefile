@@ -17,7 +17,7 @@ CONFDIR ?= /etc/kata-cc
 SHAREDIR ?= /usr/share/kata-cc
 DESTDIR ?=
 
-.PHONY: all deps build image demo test lint e2e install uninstall clean
+.PHONY: all deps build image demo test lint e2e bench install uninstall clean
 
 all: build
 
@@ -44,6 +44,10 @@ e2e:
 	$(CARGO) test --release --workspace --no-fail-fast -- --test-threads=1
 
 test: deps build image lint e2e
+
+# Benchmarks, not tests: figures printed and written as JSON under build/bench/.
+bench: build
+	bash hack/bench.sh
 
 install:
 	@test -x $(RELEASE)/containerd-shim-kata-cc-v2 -a -x $(RELEASE)/kata-cc || { echo "install: run make build first" >&2; exit 1; }

@@ -236,6 +236,7 @@ fn field<const N: usize>(report: &[u8], offset: usize) -> Result<[u8; N], TeeErr
     Ok(out)
 }
 
+/// Lowercase hex of `b`.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -276,6 +276,12 @@ async fn containers_run_through_the_agent() {
         hc.status.enum_value_or_default(),
         health::health_check_response::ServingStatus::SERVING
     );
+    // Not in a TEE here: said in the guest details, as the agent said once in its log.
+    let gd = c
+        .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+        .await
+        .expect("GetGuestDetails");
+    assert_eq!(gd.agent_details.extra_features, ["tee: none"]);
     let e = c
         .pause_container(ctx(), &agent::PauseContainerRequest::new())
         .await

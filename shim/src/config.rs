@@ -133,6 +133,15 @@ pub struct QemuConfig {
     pub shutdown_timeout: u64,
     #[serde(default)]
     pub confidential_guest: bool,
+    /// SEV-SNP guest policy (Kata's `snp_guest_policy`): 0x30000 = SMT allowed, reserved bit 17.
+    #[serde(default = "default_snp_guest_policy")]
+    pub snp_guest_policy: u64,
+    /// Optional SNP ID block and its authentication structure, base64 (Kata's `snp_id_block`,
+    /// `snp_id_auth`); both or neither.
+    #[serde(default)]
+    pub snp_id_block: String,
+    #[serde(default)]
+    pub snp_id_auth: String,
     #[serde(default)]
     pub accel: AccelChoice,
     /// The vhost-user vsock backend, used when `/dev/vhost-vsock` is absent.
@@ -158,6 +167,9 @@ impl Default for QemuConfig {
             boot_timeout: default_boot_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
             confidential_guest: false,
+            snp_guest_policy: default_snp_guest_policy(),
+            snp_id_block: String::new(),
+            snp_id_auth: String::new(),
             accel: AccelChoice::Auto,
             vsock_backend: default_vsock_backend(),
             force_vhost_user_vsock: false,
@@ -227,6 +239,9 @@ impl Default for RuntimeConfig {
 
 fn default_qemu_path() -> PathBuf {
     PathBuf::from("/usr/bin/qemu-system-x86_64")
+}
+fn default_snp_guest_policy() -> u64 {
+    crate::snp::qemu::DEFAULT_GUEST_POLICY
 }
 fn default_vcpus() -> u32 {
     1
@@ -323,6 +338,32 @@ impl Config {
             key: key.into(),
             message: message.into(),
         };
+        // SNP guest policy (ABI spec, GUEST_POLICY): bit 17 is reserved and must be 1; bits
+        // 63:26 are reserved and must be 0.
+        if q.snp_guest_policy & (1 << 17) == 0 || q.snp_guest_policy >> 26 != 0 {
+            return Err(invalid(
+                "hypervisor.qemu.snp_guest_policy",
+                &format!(
+                    "{:#x} is not an SNP guest policy (bit 17 must be set, bits 26 and up clear)",
+                    q.snp_guest_policy
+                ),
+            ));
+        }
+        if q.snp_id_block.is_empty() != q.snp_id_auth.is_empty() {
+            return Err(invalid(
+                "hypervisor.qemu.snp_id_auth",
+                "snp_id_block and snp_id_auth go together: give both or neither",
+            ));
+        }
+        for (key, v) in [
+            ("hypervisor.qemu.snp_id_block", &q.snp_id_block),
+            ("hypervisor.qemu.snp_id_auth", &q.snp_id_auth),
+        ] {
+            use base64::Engine as _;
+            if !v.is_empty() && base64::engine::general_purpose::STANDARD.decode(v).is_err() {
+                return Err(invalid(key, "not valid base64"));
+            }
+        }
         if q.default_vcpus == 0 {
             return Err(invalid(
                 "hypervisor.qemu.default_vcpus",
@@ -511,6 +552,41 @@ enable_debug = true
             msg,
             "config file /c.toml: missing key hypervisor.qemu.kernel"
         );
+    }
+
+    #[test]
+    fn snp_keys_are_read_and_checked() {
+        let cfg = Config::parse(GOOD, Path::new("/c.toml")).unwrap();
+        assert_eq!(cfg.hypervisor.qemu.snp_guest_policy, 0x30000);
+        let text = GOOD.replace(
+            "confidential_guest = false",
+            "confidential_guest = true\nsnp_guest_policy = 0x70000\nsnp_id_block = \"AAEC\"\nsnp_id_auth = \"AwQF\"",
+        );
+        let q = Config::parse(&text, Path::new("/c.toml"))
+            .unwrap()
+            .hypervisor
+            .qemu;
+        assert_eq!(
+            (q.snp_guest_policy, q.snp_id_block.as_str()),
+            (0x70000, "AAEC")
+        );
+        for (bad, key) in [
+            (
+                "snp_guest_policy = 0x10000",
+                "hypervisor.qemu.snp_guest_policy",
+            ),
+            ("snp_id_block = \"AAEC\"", "hypervisor.qemu.snp_id_auth"),
+            (
+                "snp_id_block = \"AAEC\"\nsnp_id_auth = \"not base64!\"",
+                "hypervisor.qemu.snp_id_auth",
+            ),
+        ] {
+            let text = GOOD.replace("confidential_guest = false", bad);
+            let msg = Config::parse(&text, Path::new("/c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{bad}: {msg}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use kata_cc_guest::policy::{input, log, PolicyEngine};
 use serde_json::{json, Value};
 
-pub const USAGE: &str = "  policy replay --policy P --requests LOG [--verbose]\n                           feed a request log through the policy in order; one `allow|deny <Request>` line each\n  policy bench --policy P --requests LOG [--iterations N]\n                           per-request-type evaluation time (p50/p99) over the log;\n                           --interpreter: without the compiled (VM) fast path\n  policy check --policy P --pod POD.json [--base LOG]\n                           which of a pod's container creations/exec probes the policy denies (--help)\n";
+pub const USAGE: &str = "  policy replay --policy P --requests LOG [--verbose]\n                           feed a request log through the policy in order; one `allow|deny <Request>` line each\n  policy bench --policy P --requests LOG [--iterations N]\n                           per-request-type evaluation time (p50/p99) over the log;\n                           --interpreter: without the compiled (VM) fast path; --json FILE: also as JSON\n  policy check --policy P --pod POD.yaml [--base LOG]\n                           which of a pod's container creations/exec probes the policy denies (--help)\n";
 
 struct Args {
     policy: String,
@@ -16,6 +16,7 @@ struct Args {
     iterations: usize,
     verbose: bool,
     interpreter: bool,
+    json: Option<String>,
 }
 
 fn parse_args(cmd: &str, args: &[String]) -> Result<Args, String> {
@@ -25,6 +26,7 @@ fn parse_args(cmd: &str, args: &[String]) -> Result<Args, String> {
         iterations: 50,
         verbose: false,
         interpreter: false,
+        json: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -44,6 +46,7 @@ fn parse_args(cmd: &str, args: &[String]) -> Result<Args, String> {
             }
             "--verbose" | "-v" => a.verbose = true,
             "--interpreter" => a.interpreter = true,
+            "--json" => a.json = Some(value()?),
             other => return Err(format!("kata-cc policy {cmd}: unknown argument {other}")),
         }
     }
@@ -100,7 +103,7 @@ pub fn main(args: &[String]) -> ExitCode {
     if cmd == "replay" {
         replay(engine, &entries, a.verbose)
     } else {
-        bench(engine, &entries, a.iterations)
+        bench(engine, &entries, a.iterations, a.json.as_deref())
     }
 }
 
@@ -127,7 +130,12 @@ fn replay(mut engine: PolicyEngine, entries: &[log::LogEntry], verbose: bool) ->
 
 /// Replays the log `iterations` times, each pass from the freshly loaded policy (state ops
 /// start over), timing each evaluation (input conversion included).
-fn bench(engine: PolicyEngine, entries: &[log::LogEntry], iterations: usize) -> ExitCode {
+fn bench(
+    engine: PolicyEngine,
+    entries: &[log::LogEntry],
+    iterations: usize,
+    json_out: Option<&str>,
+) -> ExitCode {
     let mut times: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for _ in 0..iterations {
         let mut p = engine.clone();
@@ -144,6 +152,7 @@ fn bench(engine: PolicyEngine, entries: &[log::LogEntry], iterations: usize) -> 
         "{:<32} {:>7} {:>10} {:>10}",
         "request", "count", "p50 (us)", "p99 (us)"
     );
+    let mut rows = Vec::new();
     for (name, mut t) in times {
         t.sort_unstable();
         let pct = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
@@ -154,6 +163,16 @@ fn bench(engine: PolicyEngine, entries: &[log::LogEntry], iterations: usize) -> 
             pct(0.50),
             pct(0.99)
         );
+        rows.push(
+            json!({"request": name, "count": t.len(), "p50_us": pct(0.50), "p99_us": pct(0.99)}),
+        );
+    }
+    if let Some(path) = json_out {
+        let doc = json!({"fast_path": engine.has_fast_path(), "iterations": iterations, "requests": rows});
+        if let Err(e) = std::fs::write(path, format!("{doc:#}\n")) {
+            eprintln!("kata-cc policy bench: {path}: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     ExitCode::SUCCESS
 }
@@ -162,12 +181,12 @@ fn bench(engine: PolicyEngine, entries: &[log::LogEntry], iterations: usize) -> 
 // `policy check`: the requests a pod would cause, checked against a policy.
 
 pub const CHECK_HELP: &str = "\
-kata-cc policy check --policy P --pod POD.json [--base LOG] [--verbose]
+kata-cc policy check --policy P --pod POD.yaml [--base LOG] [--verbose]
   Builds the agent requests the pod's creation would cause and says, per container, whether the
   policy allows them: the sandbox (pause) container first, then each container's
   CreateContainerRequest, then one ExecProcessRequest per exec probe (liveness/readiness/startup).
-  POD: a Kubernetes Pod as JSON (`kubectl get pod NAME -o json`, or
-  `kubectl create -f pod.yaml --dry-run=client -o json`); YAML is not read.
+  POD: a Kubernetes manifest, YAML or JSON (several documents allowed): its first Pod, or the
+  pod template of its first Deployment/StatefulSet/DaemonSet/ReplicaSet/Job/CronJob.
   Modeled from the pod: metadata.name/namespace (CRI sandbox-name/namespace annotations),
   each container's name, image (image-name annotation), command+args (process Args), env entries
   with literal `value` (appended to the base env, replacing same-named ones), workingDir (Cwd),
@@ -377,19 +396,77 @@ fn apply_container(process: &mut Value, c: &Value) {
     }
 }
 
+/// The pod of a manifest: JSON or YAML (several `---` documents allowed, as `kubectl apply`
+/// takes them). The first Pod is used, or else the pod template of the first workload
+/// (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job; a CronJob's job template).
+fn read_pod(path: &str, text: &str) -> Result<Value, String> {
+    let docs: Vec<Value> = match serde_json::from_str::<Value>(text) {
+        Ok(v) => vec![v],
+        Err(_) => {
+            let mut docs = Vec::new();
+            for d in serde_norway::Deserializer::from_str(text) {
+                let v = <Value as serde::Deserialize>::deserialize(d)
+                    .map_err(|e| format!("{path}: not a JSON or YAML manifest: {e}"))?;
+                if !v.is_null() {
+                    docs.push(v);
+                }
+            }
+            docs
+        }
+    };
+    let kinds: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            d.get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect();
+    if let Some(p) = docs
+        .iter()
+        .find(|d| d.get("kind").and_then(Value::as_str) == Some("Pod"))
+    {
+        return Ok(p.clone());
+    }
+    for d in &docs {
+        let template = match d.get("kind").and_then(Value::as_str) {
+            Some("Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job") => {
+                d.pointer("/spec/template")
+            }
+            Some("CronJob") => d.pointer("/spec/jobTemplate/spec/template"),
+            _ => None,
+        };
+        if let Some(t) = template {
+            let mut pod = t.clone();
+            pod["kind"] = json!("Pod");
+            // A template has no name of its own: the workload's stands in.
+            if pod.pointer("/metadata/name").is_none() {
+                let name = d.pointer("/metadata/name").cloned().unwrap_or(json!(""));
+                let ns = d.pointer("/metadata/namespace").cloned();
+                if !pod["metadata"].is_object() {
+                    pod["metadata"] = json!({});
+                }
+                pod["metadata"]["name"] = name;
+                if let Some(ns) = ns {
+                    pod["metadata"]["namespace"] = ns;
+                }
+            }
+            return Ok(pod);
+        }
+    }
+    Err(format!(
+        "{path}: kind: no Pod or pod template in the manifest (kinds: {})",
+        kinds.join(", ")
+    ))
+}
+
 fn check(a: &CheckArgs) -> Result<bool, String> {
     let rego = std::fs::read_to_string(&a.policy).map_err(|e| format!("{}: {e}", a.policy))?;
     let mut engine = PolicyEngine::new(&rego).map_err(|e| format!("{}: {e}", a.policy))?;
     let text = std::fs::read_to_string(&a.pod).map_err(|e| format!("{}: {e}", a.pod))?;
-    let pod: Value = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}: not a JSON pod ({e}); convert YAML with `kubectl create -f POD --dry-run=client -o json`",
-            a.pod
-        )
-    })?;
-    if pod.get("kind").and_then(Value::as_str) != Some("Pod") {
-        return Err(format!("{}: kind: expected Pod", a.pod));
-    }
+    let pod = read_pod(&a.pod, &text)?;
+    let pod = &pod;
     let name = pod
         .pointer("/metadata/name")
         .and_then(Value::as_str)

@@ -177,9 +177,7 @@ pub fn write_state(state_dir: &Path, state: &PolicyState) -> std::io::Result<()>
     std::fs::rename(&tmp, &path)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use kata_cc_guest::tee::hex;
 
 /// The pod's policy from its annotations; `None` keeps the baked default policy.
 /// Both annotations may be given only if they carry the same policy text; the init-data one

@@ -95,3 +95,98 @@ fn replay_reports_a_broken_policy() {
     assert!(err.contains("p.rego") && err.contains("line"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+/// `kata-cc policy check` on a YAML manifest (two documents) against the genpolicy policy of
+/// the `pod-exec` case, with that case's request log as the skeleton: the pod as generated is
+/// allowed, a changed command and an unlisted exec probe are denied, naming the rule's line.
+#[test]
+fn check_names_the_denied_container_and_probe() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.ends_with("pod-exec"))
+        .expect("pod-exec case");
+    let dir = tempfile::tempdir().unwrap();
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: unrelated}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: exec-test
+spec:
+  containers:
+  - name: busybox
+    image: mcr.microsoft.com/aks/e2e/library-busybox:master.220314.1-linux-amd64
+    command: ["/bin/sh", "-c", "while true; do echo Kubernetes; sleep 10; done"]
+    livenessProbe:
+      exec:
+        command: ["echo", "${ISTIO_META_NODE_NAME} startup"]
+    readinessProbe:
+      exec:
+        command: ["cat", "/etc/shadow"]
+  - name: busybox
+    image: mcr.microsoft.com/aks/e2e/library-busybox:master.220314.1-linux-amd64
+    command: ["/bin/sh", "-c", "nc -l -p 4444 -e /bin/sh"]
+"#,
+    )
+    .unwrap();
+    let out = kata_cc(&[
+        "policy",
+        "check",
+        "--policy",
+        case.join("policy.rego").to_str().unwrap(),
+        "--pod",
+        pod.to_str().unwrap(),
+        "--base",
+        case.join("inputs.txt").to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decisions: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("allow ") || l.starts_with("deny "))
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            "allow CreateContainerRequest sandbox (pause)",
+            "allow CreateContainerRequest container busybox",
+            "allow ExecProcessRequest container busybox livenessProbe",
+            "deny ExecProcessRequest container busybox readinessProbe",
+            "deny CreateContainerRequest container busybox",
+        ],
+        "{stdout}"
+    );
+    // Each denial is followed by the policy's prints: the rule's file line and what failed.
+    assert!(stdout.contains("i_command = cat /etc/shadow"), "{stdout}");
+    assert!(
+        stdout.contains("policy.rego:") && stdout.contains("i_arg = nc -l -p 4444 -e /bin/sh"),
+        "{stdout}"
+    );
+
+    // A manifest without a pod is one clear error.
+    std::fs::write(&pod, "kind: ConfigMap\nmetadata: {name: x}\n").unwrap();
+    let out = kata_cc(&[
+        "policy",
+        "check",
+        "--policy",
+        case.join("policy.rego").to_str().unwrap(),
+        "--pod",
+        pod.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no Pod or pod template") && stderr.contains("ConfigMap"),
+        "{stderr}"
+    );
+}

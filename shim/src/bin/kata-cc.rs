@@ -1,5 +1,5 @@
-//! `kata-cc`: the host tool. This first slice has `config` (validate the runtime configuration);
-//! policy, measure, attest and check come with their issues.
+//! `kata-cc`: the host tool: `config` (validate the runtime configuration), `policy`
+//! (replay/check/bench with the agent's own engine), `measure`, `attest`, `check`.
 
 use std::process::ExitCode;
 

@@ -7,10 +7,8 @@ pub mod qemu;
 pub mod report;
 pub mod verify;
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Lowercase hex of bytes (the guest library's, so host and agent print digests alike).
+pub use kata_cc_guest::tee::hex;
 
 /// Decodes hex text (whitespace ignored, optional `0x`); `None` when it is not hex.
 pub fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -187,6 +187,10 @@ impl Vm {
             )?;
             let mut l = crate::snp::qemu::SnpLaunch::new(cbitpos, reduced);
             l.host_data = spec.host_data;
+            l.policy = q.snp_guest_policy;
+            let nonempty = |s: &String| Some(s.clone()).filter(|s| !s.is_empty());
+            l.id_block = nonempty(&q.snp_id_block);
+            l.id_auth = nonempty(&q.snp_id_auth);
             Some(l)
         } else {
             None

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests): prints tables and writes the same figures as JSON under build/bench/.
+# Policy: per-request evaluation time over Kata's conformance corpus, with the compiled fast
+# path (what the agent runs) and with the interpreter alone, side by side in one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KATA_CC=${KATA_CC:-target/x86_64-unknown-linux-gnu/release/kata-cc}
+CORPUS=${CORPUS:-../shared/conformance/kata-policy}
+ITERATIONS=${ITERATIONS:-30}
+OUT=build/bench
+[ -x "$KATA_CC" ] || { echo "bench: $KATA_CC missing: run make build" >&2; exit 1; }
+[ -d "$CORPUS" ] || { echo "bench: no conformance corpus at $CORPUS" >&2; exit 1; }
+mkdir -p "$OUT"
+# anyhow captures a backtrace per error when RUST_BACKTRACE is set (the agent's environment has
+# none): that would measure stack unwinding, not policy evaluation.
+export RUST_LIB_BACKTRACE=0
+
+echo "== policy evaluation per request ($ITERATIONS passes over each case's request log; input conversion included)"
+echo "   machine: $(nproc) CPUs, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//')"
+cases=()
+for dir in "$CORPUS"/*/; do
+  [ -f "$dir/policy.rego" ] && [ -f "$dir/inputs.txt" ] || continue
+  name=$(basename "$dir")
+  cases+=("$name")
+  for mode in fast interpreter; do
+    flag=()
+    [ "$mode" = interpreter ] && flag=(--interpreter)
+    echo "-- $name ($mode)"
+    "$KATA_CC" policy bench --policy "$dir/policy.rego" --requests "$dir/inputs.txt" \
+      --iterations "$ITERATIONS" "${flag[@]}" --json "$OUT/policy-$name-$mode.json"
+  done
+done
+# Summary: CreateContainerRequest p50, fast path vs interpreter, and their ratio.
+{
+  echo "["
+  first=1
+  for name in "${cases[@]}"; do
+    f=$(jq -r '.requests[] | select(.request=="CreateContainerRequest") | .p50_us' "$OUT/policy-$name-fast.json")
+    i=$(jq -r '.requests[] | select(.request=="CreateContainerRequest") | .p50_us' "$OUT/policy-$name-interpreter.json")
+    [ $first = 1 ] || echo ","
+    first=0
+    printf '{"case":"%s","create_container_p50_us_fast":%s,"create_container_p50_us_interpreter":%s}' "$name" "$f" "$i"
+  done
+  echo "]"
+} | jq . > "$OUT/policy-summary.json"
+echo
+echo "== CreateContainerRequest p50 (us): fast path vs interpreter"
+printf '%-16s %12s %14s %8s\n' case fast interpreter speedup
+jq -r '.[] | [.case, .create_container_p50_us_fast, .create_container_p50_us_interpreter] | @tsv' \
+  "$OUT/policy-summary.json" |
+  awk -F'\t' '{ printf "%-16s %12.1f %14.1f %7.1fx\n", $1, $2, $3, $3 / $2 }'
+echo "JSON: $OUT/"
