@@ -45,8 +45,9 @@ e2e:
 
 test: deps build image lint e2e
 
-# Benchmarks, not tests: figures printed and written as JSON under build/bench/.
-bench: build
+# Benchmarks, not tests: figures printed and written as JSON under build/bench/ (needs the
+# host dependencies and the guest image: `make test`'s set-up, or `make deps image`).
+bench: build image
 	bash hack/bench.sh
 
 install:

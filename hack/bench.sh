@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): prints tables and writes the same figures as JSON under build/bench/.
-# Policy: per-request evaluation time over Kata's conformance corpus, with the compiled fast
-# path (what the agent runs) and with the interpreter alone, side by side in one run.
+# 1. Policy: per-request evaluation time over Kata's conformance corpus, with the compiled fast
+#    path (what the agent runs) and with the interpreter alone, side by side in one run.
+# 2. Pods (kata-cc-bench, through a private containerd): pod start vs a bare boot vs runc, host
+#    memory per idle pod, pods started at once. KATA_CC_BENCH_RUNS runs per figure (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KATA_CC=${KATA_CC:-target/x86_64-unknown-linux-gnu/release/kata-cc}
+BENCH=${BENCH:-target/x86_64-unknown-linux-gnu/release/kata-cc-bench}
 CORPUS=${CORPUS:-../shared/conformance/kata-policy}
 ITERATIONS=${ITERATIONS:-30}
 OUT=build/bench
-[ -x "$KATA_CC" ] || { echo "bench: $KATA_CC missing: run make build" >&2; exit 1; }
+for b in "$KATA_CC" "$BENCH"; do
+  [ -x "$b" ] || { echo "bench: $b missing: run make build" >&2; exit 1; }
+done
 [ -d "$CORPUS" ] || { echo "bench: no conformance corpus at $CORPUS" >&2; exit 1; }
 mkdir -p "$OUT"
 # anyhow captures a backtrace per error when RUST_BACKTRACE is set (the agent's environment has
@@ -49,4 +54,6 @@ printf '%-16s %12s %14s %8s\n' case fast interpreter speedup
 jq -r '.[] | [.case, .create_container_p50_us_fast, .create_container_p50_us_interpreter] | @tsv' \
   "$OUT/policy-summary.json" |
   awk -F'\t' '{ printf "%-16s %12.1f %14.1f %7.1fx\n", $1, $2, $3, $3 / $2 }'
-echo "JSON: $OUT/"
+echo "JSON: $OUT/policy-*.json"
+echo
+KATA_CC_BENCH_OUT="$PWD/$OUT/pods.json" "$BENCH"

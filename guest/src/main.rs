@@ -103,7 +103,15 @@ async fn run() -> Result<(), String> {
     let _server = server::serve(&listen, agent)
         .await
         .map_err(|e| format!("listening on {listen}: {e}"))?;
-    log::info!("kata-cc-agent {} listening on {listen}", server::VERSION);
+    // The uptime tells the host how long kernel and init took by the guest's clock.
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    log::info!(
+        "kata-cc-agent {} listening on {listen} (uptime {uptime} s)",
+        server::VERSION
+    );
     // Serve until killed (as PID 1: until the VM is stopped by the host).
     std::future::pending::<()>().await;
     Ok(())

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod config;
 pub mod sizing;
 pub mod snp;
+pub mod timeline;
 pub mod vm;
 
 // containerd side (task service, containers, stdio, images).

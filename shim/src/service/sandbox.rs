@@ -250,6 +250,7 @@ impl Sandbox {
                 source,
             });
         }
+        crate::timeline::mark(id, "sandbox_created");
         log::info!(
             "sandbox {id}: VM up in {:?} ({:?})",
             vm.boot_time(),

@@ -302,6 +302,7 @@ impl Inner {
             .create_container(context(self.rpc_timeout), &creq)
             .await
             .map_err(|e| agent_err("CreateContainer", e))?;
+        crate::timeline::mark(&req.id, "container_created");
         Ok(Arc::new(Process::new(
             &req.id,
             "",
@@ -395,6 +396,9 @@ impl Inner {
             }
             let exit = proc.set_exited(code);
             log::info!("{cid}/{eid}: exited with status {}", exit.code);
+            if eid.is_empty() {
+                crate::timeline::mark(&cid, "exit");
+            }
             inner
                 .publish(
                     "/tasks/exit",
@@ -560,6 +564,7 @@ impl Task for TaskService {
         proc.set_running();
         inner.spawn_process(sandbox, proc.clone());
         if req.exec_id.is_empty() {
+            crate::timeline::mark(&req.id, "started");
             inner
                 .publish(
                     "/tasks/start",
@@ -924,6 +929,7 @@ impl Task for TaskService {
         let sb = inner.sandbox.lock().await.take();
         if let Some(sb) = sb {
             sb.stop().await;
+            crate::timeline::mark(&sb.id, "vm_stopped");
         }
         inner.exit.signal();
         Ok(Empty::new())

@@ -279,6 +279,7 @@ impl Vm {
         log::info!("starting {} {}", q.path.display(), args.join(" "));
         let mut cmd = Command::new(&q.path);
         cmd.args(&args);
+        crate::timeline::mark(&spec.id, "qemu_spawn");
         let qemu_proc =
             OwnedProcess::spawn("qemu", cmd, &sd.join(qemu::QEMU_LOG)).map_err(|source| {
                 VmError::Spawn {
@@ -307,6 +308,17 @@ impl Vm {
         match vm.wait_for_agent(started + boot_timeout).await {
             Ok(()) => {
                 vm.boot_time = started.elapsed();
+                crate::timeline::mark(&vm.id, "agent_ready");
+                if let Some(ms) = std::fs::read_to_string(vm.console_log())
+                    .ok()
+                    .and_then(|c| crate::timeline::agent_uptime_ms(&c))
+                {
+                    log::info!(
+                        "{} {} guest_uptime_at_agent_ms {ms}",
+                        crate::timeline::MARKER,
+                        vm.id
+                    );
+                }
                 log::info!(
                     "VM {} ready in {:.1} s ({}, {} vCPUs, {} MiB)",
                     vm.id,

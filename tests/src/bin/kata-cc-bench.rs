@@ -1,0 +1,435 @@
+//! `make bench`, pod part: a benchmark, not a test. Starts a private containerd (the e2e
+//! harness), then measures, interleaving the compared runs so that machine noise hits all alike:
+//! - pod start: `ctr run --rm ... true` through kata-cc, a bare boot of the same kernel with the
+//!   same QEMU options and a trivial init that powers off, and `ctr run --rm` through runc;
+//! - host memory of an idle pod: PSS of the shim, QEMU and the vsock backend;
+//! - 4 and 8 pods started at once: all must succeed; total time and host memory per idle pod.
+//!
+//! Prints a table and writes the same figures as JSON (`KATA_CC_BENCH_OUT`, default
+//! build/bench/pods.json). `KATA_CC_BENCH_RUNS` (default 5) runs per figure.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kata_cc_tests::{cmd, paths, procs, Containerd, TestImage};
+use serde_json::{json, Value};
+
+const RUNC: &str = "io.containerd.runc.v2";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
+/// Median, min and max of seconds.
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let mid = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (mid, s[0], s[s.len() - 1])
+}
+
+fn stats_json(v: &[f64]) -> Value {
+    let (med, min, max) = stats(v);
+    json!({"median": med, "min": min, "max": max, "runs": v})
+}
+
+/// `ctr run --rm --runtime RUNTIME IMAGE ID true`, timed; panics if it fails.
+fn timed_run(cd: &Containerd, runtime: &str, id: &str, img: &TestImage) -> f64 {
+    let args = ["run", "--rm", "--runtime", runtime, &img.name, id, "true"];
+    let t = Instant::now();
+    let out = cmd::run(cd.ctr_cmd(&args), None, paths::run_timeout());
+    let secs = t.elapsed().as_secs_f64();
+    out.assert_success();
+    secs
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The shim's `timeline <id> <phase> <value>` lines of pod `id` (see shim/src/timeline.rs),
+/// from containerd's log (which carries the shims' logs).
+fn timeline(cd: &Containerd, id: &str) -> std::collections::BTreeMap<String, u64> {
+    let log = std::fs::read_to_string(cd.dir.join("containerd.log")).unwrap_or_default();
+    let marker = format!("timeline {id} ");
+    let mut out = std::collections::BTreeMap::new();
+    for line in log.lines() {
+        let Some(at) = line.find(&marker) else {
+            continue;
+        };
+        let mut words = line[at + marker.len()..].split_whitespace();
+        let (Some(phase), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let digits: String = value.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if let Ok(v) = digits.parse() {
+            out.insert(phase.to_string(), v);
+        }
+    }
+    out
+}
+
+/// The phases of one pod's run, in seconds, from its timeline and the bench's own clock around
+/// `ctr run`. `None` if a milestone is missing.
+fn phases(
+    t: &std::collections::BTreeMap<String, u64>,
+    begin: u64,
+    end: u64,
+) -> Option<Vec<(&'static str, f64)>> {
+    let g = |k: &str| t.get(k).copied();
+    let (spawn, ready, uptime) = (
+        g("qemu_spawn")?,
+        g("agent_ready")?,
+        g("guest_uptime_at_agent_ms")?,
+    );
+    let (sandbox, created, started) = (
+        g("sandbox_created")?,
+        g("container_created")?,
+        g("started")?,
+    );
+    let (exit, stopped) = (g("exit")?, g("vm_stopped")?);
+    let d = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0;
+    Some(vec![
+        ("containerd + shim until QEMU spawn", d(begin, spawn)),
+        (
+            "QEMU start + firmware",
+            d(spawn, ready) - uptime as f64 / 1000.0,
+        ),
+        (
+            "kernel boot + init until agent ready",
+            uptime as f64 / 1000.0,
+        ),
+        ("policy + sandbox created", d(ready, sandbox)),
+        (
+            "container created (layers, CreateContainer)",
+            d(sandbox, created),
+        ),
+        ("container started", d(created, started)),
+        ("process exit", d(started, exit)),
+        ("teardown (VM stopped)", d(exit, stopped)),
+        ("ctr returns", d(stopped, end)),
+    ])
+}
+
+/// Proportional set size of a process, in KiB.
+fn pss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn argv(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Host processes of the running pods: (shims, QEMUs, vsock backends) PIDs.
+fn pod_processes(cd: &Containerd) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+    let all = procs::all();
+    let shims: BTreeSet<i32> = cd.shims().iter().map(|p| p.pid).collect();
+    let under = procs::with_descendants(&all, &shims);
+    let pick = |needle: &str| -> Vec<i32> {
+        all.iter()
+            .filter(|p| under.contains(&p.pid) && p.argv0.contains(needle))
+            .map(|p| p.pid)
+            .collect()
+    };
+    (
+        shims.iter().copied().collect(),
+        pick("qemu-system"),
+        pick("vhost-device-vsock"),
+    )
+}
+
+/// Starts `n` idle pods (`sleep`), waits until all run, returns them with their PIDs' PSS.
+struct IdlePods {
+    ids: Vec<String>,
+    runs: Vec<kata_cc_tests::Background>,
+}
+
+impl IdlePods {
+    fn start(cd: &Containerd, img: &TestImage, n: usize, what: &str) -> IdlePods {
+        let ids: Vec<String> = (0..n).map(|i| cd.id(&format!("{what}{i}"))).collect();
+        let runs = ids
+            .iter()
+            .map(|id| cd.spawn_run(id, &[], img, &["sleep", "3600"]))
+            .collect();
+        let pods = IdlePods { ids, runs };
+        let deadline = Instant::now() + paths::run_timeout();
+        loop {
+            let ls = cd.ctr(&["tasks", "ls"]).stdout_str();
+            let running = pods
+                .ids
+                .iter()
+                .filter(|id| {
+                    ls.lines()
+                        .any(|l| l.starts_with(id.as_str()) && l.contains("RUNNING"))
+                })
+                .count();
+            if running == n {
+                return pods;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{running} of {n} idle pods running after {}s:\n{ls}\n{}",
+                paths::run_timeout().as_secs(),
+                cd.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stop(self, cd: &Containerd) {
+        for id in &self.ids {
+            cd.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+        }
+        for r in self.runs {
+            r.wait(paths::run_timeout());
+        }
+    }
+}
+
+/// A trivial initrd: busybox as /init's shell, powering the VM off at once.
+fn bare_initrd(dir: &Path) -> PathBuf {
+    let root = dir.join("bare-root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin")).expect("bare root");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox (busybox-static, hack/deps.sh)");
+    std::fs::write(
+        root.join("init"),
+        "#!/bin/busybox sh\n/bin/busybox poweroff -f\n",
+    )
+    .expect("init");
+    let status = Command::new("chmod")
+        .args(["0755", "init", "bin/busybox"])
+        .current_dir(&root)
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+    let out = dir.join("bare-initrd.img");
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "find . | cpio -o -H newc --quiet > {}",
+            out.display()
+        ))
+        .current_dir(&root)
+        .status()
+        .expect("cpio");
+    assert!(status.success(), "cpio failed");
+    out
+}
+
+/// The pod's own QEMU command line with the trivial initrd and without the agent channel:
+/// same kernel, machine, CPU model, memory and disk.
+fn bare_args(pod_argv: &[String], initrd: &Path, dir: &Path) -> Vec<String> {
+    const NO_VALUE: &[&str] = &["-nographic", "-nodefaults", "-no-user-config", "-no-reboot"];
+    let mut out = Vec::new();
+    let mut i = 1; // argv[0] is QEMU itself
+    while i < pod_argv.len() {
+        let a = pod_argv[i].as_str();
+        if NO_VALUE.contains(&a) {
+            out.push(a.to_string());
+            i += 1;
+            continue;
+        }
+        let v = pod_argv.get(i + 1).cloned().unwrap_or_default();
+        i += 2;
+        match a {
+            "-initrd" => out.extend([a.to_string(), initrd.display().to_string()]),
+            "-chardev" if v.contains("id=vsock") => {}
+            "-device" if v.contains("vsock") => {}
+            "-qmp" => {}
+            "-chardev" if v.starts_with("file,id=console") => out.extend([
+                a.to_string(),
+                format!(
+                    "file,id=console,path={}",
+                    dir.join("bare-console.log").display()
+                ),
+            ]),
+            _ => out.extend([a.to_string(), v]),
+        }
+    }
+    out
+}
+
+fn bare_boot(qemu: &str, args: &[String]) -> f64 {
+    let mut c = Command::new(qemu);
+    c.args(args);
+    let t = Instant::now();
+    let out = cmd::run(c, None, paths::run_timeout());
+    let secs = t.elapsed().as_secs_f64();
+    out.assert_success();
+    secs
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn main() {
+    let runs = env_usize("KATA_CC_BENCH_RUNS", 5);
+    let out_path = std::env::var_os("KATA_CC_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| paths::repo().join("build/bench/pods.json"));
+    let cd = Containerd::start("bench");
+    let img = TestImage::busybox();
+    let dir = cd.dir.clone();
+
+    // Idle pod first: its QEMU command line is what the bare boot copies.
+    let idle = IdlePods::start(&cd, &img, 1, "idle");
+    let (shims, qemus, backends) = pod_processes(&cd);
+    let (shim_pss, qemu_pss, backend_pss): (u64, u64, u64) = (
+        shims.iter().map(|p| pss_kib(*p)).sum(),
+        qemus.iter().map(|p| pss_kib(*p)).sum(),
+        backends.iter().map(|p| pss_kib(*p)).sum(),
+    );
+    let pod_argv = argv(*qemus.first().expect("the idle pod's QEMU"));
+    idle.stop(&cd);
+    let initrd = bare_initrd(&dir);
+    let bare = bare_args(&pod_argv, &initrd, &dir);
+
+    // Warm caches (image unpack, page cache of kernel/initrd/rootfs) once for each.
+    timed_run(&cd, kata_cc_tests::RUNTIME, &cd.id("warm-kata"), &img);
+    timed_run(&cd, RUNC, &cd.id("warm-runc"), &img);
+    bare_boot(&pod_argv[0], &bare);
+
+    let (mut kata, mut bare_t, mut runc) = (Vec::new(), Vec::new(), Vec::new());
+    let mut split: Vec<Vec<(&'static str, f64)>> = Vec::new();
+    for i in 0..runs {
+        let id = cd.id(&format!("start{i}"));
+        let begin = now_ms();
+        kata.push(timed_run(&cd, kata_cc_tests::RUNTIME, &id, &img));
+        let end = now_ms();
+        match phases(&timeline(&cd, &id), begin, end) {
+            Some(p) => split.push(p),
+            None => eprintln!("bench: {id}: timeline incomplete in containerd.log"),
+        }
+        bare_t.push(bare_boot(&pod_argv[0], &bare));
+        runc.push(timed_run(&cd, RUNC, &cd.id(&format!("runc{i}")), &img));
+    }
+    let ratio = stats(&kata).0 / stats(&bare_t).0;
+
+    // Several pods at once.
+    let mut concurrent = Vec::new();
+    for n in [4usize, 8] {
+        let ids: Vec<String> = (0..n).map(|i| cd.id(&format!("par{n}-{i}"))).collect();
+        let t = Instant::now();
+        let bg: Vec<_> = ids
+            .iter()
+            .map(|id| cd.spawn_run(id, &[], &img, &["true"]))
+            .collect();
+        let ok = bg
+            .into_iter()
+            .map(|b| b.wait(paths::run_timeout()))
+            .filter(|o| o.success())
+            .count();
+        let total = t.elapsed().as_secs_f64();
+        let idle = IdlePods::start(&cd, &img, n, &format!("idle{n}-"));
+        let (s, q, b) = pod_processes(&cd);
+        let host_kib: u64 = s.iter().chain(&q).chain(&b).map(|p| pss_kib(*p)).sum();
+        idle.stop(&cd);
+        concurrent.push(json!({
+            "pods": n, "succeeded": ok, "total_s": total,
+            "host_pss_mib_per_idle_pod": mib(host_kib) / n as f64,
+        }));
+    }
+
+    let (km, kmin, kmax) = stats(&kata);
+    let (bm, bmin, bmax) = stats(&bare_t);
+    let (rm, rmin, rmax) = stats(&runc);
+    println!("== pod start, {runs} interleaved runs each (seconds: median, min, max)");
+    println!("{:<44} {:>7} {:>7} {:>7}", "", "median", "min", "max");
+    for (name, m, lo, hi) in [
+        ("kata-cc: ctr run --rm busybox true", km, kmin, kmax),
+        (
+            "bare boot: same kernel/QEMU, init powers off",
+            bm,
+            bmin,
+            bmax,
+        ),
+        ("runc: ctr run --rm busybox true", rm, rmin, rmax),
+    ] {
+        println!("{name:<44} {m:>7.2} {lo:>7.2} {hi:>7.2}");
+    }
+    println!("ratio kata-cc / bare boot (medians): {ratio:.2} (goal <= 1.10)");
+    let mut split_json = Vec::new();
+    if let Some(first) = split.first() {
+        println!(
+            "-- kata-cc pod start split ({} runs; seconds: median, min, max)",
+            split.len()
+        );
+        for (k, (name, _)) in first.iter().enumerate() {
+            let v: Vec<f64> = split.iter().map(|p| p[k].1).collect();
+            let (m, lo, hi) = stats(&v);
+            println!("   {name:<41} {m:>7.2} {lo:>7.2} {hi:>7.2}");
+            split_json.push(json!({"phase": name, "s": stats_json(&v)}));
+        }
+    }
+    println!("== host memory of one idle pod (PSS, MiB)");
+    println!(
+        "shim {:.1} (goal <= 5) | QEMU {:.1} | vsock backend {:.1} | QEMU + backend {:.1} (goal <= 150)",
+        mib(shim_pss),
+        mib(qemu_pss),
+        mib(backend_pss),
+        mib(qemu_pss + backend_pss)
+    );
+    println!("== pods started at once");
+    for c in &concurrent {
+        println!(
+            "{} pods: {}/{} succeeded in {:.1} s; host PSS per idle pod {:.1} MiB",
+            c["pods"],
+            c["succeeded"],
+            c["pods"],
+            c["total_s"].as_f64().unwrap_or(0.0),
+            c["host_pss_mib_per_idle_pod"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "not measured yet: agent RSS in the guest, agent round trip and exec latency, stdout \
+         throughput"
+    );
+
+    let doc = json!({
+        "runs": runs,
+        "pod_start_s": {"kata_cc": stats_json(&kata), "bare_boot": stats_json(&bare_t), "runc": stats_json(&runc)},
+        "ratio_kata_cc_to_bare_boot": ratio,
+        "kata_cc_start_split": split_json,
+        "idle_pod_pss_mib": {"shim": mib(shim_pss), "qemu": mib(qemu_pss), "vsock_backend": mib(backend_pss)},
+        "concurrent": concurrent,
+        "bare_boot_qemu_args": bare,
+    });
+    if let Some(parent) = out_path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(&out_path, format!("{doc:#}\n"))
+        .unwrap_or_else(|e| panic!("{}: {e}", out_path.display()));
+    println!("JSON: {}", out_path.display());
+    cd.finish();
+}
