@@ -7,6 +7,17 @@ use std::sync::Mutex;
 
 use kata_cc_guest::{initdata, tee};
 
+/// The policy in force under SNP until the launch's own policy is set (see
+/// [`Launch::initial_policy`]).
+pub const GATE_POLICY: &str = concat!(
+    "package agent_policy\n\n",
+    "# Until the policy this launch is bound to (HOST_DATA) is set, nothing else may happen.\n",
+    "default SetPolicyRequest := true\n",
+    "default GuestDetailsRequest := true\n",
+    "default CopyFileRequest := false\n",
+    "CopyFileRequest { input.path == \"/run/kata-cc/initdata.toml\" }\n",
+);
+
 pub struct Launch {
     pub tee: tee::Tee,
     /// HOST_DATA of this launch (SNP only). `Err` when the report could not be read: every
@@ -56,6 +67,22 @@ impl Launch {
             tee: tee::Tee::None,
             host_data: None,
             initdata: Mutex::new(None),
+        }
+    }
+
+    /// The policy to start with instead of the baked one, if any. Under SNP, a HOST_DATA that is
+    /// set (not all zeros) and is not the baked policy's sha256 means the pod was launched bound
+    /// to a policy of its own: until a SetPolicy with that policy succeeds, only the gate holds
+    /// (SetPolicy, which [`Launch::check_policy`] binds to HOST_DATA; the init-data copy; guest
+    /// details), so a host that skips or delays SetPolicy gets nothing done. An unreadable
+    /// report gets the gate too, and every SetPolicy is then refused.
+    pub fn initial_policy(&self, baked: &str) -> Option<&'static str> {
+        match &self.host_data {
+            None => None,
+            Some(Err(_)) => Some(GATE_POLICY),
+            Some(Ok(h)) if *h == [0u8; tee::HOST_DATA_LEN] => None,
+            Some(Ok(h)) if *h == tee::policy_digest(baked) => None,
+            Some(Ok(_)) => Some(GATE_POLICY),
         }
     }
 
@@ -131,6 +158,56 @@ mod tests {
             },
             host_data: Some(Ok(host_data)),
             initdata: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn snp_launch_bound_elsewhere_starts_behind_the_gate() {
+        let baked = "package agent_policy\ndefault CreateContainerRequest := true\n";
+        assert_eq!(Launch::none().initial_policy(baked), None);
+        assert_eq!(
+            snp_launch([0u8; 32]).initial_policy(baked),
+            None,
+            "no HOST_DATA"
+        );
+        assert_eq!(
+            snp_launch(tee::policy_digest(baked)).initial_policy(baked),
+            None,
+            "bound to the baked policy"
+        );
+        let gate = snp_launch([9u8; 32]).initial_policy(baked).expect("gate");
+        let broken = Launch {
+            host_data: Some(Err("no report".into())),
+            ..Launch::none()
+        };
+        assert_eq!(broken.initial_policy(baked), Some(gate));
+        // The gate allows only SetPolicy, guest details and the init-data copy.
+        let mut p = kata_cc_guest::policy::PolicyEngine::new(gate).unwrap();
+        let ok = |p: &mut kata_cc_guest::policy::PolicyEngine, r: &str, i: serde_json::Value| {
+            p.evaluate(r, &i).unwrap().allowed
+        };
+        assert!(ok(
+            &mut p,
+            "SetPolicyRequest",
+            serde_json::json!({"policy": ""})
+        ));
+        assert!(ok(&mut p, "GuestDetailsRequest", serde_json::json!({})));
+        assert!(ok(
+            &mut p,
+            "CopyFileRequest",
+            serde_json::json!({"path": initdata::GUEST_PATH})
+        ));
+        assert!(!ok(
+            &mut p,
+            "CopyFileRequest",
+            serde_json::json!({"path": "/run/kata-cc/layers/x"})
+        ));
+        for r in [
+            "CreateSandboxRequest",
+            "CreateContainerRequest",
+            "ExecProcessRequest",
+        ] {
+            assert!(!ok(&mut p, r, serde_json::json!({})), "{r}");
         }
     }
 

@@ -50,7 +50,9 @@ fn main() {
 /// the path for host tests). Without one, only SetPolicy is allowed (see
 /// [`policy::NO_POLICY_FALLBACK`]): an unmeasured allow-all would defeat the policy. A baked
 /// policy that does not parse is fatal: the guest must not run under a policy it cannot enforce.
-fn load_policy() -> Result<policy::PolicyEngine, String> {
+/// Under SNP the launch may name another policy (HOST_DATA): then only the gate of
+/// [`launch::Launch::initial_policy`] holds until that policy is set.
+fn load_policy(launch: &launch::Launch) -> Result<policy::PolicyEngine, String> {
     let path = std::env::var("KATA_CC_POLICY_PATH")
         .unwrap_or_else(|_| policy::DEFAULT_POLICY_PATH.to_string());
     let text = match std::fs::read_to_string(&path) {
@@ -61,6 +63,13 @@ fn load_policy() -> Result<policy::PolicyEngine, String> {
         }
         Err(e) => return Err(format!("reading the policy {path}: {e}")),
     };
+    if let Some(gate) = launch.initial_policy(&text) {
+        log::warn!(
+            "the launch's HOST_DATA is not the digest of {path}: only SetPolicy with the bound \
+             policy (and its init-data) is allowed until it is set"
+        );
+        return policy::PolicyEngine::new(gate).map_err(|e| format!("gate policy: {e}"));
+    }
     let engine = policy::PolicyEngine::new(&text).map_err(|e| format!("policy {path}: {e}"))?;
     log::info!("policy loaded from {path}");
     Ok(engine)
@@ -93,12 +102,13 @@ async fn run() -> Result<(), String> {
         containers_dir,
         layers_dir.clone(),
     ));
-    let policy = load_policy()?;
+    let launch = launch::Launch::detect();
+    let policy = load_policy(&launch)?;
     let agent = server::Agent {
         sandbox,
         layers_dir,
         policy: Arc::new(std::sync::Mutex::new(policy)),
-        launch: Arc::new(launch::Launch::detect()),
+        launch: Arc::new(launch),
     };
     let _server = server::serve(&listen, agent)
         .await

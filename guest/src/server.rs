@@ -117,10 +117,14 @@ impl agent_ttrpc::AgentService for Agent {
         if let Some(spec) = req.OCI.as_ref() {
             let wants = crate::spec::wants_attestation(spec)
                 .map_err(|e| AgentError::invalid(format!("CreateContainer {cid}: {e}")))?;
-            if wants && self.launch.tee == kata_cc_guest::tee::Tee::None {
+            if wants && !matches!(self.launch.tee, kata_cc_guest::tee::Tee::SnpTsm { .. }) {
+                let why = match self.launch.tee {
+                    kata_cc_guest::tee::Tee::None => "this VM has no TEE",
+                    _ => "the guest has no configfs-tsm report interface",
+                };
                 return Err(AgentError::invalid(format!(
-                    "CreateContainer {cid}: annotation {}: this VM has no TEE ({}): no \
-                     attestation report can be made in it",
+                    "CreateContainer {cid}: annotation {}: {why} ({}): no attestation report \
+                     can be made in it",
                     crate::spec::ATTESTATION_ANNOTATION,
                     self.launch.feature()
                 ))

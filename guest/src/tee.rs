@@ -14,6 +14,8 @@ use sha2::Digest;
 pub const TSM_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
 /// The SNP guest device.
 pub const SEV_GUEST_DEVICE: &str = "/dev/sev-guest";
+/// The platform device the kernel registers in every SNP guest, before any driver loads.
+pub const SEV_GUEST_PLATFORM: &str = "/sys/devices/platform/sev-guest";
 /// configfs-tsm's provider name for SEV-SNP.
 pub const TSM_PROVIDER_SNP: &str = "sev_guest";
 
@@ -29,6 +31,8 @@ pub const HOST_DATA_LEN: usize = 32;
 pub enum TeeError {
     #[error("not running in a TEE: neither {TSM_REPORT_DIR} nor {SEV_GUEST_DEVICE} is present")]
     NoTee,
+    #[error("an SEV-SNP guest ({SEV_GUEST_PLATFORM} exists) without {SEV_GUEST_DEVICE}: is the sev-guest module missing?")]
+    NoDevice,
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -65,6 +69,8 @@ pub enum Tee {
     SnpTsm { dir: PathBuf },
     /// SEV-SNP, reports through the `/dev/sev-guest` ioctl.
     SnpDevice { path: PathBuf },
+    /// SEV-SNP (the platform device exists) but no way to get a report: fails closed.
+    SnpNoDevice,
 }
 
 impl Tee {
@@ -80,6 +86,12 @@ impl Tee {
         if dev.exists() {
             return Tee::SnpDevice { path: dev };
         }
+        if root
+            .join(SEV_GUEST_PLATFORM.trim_start_matches('/'))
+            .exists()
+        {
+            return Tee::SnpNoDevice;
+        }
         Tee::None
     }
 
@@ -91,7 +103,7 @@ impl Tee {
     pub fn name(&self) -> &'static str {
         match self {
             Tee::None => "none",
-            Tee::SnpTsm { .. } | Tee::SnpDevice { .. } => "sev-snp",
+            Tee::SnpTsm { .. } | Tee::SnpDevice { .. } | Tee::SnpNoDevice => "sev-snp",
         }
     }
 
@@ -104,6 +116,7 @@ impl Tee {
         data[..report_data.len()].copy_from_slice(report_data);
         match self {
             Tee::None => Err(TeeError::NoTee),
+            Tee::SnpNoDevice => Err(TeeError::NoDevice),
             Tee::SnpTsm { dir } => tsm_report(dir, &data),
             Tee::SnpDevice { path } => device_report(path, &data),
         }
@@ -313,6 +326,13 @@ mod tests {
     fn detection_and_configfs_report() {
         let root = tempfile::tempdir().unwrap();
         assert_eq!(Tee::detect_at(root.path()), Tee::None);
+        let platform = root.path().join("sys/devices/platform/sev-guest");
+        std::fs::create_dir_all(&platform).unwrap();
+        assert_eq!(Tee::detect_at(root.path()), Tee::SnpNoDevice);
+        assert!(matches!(
+            Tee::SnpNoDevice.report(b""),
+            Err(TeeError::NoDevice)
+        ));
         assert!(matches!(Tee::None.report(b"x"), Err(TeeError::NoTee)));
         let dev = root.path().join("dev/sev-guest");
         std::fs::create_dir_all(dev.parent().unwrap()).unwrap();

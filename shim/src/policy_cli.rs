@@ -438,18 +438,20 @@ fn read_pod(path: &str, text: &str) -> Result<Value, String> {
             _ => None,
         };
         if let Some(t) = template {
+            if !t.is_object() {
+                return Err(format!("{path}: the pod template is not a mapping"));
+            }
             let mut pod = t.clone();
             pod["kind"] = json!("Pod");
             // A template has no name of its own: the workload's stands in.
-            if pod.pointer("/metadata/name").is_none() {
-                let name = d.pointer("/metadata/name").cloned().unwrap_or(json!(""));
-                let ns = d.pointer("/metadata/namespace").cloned();
-                if !pod["metadata"].is_object() {
-                    pod["metadata"] = json!({});
-                }
-                pod["metadata"]["name"] = name;
-                if let Some(ns) = ns {
-                    pod["metadata"]["namespace"] = ns;
+            if !pod["metadata"].is_object() {
+                pod["metadata"] = json!({});
+            }
+            for key in ["name", "namespace"] {
+                if pod["metadata"].get(key).is_none() {
+                    if let Some(v) = d.pointer(&format!("/metadata/{key}")) {
+                        pod["metadata"][key] = v.clone();
+                    }
                 }
             }
             return Ok(pod);

@@ -43,6 +43,11 @@ pub enum PolicySourceError {
         annotation: &'static str,
         source: std::io::Error,
     },
+    #[error("annotation {annotation}: the decompressed init-data is larger than {limit} bytes")]
+    TooLarge {
+        annotation: &'static str,
+        limit: u64,
+    },
     #[error("annotation {annotation}: {what} is not UTF-8 text")]
     NotUtf8 {
         annotation: &'static str,
@@ -135,6 +140,7 @@ impl PodPolicy {
                 self.text.as_bytes(),
             ))),
             host_data: launch_host_data.map(|h| hex(&h)),
+            snp_launch: false,
         }
     }
 }
@@ -150,8 +156,11 @@ pub struct PolicyState {
     pub digest: Option<String>,
     /// Hex sha256 of the policy text the agent enforces.
     pub policy_sha256: Option<String>,
-    /// Hex of the 32-byte HOST_DATA the VM was launched with (what an SNP report carries).
+    /// Hex of the 32-byte HOST_DATA this policy binds to (what an SNP report carries).
     pub host_data: Option<String>,
+    /// Whether `host_data` was given to an SNP launch (`confidential_guest = true`); false: a
+    /// development VM, where nothing binds the policy to the launch.
+    pub snp_launch: bool,
 }
 
 impl PolicyState {
@@ -164,6 +173,7 @@ impl PolicyState {
             digest: None,
             policy_sha256: None,
             host_data: None,
+            snp_launch: false,
         }
     }
 }
@@ -234,9 +244,15 @@ pub fn from_initdata_annotation(value: &str) -> Result<PodPolicy, PolicySourceEr
     let annotation = INITDATA_ANNOTATION;
     let gz = decode_base64(annotation, value)?;
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..])
+    // All gzip members, as Go's reader takes them; bounded, as the agent keeps at most that.
+    let limit = kata_cc_guest::initdata::MAX_LEN as u64;
+    flate2::read::MultiGzDecoder::new(&gz[..])
+        .take(limit + 1)
         .read_to_end(&mut raw)
         .map_err(|source| PolicySourceError::Gzip { annotation, source })?;
+    if raw.len() as u64 > limit {
+        return Err(PolicySourceError::TooLarge { annotation, limit });
+    }
     let toml_text = String::from_utf8(raw).map_err(|_| PolicySourceError::NotUtf8 {
         annotation,
         what: "the decompressed init-data",

@@ -234,6 +234,10 @@ impl Sandbox {
             }
             None => PolicyState::baked_default(),
         };
+        let state = PolicyState {
+            snp_launch: state.host_data.is_some() && cfg.hypervisor.qemu.confidential_guest,
+            ..state
+        };
         if let Err(e) = record_policy(&state_dir, &state) {
             let _ = vm.stop().await;
             return Err(e);
@@ -319,7 +323,11 @@ impl Sandbox {
             p.digest_hex()
         );
         *current = Some(p.clone());
-        record_policy(&self.state_dir, &p.state(self.launch_host_data))
+        let state = PolicyState {
+            snp_launch: self.launch_host_data.is_some() && self.confidential,
+            ..p.state(self.launch_host_data)
+        };
+        record_policy(&self.state_dir, &state)
     }
 
     pub fn dead(&self) -> watch::Receiver<bool> {

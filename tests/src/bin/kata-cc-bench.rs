@@ -138,10 +138,11 @@ fn pss_kib(pid: i32) -> u64 {
 }
 
 fn argv(pid: i32) -> Vec<String> {
+    // NUL-terminated arguments: an empty one (say `-append ""`) stays, the last NUL ends them.
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
+            let b = b.strip_suffix(&[0]).unwrap_or(&b);
             b.split(|c| *c == 0)
-                .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect()
         })
