@@ -118,8 +118,9 @@ async fn run() -> Result<(), String> {
         .ok()
         .and_then(|u| u.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "?".into());
-    log::info!(
-        "kata-cc-agent {} listening on {listen} (uptime {uptime} s)",
+    eprintln!(
+        "{} {listen} (kata-cc-agent {}, uptime {uptime} s)",
+        kata_cc_guest::READY_LINE,
         server::VERSION
     );
     // Serve until killed (as PID 1: until the VM is stopped by the host).

@@ -19,6 +19,11 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 const MAX_REPLY: usize = 64;
 /// Pause between attempts while the guest is not listening yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Longest one handshake attempt may take. A CONNECT sent before the guest listens can go
+/// unanswered (seen with 8 TCG guests booting at once: the guest listened at 42 s, the one
+/// attempt begun earlier never got a reply and used up the whole dial timeout); a new attempt
+/// then gets through.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Clients of both agent services sharing one ttrpc connection.
 #[derive(Clone)]
@@ -112,7 +117,7 @@ pub async fn connect_hybrid_vsock(
                 last,
             });
         }
-        match tokio::time::timeout(left, hybrid_attempt(uds, port)).await {
+        match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), hybrid_attempt(uds, port)).await {
             Ok(Ok(stream)) => return Ok(Client::new(Socket::from(stream))),
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => last = "handshake timed out".into(),
@@ -141,7 +146,7 @@ pub async fn connect_vsock(
                 last,
             });
         }
-        match tokio::time::timeout(left, Socket::connect(&addr)).await {
+        match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), Socket::connect(&addr)).await {
             Ok(Ok(sock)) => return Ok(Client::new(sock)),
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => last = "connect timed out".into(),
@@ -182,6 +187,32 @@ mod tests {
         });
         let client = connect_hybrid_vsock(&uds, AGENT_VSOCK_PORT, Duration::from_secs(5)).await;
         assert!(client.is_ok());
+        server.await.unwrap();
+    }
+
+    /// A backend that takes the CONNECT and never answers it: the next attempt gets through.
+    #[tokio::test]
+    async fn an_unanswered_attempt_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let l = UnixListener::bind(&uds).unwrap();
+        let server = tokio::spawn(async move {
+            let (silent, _) = l.accept().await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            let mut r = tokio::io::BufReader::new(s);
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            let mut s = r.into_inner();
+            s.write_all(b"OK 1073741825\n").await.unwrap();
+            (silent, s)
+        });
+        let t = Instant::now();
+        let client = connect_hybrid_vsock(&uds, AGENT_VSOCK_PORT, Duration::from_secs(30)).await;
+        assert!(client.is_ok());
+        assert!(
+            t.elapsed() >= ATTEMPT_TIMEOUT,
+            "the first attempt was not waited for"
+        );
         server.await.unwrap();
     }
 

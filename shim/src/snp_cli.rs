@@ -13,7 +13,7 @@ use kata_cc_shim::snp::{self, host};
 
 pub const USAGE: &str = "  measure --firmware F [--kernel K [--initrd I] [--append CMDLINE | --cmdline-file F]] --vcpus N [--vcpu-type EPYC-v4] [--guest-features 0x1]
                            print the expected SEV-SNP launch measurement (hex)
-  attest verify --report R [--vcek V] [--chain C] [--measurement M] [--host-data H] [--report-data D]
+  attest verify --report R [--vcek V] [--chain C] [--measurement M] [--host-data H] [--report-data D] [--allow-debug]
                            verify an SEV-SNP attestation report; prints each check, exits 1 naming failures
   attest report [--report-data D]
                            print this SNP guest's attestation report (hex; inside an SNP guest only)
@@ -149,9 +149,16 @@ fn hex_arg(flag: &str, v: &str, len: usize, pad: bool) -> Result<Vec<u8>, String
 }
 
 fn attest_verify(args: &[String]) -> ExitCode {
+    // The one flag without a value.
+    let allow_debug = args.iter().any(|a| a == "--allow-debug");
+    let args: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--allow-debug")
+        .cloned()
+        .collect();
     let f = match flags(
         "attest verify",
-        args,
+        &args,
         &[
             "--report",
             "--vcek",
@@ -167,7 +174,10 @@ fn attest_verify(args: &[String]) -> ExitCode {
     let Some(report) = f.get("--report") else {
         return usage_error("kata-cc attest verify: --report is required");
     };
-    let mut expected = Expected::default();
+    let mut expected = Expected {
+        allow_debug,
+        ..Expected::default()
+    };
     for (flag, slot, len, pad) in [
         ("--measurement", &mut expected.measurement, 48, false),
         ("--host-data", &mut expected.host_data, 32, false),

@@ -16,15 +16,15 @@ pub fn mark(id: &str, phase: &str) {
     log::info!("{MARKER} {id} {phase} {ms}");
 }
 
-/// The guest's uptime when the agent started listening, from its line on the console
-/// (`... listening on ... (uptime 1.234 s)`): how long the kernel and init took, by the guest's
-/// own clock.
+/// The guest's uptime when the agent started listening, from its ready line on the console
+/// (`kata-cc-agent: ready: listening on ... uptime 1.234 s)`): how long the kernel and init
+/// took, by the guest's own clock.
 pub fn agent_uptime_ms(console: &str) -> Option<u64> {
     let line = console
         .lines()
         .rev()
-        .find(|l| l.contains("kata-cc-agent") && l.contains("listening on"))?;
-    let rest = &line[line.rfind("(uptime ")? + "(uptime ".len()..];
+        .find(|l| l.contains(kata_cc_guest::READY_LINE))?;
+    let rest = &line[line.rfind("uptime ")? + "uptime ".len()..];
     let secs: f64 = rest.split_whitespace().next()?.parse().ok()?;
     Some((secs * 1000.0).round() as u64)
 }
@@ -33,7 +33,7 @@ pub fn agent_uptime_ms(console: &str) -> Option<u64> {
 mod tests {
     #[test]
     fn uptime_from_the_agent_line() {
-        let console = "[    0.5] something\nkata-cc-agent 0.1.0 listening on vsock://-1:1024 (uptime 2.468 s)\n";
+        let console = "[    0.5] something\nkata-cc-agent: ready: listening on vsock://-1:1024 (kata-cc-agent 0.1.0, uptime 2.468 s)\n";
         assert_eq!(super::agent_uptime_ms(console), Some(2468));
         assert_eq!(super::agent_uptime_ms("no agent here\n"), None);
     }

@@ -40,10 +40,27 @@ fn both_real_reports_verify_with_given_and_builtin_chains() {
         (GO_REPORT, GO_VCEK, GO_CHAIN),
     ] {
         let r = load(rep);
+        // go-sev-guest's report is of a debuggable guest (policy 0xb0000): accepted only when
+        // asked for, and refused by default naming the check.
+        let debug = rep == GO_REPORT;
+        if debug {
+            let v = run(&r, vcek, Some(chain), &Expected::default());
+            assert_eq!(v.failed(), vec!["guest-policy"], "{:?}", v.checks);
+            assert!(v
+                .get("guest-policy")
+                .unwrap()
+                .detail
+                .contains("allows debugging"));
+        }
+        let exp = Expected {
+            allow_debug: debug,
+            ..Expected::default()
+        };
         for c in [Some(chain), None] {
-            let v = run(&r, vcek, c, &Expected::default());
+            let v = run(&r, vcek, c, &exp);
             assert!(v.ok(), "{rep} with chain {c:?}: {:?}", v.checks);
             for name in [
+                "guest-policy",
                 "ark-is-amd-root",
                 "ark-self-signed",
                 "ask-signed-by-ark",
@@ -65,6 +82,7 @@ fn expected_values_are_compared() {
         measurement: Some(r.measurement().to_vec()),
         host_data: Some(r.host_data().to_vec()),
         report_data: Some(r.report_data().to_vec()),
+        allow_debug: true,
     };
     assert!(run(&r, GO_VCEK, None, &exp).ok());
     exp.measurement.as_mut().unwrap()[47] ^= 1;
@@ -107,7 +125,12 @@ fn one_flipped_bit_fails_the_signature_check() {
             (0x2a0 + 5, 2),
             (0x2a0 + 72 + 40, 6),
         ] {
-            let v = run(&flipped(&r, off, bit), vcek, None, &Expected::default());
+            // Debug accepted: this test is about the signature (one flip sets bit 19).
+            let exp = Expected {
+                allow_debug: true,
+                ..Expected::default()
+            };
+            let v = run(&flipped(&r, off, bit), vcek, None, &exp);
             assert_eq!(
                 v.failed(),
                 vec!["report-signature"],

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use kata_cc_shim::config::Config;
 
+#[path = "../agent_cli.rs"]
+mod agent_cli;
 #[path = "../policy_cli.rs"]
 mod policy_cli;
 #[path = "../snp_cli.rs"]
@@ -21,11 +23,17 @@ fn main() -> ExitCode {
         }
         Some("config") => config(&args[1..]),
         Some("policy") => policy_cli::main(&args[1..]),
+        Some("agent") => agent_cli::main(&args[1..]),
         Some("measure") => snp_cli::measure(&args[1..]),
         Some("attest") => snp_cli::attest(&args[1..]),
         Some("check") => snp_cli::check(&args[1..]),
         Some("help") | Some("--help") | Some("-h") => {
-            print!("{USAGE}{}{}", policy_cli::USAGE, snp_cli::USAGE);
+            print!(
+                "{USAGE}{}{}{}",
+                policy_cli::USAGE,
+                agent_cli::USAGE,
+                snp_cli::USAGE
+            );
             ExitCode::SUCCESS
         }
         Some(other) => {

@@ -100,7 +100,12 @@ pub struct Expected {
     pub measurement: Option<Vec<u8>>,
     pub host_data: Option<Vec<u8>>,
     pub report_data: Option<Vec<u8>>,
+    /// Accept a guest whose policy allows debugging (the host can then read its memory).
+    pub allow_debug: bool,
 }
+
+/// GUEST_POLICY bit 19: the guest may be debugged.
+pub const POLICY_DEBUG: u64 = 1 << 19;
 
 /// One named check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +272,26 @@ pub fn verify(
 ) -> Verification {
     let mut checks = Vec::new();
     let key_kind = report.signing_key();
+    // The signed POLICY field (offset 0x08): a debuggable guest protects nothing from the host.
+    let policy = u64::from_le_bytes(report.raw[0x08..0x10].try_into().unwrap_or([0; 8]));
+    checks.push(check(
+        "guest-policy",
+        if policy & POLICY_DEBUG == 0 || expected.allow_debug {
+            Ok(format!(
+                "policy {policy:#x}{}",
+                if policy & POLICY_DEBUG != 0 {
+                    ": debugging allowed (accepted by --allow-debug)"
+                } else {
+                    ", no debugging"
+                }
+            ))
+        } else {
+            Err(format!(
+                "policy {policy:#x} allows debugging (bit 19): the host can read and change \
+                 the guest's memory (--allow-debug to accept)"
+            ))
+        },
+    ));
     checks.push(check(
         "report-format",
         Ok(format!(

@@ -362,6 +362,25 @@ impl Vm {
     async fn wait_for_agent(&self, deadline: Instant) -> Result<(), String> {
         let exited = self.wait_exited();
         let probe = async {
+            // vhost-device-vsock: a CONNECT sent while the guest's vsock driver is not ready can
+            // wedge the backend for good (seen: the agent listened at 6.4 s, no CONNECT was
+            // answered in 120 s). So the first attempt waits for the agent's ready line.
+            if matches!(self.channel, AgentChannel::Hybrid { .. }) {
+                let console = self.console_log();
+                loop {
+                    let text = std::fs::read(&console).unwrap_or_default();
+                    if String::from_utf8_lossy(&text).contains(kata_cc_guest::READY_LINE) {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "the agent never printed {:?} on the console",
+                            kata_cc_guest::READY_LINE
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
             let mut last = String::from("none");
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
