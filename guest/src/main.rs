@@ -8,6 +8,7 @@ mod init;
 mod launch;
 mod layers;
 mod logging;
+mod metrics;
 mod reaper;
 mod runc;
 mod server;

@@ -92,50 +92,6 @@ impl Agent {
     }
 }
 
-/// GetMetrics: the agent's own memory and the guest's, in the Prometheus text format.
-fn metrics_text() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    // `Key:   123 kB` lines, in bytes.
-    let kib = |text: &str, key: &str| -> Option<u64> {
-        text.lines()
-            .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse::<u64>().ok())
-            .map(|n| n * 1024)
-    };
-    let mut out = String::new();
-    for (name, help, value) in [
-        (
-            "kata_cc_agent_rss_bytes",
-            "Resident set size of kata-cc-agent.",
-            kib(&status, "VmRSS"),
-        ),
-        (
-            "kata_cc_agent_hwm_bytes",
-            "Peak resident set size of kata-cc-agent.",
-            kib(&status, "VmHWM"),
-        ),
-        (
-            "kata_cc_guest_mem_total_bytes",
-            "Guest memory (MemTotal).",
-            kib(&meminfo, "MemTotal"),
-        ),
-        (
-            "kata_cc_guest_mem_available_bytes",
-            "Guest memory available (MemAvailable).",
-            kib(&meminfo, "MemAvailable"),
-        ),
-    ] {
-        if let Some(v) = value {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
-            ));
-        }
-    }
-    out
-}
-
 fn denied(msg: String) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::PERMISSION_DENIED, msg))
 }
@@ -546,7 +502,7 @@ impl agent_ttrpc::AgentService for Agent {
     ) -> TResult<agent::Metrics> {
         self.check(&req)?;
         let mut m = agent::Metrics::new();
-        m.metrics = metrics_text();
+        m.metrics = crate::metrics::text();
         Ok(m)
     }
 
