@@ -282,6 +282,23 @@ async fn containers_run_through_the_agent() {
         .await
         .expect("GetGuestDetails");
     assert_eq!(gd.agent_details.extra_features, ["tee: none"]);
+    // GetMetrics: the agent's own RSS, a positive byte count, in Prometheus text.
+    let m = c
+        .get_metrics(ctx(), &agent::GetMetricsRequest::new())
+        .await
+        .expect("GetMetrics");
+    let rss: u64 = m
+        .metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kata_cc_agent_rss_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no kata_cc_agent_rss_bytes in {:?}", m.metrics));
+    assert!(rss > 0, "{}", m.metrics);
+    assert!(
+        m.metrics.contains("# TYPE kata_cc_agent_rss_bytes gauge"),
+        "{}",
+        m.metrics
+    );
     let e = c
         .pause_container(ctx(), &agent::PauseContainerRequest::new())
         .await
