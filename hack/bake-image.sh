@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Bakes the kata-cc guest image: kernel, initrd and a dm-verity protected erofs rootfs.
 #
-#   hack/bake-image.sh [--agent PATH] [--out DIR] [--config PATH | --no-config]
+#   hack/bake-image.sh [--agent PATH] [--init PATH] [--out DIR] [--config PATH | --no-config]
 #                      [--default-policy allow-all|no-exec-no-logs] [--force]
 #
+# The initrd holds kata-cc-init (guest/src/bin/kata-cc-init.rs, the initrd's /init) and the
+# kernel modules it loads; the rootfs holds the agent.
 # Output (DIR, default build/guest): vmlinuz, initrd.img, rootfs.img (erofs + verity hash tree),
 # cmdline, manifest.json; and the runtime config (default build/configuration.toml) from
 # hack/configuration.toml.in. The default policy (hack/guest/policy/<name>.rego, default allow-all)
@@ -15,6 +17,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HACK=$ROOT/hack
 AGENT=$ROOT/target/x86_64-unknown-linux-gnu/release/kata-cc-agent
+INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/kata-cc-init
 OUT=$ROOT/build/guest
 CONFIG=$ROOT/build/configuration.toml
 FORCE=0
@@ -39,12 +42,13 @@ log() { echo "bake-image: $*" >&2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --agent) [ $# -ge 2 ] || die "--agent needs a path"; AGENT=$2; shift 2 ;;
+    --init) [ $# -ge 2 ] || die "--init needs a path"; INIT=$2; shift 2 ;;
     --out) [ $# -ge 2 ] || die "--out needs a directory"; OUT=$2; shift 2 ;;
     --config) [ $# -ge 2 ] || die "--config needs a path"; CONFIG=$2; shift 2 ;;
     --no-config) CONFIG=; shift ;;
     --default-policy) [ $# -ge 2 ] || die "--default-policy needs a name"; DEFAULT_POLICY=$2; shift 2 ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -55,16 +59,17 @@ case "$DEFAULT_POLICY" in
 esac
 [ -f "$POLICY_FILE" ] || die "--default-policy '$DEFAULT_POLICY': no $POLICY_FILE (available: $(cd "$HACK/guest/policy" && ls *.rego | sed 's/\.rego$//' | paste -sd' '))"
 
-for tool in dpkg-deb depmod modinfo xz busybox cpio zstd mkfs.erofs veritysetup dmsetup ldd sha256sum jq; do
+for tool in dpkg-deb depmod modinfo xz busybox cpio zstd mkfs.erofs veritysetup ldd sha256sum jq strip readelf; do
   command -v "$tool" >/dev/null || die "'$tool' not found: run hack/deps.sh"
 done
 BUSYBOX=$(command -v busybox)
 ! ldd "$BUSYBOX" >/dev/null 2>&1 || die "$BUSYBOX is dynamically linked: install busybox-static"
 RUNC=/usr/sbin/runc
-DMSETUP=$(command -v dmsetup)
 [ -x "$RUNC" ] || die "$RUNC not found: run hack/deps.sh"
 [ -f "$AGENT" ] || die "agent binary $AGENT not found (build it: cargo build --release -p kata-cc-guest, or pass --agent)"
 [ -x "$AGENT" ] || die "agent $AGENT is not executable"
+[ -f "$INIT" ] || die "init binary $INIT not found (build it: cargo build --release -p kata-cc-guest, or pass --init)"
+! readelf -d "$INIT" 2>/dev/null | grep -q NEEDED || die "init $INIT is dynamically linked (the initrd has no libraries)"
 AGENT=$(cd "$(dirname "$AGENT")" && pwd)/$(basename "$AGENT")
 
 shopt -s nullglob
@@ -90,10 +95,10 @@ inputs() {
     echo "default_policy $DEFAULT_POLICY"
     echo "snp_firmware $SNP_FIRMWARE $([ -z "$SNP_FIRMWARE" ] || sha256sum <"$SNP_FIRMWARE" | cut -d' ' -f1) vcpus $SNP_VCPUS"
     echo "tools $(mkfs.erofs --help 2>&1 | head -n1) | $(veritysetup --version) | $(zstd --version) | $(cpio --version | head -n1)"
-    for f in "$KERNEL_DEB" "$AGENT" "$BUSYBOX" "$RUNC" "$DMSETUP" "$0" "$HACK/guest/init" "$HACK/configuration.toml.in" "$POLICY_FILE"; do
+    for f in "$KERNEL_DEB" "$AGENT" "$INIT" "$BUSYBOX" "$RUNC" "$0" "$HACK/configuration.toml.in" "$POLICY_FILE"; do
       printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
     done
-    for f in $(libs_of "$RUNC") $(libs_of "$DMSETUP"); do
+    for f in $(libs_of "$RUNC"); do
       printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
     done
   }
@@ -148,10 +153,17 @@ KVER=$(ls "$KROOT/lib/modules")
 # The package ships no modules.dep; build it in the extracted tree only.
 depmod -b "$KROOT" "$KVER"
 
-# Modules in dependency order. "required" ones stop the boot if they fail to load; the
-# confidential-computing ones only load on a machine that has the hardware.
-REQUIRED_MODULES=(virtio_blk dm-verity erofs vmw_vsock_virtio_transport overlay)
-OPTIONAL_MODULES=(configfs tsm sev-guest virtio-rng)
+# Modules in dependency order. "required" ones stop the boot if they fail to load; "snp" ones
+# (configfs-tsm and the SEV guest driver) are loaded only in an SEV-SNP guest, where the kernel
+# has registered the sev-guest platform device: each module load costs tens of milliseconds
+# under emulation, and an ordinary VM has no use for them.
+# sha256-ssse3 before dm-verity: the verity target takes the best sha256 loaded when it is set up
+# (without it, the generic C code hashes every block the guest reads).
+REQUIRED_MODULES=(virtio_blk sha256-ssse3 dm-verity erofs vmw_vsock_virtio_transport)
+SNP_MODULES=(configfs tsm sev-guest)
+# "balloon": free page reporting, loaded when the VM has a virtio-balloon device (the shim adds
+# one to every VM but SEV-SNP ones) so that memory the guest frees goes back to the host.
+BALLOON_MODULES=(virtio_balloon)
 declare -A SEEN=()
 MOD_ORDER=()
 MOD_FILES=()
@@ -160,7 +172,7 @@ add_module() {
   file=$(modinfo -b "$KROOT" -k "$KVER" -F filename "$name" 2>/dev/null) || file=
   if [ -z "$file" ]; then
     [ "$need" = required ] && die "kernel $KVER has no module '$name'"
-    log "optional module $name not in kernel $KVER, skipped"
+    log "$need module $name not in kernel $KVER, skipped"
     return 0
   fi
   [ "$file" = "(builtin)" ] && return 0
@@ -175,21 +187,16 @@ add_module() {
   MOD_FILES+=("$file")
 }
 for m in "${REQUIRED_MODULES[@]}"; do add_module "$m" required; done
-for m in "${OPTIONAL_MODULES[@]}"; do add_module "$m" optional; done
+for m in "${SNP_MODULES[@]}"; do add_module "$m" snp; done
+for m in "${BALLOON_MODULES[@]}"; do add_module "$m" balloon; done
 
 # ---- initrd -------------------------------------------------------------------------------------
 IR=$WORK/initrd
-mkdir -p "$IR"/{bin,sbin,proc,sys,dev,run,tmp,newroot,etc/kata-cc,lib/modules}
-install -m 0755 "$HACK/guest/init" "$IR/init"
-install -m 0755 "$BUSYBOX" "$IR/bin/busybox"
-for a in $("$BUSYBOX" --list | LC_ALL=C sort); do
-  [ "$a" = busybox ] || ln -s busybox "$IR/bin/$a"
-done
-# dmsetup and its libraries at the paths the loader looks for them.
-install -D -m 0755 "$DMSETUP" "$IR/sbin/dmsetup"
-for lib in $(libs_of "$DMSETUP"); do install -D -m 0755 "$(readlink -f "$lib")" "$IR$lib"; done
-# Modules are stored uncompressed: busybox insmod needs no xz support, and the initrd as a whole
-# is compressed anyway.
+mkdir -p "$IR"/{proc,sys,dev,newroot,etc/kata-cc,lib/modules}
+strip --strip-all -o "$IR/init" "$INIT"
+chmod 0755 "$IR/init"
+# Modules are stored uncompressed: the init loads them with finit_module, and the initrd as a
+# whole is compressed anyway.
 for f in "${MOD_FILES[@]}"; do
   base=$(basename "$f"); base=${base%%.ko*}
   case "$f" in
@@ -217,7 +224,14 @@ zstd -q -19 -T1 --no-progress -c "$WORK/initrd.cpio" >"$WORK/initrd.img"
 # ---- rootfs -------------------------------------------------------------------------------------
 RF=$WORK/rootfs
 mkdir -p "$RF"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,root,var,etc/kata-cc}
-install -m 0755 "$AGENT" "$RF/sbin/kata-cc-agent"
+# Without its symbol tables: they are never mapped, but every byte of the image is hashed at boot.
+# (A non-ELF stand-in agent, such as the image tests' script, is copied as it is.)
+if [ "$(head -c4 "$AGENT" | od -An -c | tr -d ' ')" = '177ELF' ]; then
+  strip --strip-all -o "$RF/sbin/kata-cc-agent" "$AGENT"
+else
+  cp "$AGENT" "$RF/sbin/kata-cc-agent"
+fi
+chmod 0755 "$RF/sbin/kata-cc-agent"
 install -m 0755 "$RUNC" "$RF/usr/sbin/runc"
 ln -s ../sbin/runc "$RF/usr/bin/runc"
 for lib in $(libs_of "$RUNC"); do install -D -m 0755 "$(readlink -f "$lib")" "$RF$lib"; done
@@ -237,7 +251,9 @@ install -m 0644 "$POLICY_FILE" "$RF/etc/kata-cc/policy.rego"
 find "$RF" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 IMG=$WORK/rootfs.img
-mkfs.erofs --quiet -T"$SOURCE_DATE_EPOCH" -U"$EROFS_UUID" --all-root -x-1 "$IMG" "$RF" >/dev/null
+# lz4hc: half the blocks to read and hash through dm-verity (at boot and on every page fault
+# of the agent and runc); lz4 decompression costs far less than hashing.
+mkfs.erofs --quiet -zlz4hc -T"$SOURCE_DATE_EPOCH" -U"$EROFS_UUID" --all-root -x-1 "$IMG" "$RF" >/dev/null
 DATA_SIZE=$(stat -c %s "$IMG")
 [ $((DATA_SIZE % BLOCK)) = 0 ] || die "erofs image size $DATA_SIZE is not a multiple of $BLOCK"
 # The salt is derived from the data so that it is fixed for fixed inputs but differs per image.
@@ -292,7 +308,7 @@ jq -n --sort-keys \
   --arg roothash "$ROOT_HASH" --arg salt "$SALT" --arg hoff "$DATA_SIZE" \
   --arg cmdline "$CMDLINE" --arg agent "$(sha "$AGENT")" --arg runc "$(sha "$RUNC")" \
   --arg runcver "$("$RUNC" --version | head -n1)" --arg busybox "$(sha "$BUSYBOX")" \
-  --arg dmsetup "$(sha "$DMSETUP")" --arg sde "$SOURCE_DATE_EPOCH" \
+  --arg init "$(sha "$INIT")" --arg sde "$SOURCE_DATE_EPOCH" \
   --arg policy "$DEFAULT_POLICY" --arg policysha "$(sha "$POLICY_FILE")" \
   --arg mods "$(printf '%s\n' "${MOD_ORDER[@]}")" --argjson snp "$(snp_measurement)" \
   '{
@@ -314,7 +330,7 @@ jq -n --sort-keys \
     initrd_modules: ($mods | split("\n") | map(select(. != "") | split(" ") | {name: .[0], need: .[1]})),
     inputs: {
       agent_sha256: $agent, runc_sha256: $runc, runc_version: $runcver,
-      busybox_sha256: $busybox, dmsetup_sha256: $dmsetup, source_date_epoch: ($sde|tonumber)
+      busybox_sha256: $busybox, init_sha256: $init, source_date_epoch: ($sde|tonumber)
     },
     snp_measurement: $snp
   }' >"$WORK/manifest.json"

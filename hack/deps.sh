@@ -50,7 +50,7 @@ APT_UPDATED=1
 need_root
 export DEBIAN_FRONTEND=noninteractive
 
-BASE_PKGS=(containerd runc busybox-static cpio erofs-utils e2fsprogs cryptsetup-bin kmod dmsetup
+BASE_PKGS=(containerd runc busybox-static binutils cpio erofs-utils e2fsprogs cryptsetup-bin kmod
            protobuf-compiler socat jq python3 zstd)
 qemu_ok() {
   command -v qemu-system-x86_64 >/dev/null || return 1

@@ -2,19 +2,28 @@
 # Builds a small OCI image archive (oci-layout tar) from the host's busybox-static, without any
 # registry, so demos and tests have an image that is known byte for byte.
 #
-#   hack/oci-image.sh [--compression gzip|zstd|none] OUT.tar NAME
+#   hack/oci-image.sh [--compression gzip|zstd|none] [--add SRC=DEST ...] OUT.tar NAME
 #
+# --add copies the host file SRC into the layer at DEST (absolute, mode 0755), e.g. a static
+# benchmark helper.
 # NAME is the image reference containerd records on import (e.g. localhost/kata-cc-busybox:latest).
 # The archive is reproducible: fixed mtimes, sorted entries, numeric owners, `gzip -n`.
 # Import with: ctr -n NS images import OUT.tar
 set -euo pipefail
 
-usage() { echo "usage: $0 [--compression gzip|zstd|none] OUT.tar NAME" >&2; exit 2; }
+usage() { echo "usage: $0 [--compression gzip|zstd|none] [--add SRC=DEST ...] OUT.tar NAME" >&2; exit 2; }
 
 COMPRESSION=gzip
+ADD=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --compression) [ $# -ge 2 ] || usage; COMPRESSION=$2; shift 2 ;;
+    --add) [ $# -ge 2 ] || usage
+           case "$2" in
+             *=/*) [ -f "${2%%=*}" ] || { echo "oci-image.sh: --add $2: no file ${2%%=*}" >&2; exit 1; } ;;
+             *) echo "oci-image.sh: --add $2: expected SRC=/absolute/dest" >&2; exit 2 ;;
+           esac
+           ADD+=("$2"); shift 2 ;;
     -h|--help) usage ;;
     --) shift; break ;;
     -*) echo "oci-image.sh: unknown option $1" >&2; usage ;;
@@ -66,6 +75,9 @@ root:x:0:
 nobody:x:65534:
 EOF
 printf 'kata-cc test image\n' >"$ROOT/etc/motd"
+for a in "${ADD[@]}"; do
+  install -D -m 0755 "${a%%=*}" "$ROOT${a#*=}"
+done
 chmod 0644 "$ROOT"/etc/*
 chmod 0755 "$ROOT"/{bin,etc,dev,proc,sys,var,run,home}
 chmod 0700 "$ROOT/root"

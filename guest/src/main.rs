@@ -24,6 +24,10 @@ use std::sync::Arc;
 const DEFAULT_LISTEN: &str = "vsock://-1:1024";
 
 fn main() {
+    // One malloc arena: the agent's threads mostly wait, and every per-thread arena would keep
+    // memory of its own (guest memory is host memory).
+    // SAFETY: called before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let pid1 = std::process::id() == 1;
     if pid1 {
         init::console();
@@ -53,7 +57,9 @@ fn main() {
 /// policy that does not parse is fatal: the guest must not run under a policy it cannot enforce.
 /// Under SNP the launch may name another policy (HOST_DATA): then only the gate of
 /// [`launch::Launch::initial_policy`] holds until that policy is set.
-fn load_policy(launch: &launch::Launch) -> Result<policy::PolicyEngine, String> {
+fn load_policy(
+    launch: &launch::Launch,
+) -> Result<(policy::PolicyEngine, Option<policy::FastPathJob>), String> {
     let path = std::env::var("KATA_CC_POLICY_PATH")
         .unwrap_or_else(|_| policy::DEFAULT_POLICY_PATH.to_string());
     let text = match std::fs::read_to_string(&path) {
@@ -69,11 +75,14 @@ fn load_policy(launch: &launch::Launch) -> Result<policy::PolicyEngine, String> 
             "the launch's HOST_DATA is not the digest of {path}: only SetPolicy with the bound \
              policy (and its init-data) is allowed until it is set"
         );
-        return policy::PolicyEngine::new(gate).map_err(|e| format!("gate policy: {e}"));
+        return policy::PolicyEngine::new(gate)
+            .map(|e| (e, None))
+            .map_err(|e| format!("gate policy: {e}"));
     }
-    let engine = policy::PolicyEngine::new(&text).map_err(|e| format!("policy {path}: {e}"))?;
+    let (engine, job) =
+        policy::PolicyEngine::new_deferred(&text).map_err(|e| format!("policy {path}: {e}"))?;
     log::info!("policy loaded from {path}");
-    Ok(engine)
+    Ok((engine, Some(job)))
 }
 
 fn fatal(pid1: bool, msg: &str) -> ! {
@@ -104,11 +113,12 @@ async fn run() -> Result<(), String> {
         layers_dir.clone(),
     ));
     let launch = launch::Launch::detect();
-    let policy = load_policy(&launch)?;
+    let (policy, fast_path) = load_policy(&launch)?;
+    let policy = Arc::new(std::sync::Mutex::new(policy));
     let agent = server::Agent {
         sandbox,
         layers_dir,
-        policy: Arc::new(std::sync::Mutex::new(policy)),
+        policy: policy.clone(),
         launch: Arc::new(launch),
     };
     let _server = server::serve(&listen, agent)
@@ -124,6 +134,9 @@ async fn run() -> Result<(), String> {
         kata_cc_guest::READY_LINE,
         server::VERSION
     );
+    if let Some(job) = fast_path {
+        server::compile_fast_path(policy, job);
+    }
     // Serve until killed (as PID 1: until the VM is stopped by the host).
     std::future::pending::<()>().await;
     Ok(())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use agent_proto::{agent, agent_ttrpc, csi, empty::Empty, health, health_ttrpc, types};
 use async_trait::async_trait;
-use kata_cc_guest::policy::{self, PolicyEngine};
+use kata_cc_guest::policy::{self, FastPathJob, PolicyEngine};
 use protobuf::MessageDyn;
 use ttrpc::r#async::TtrpcContext;
 
@@ -605,7 +605,7 @@ impl agent_ttrpc::AgentService for Agent {
             log::warn!("{msg}");
             return Err(denied(msg));
         }
-        let engine = PolicyEngine::new(&req.policy).map_err(|e| {
+        let (engine, job) = PolicyEngine::new_deferred(&req.policy).map_err(|e| {
             log::warn!("SetPolicy: {e}");
             ttrpc::Error::from(AgentError::invalid(format!("SetPolicyRequest: {e}")))
         })?;
@@ -614,7 +614,50 @@ impl agent_ttrpc::AgentService for Agent {
             Err(poisoned) => *poisoned.into_inner() = engine,
         }
         log::info!("policy replaced by SetPolicy ({} bytes)", req.policy.len());
+        compile_fast_path(self.policy.clone(), job);
         Ok(Empty::new())
+    }
+}
+
+/// Compiles a policy's fast path on a thread of its own at idle priority, then installs it:
+/// until then the interpreter (always authoritative for denials) decides every request. Loading
+/// a policy thus costs its parse only, and the compile uses vCPU time nothing else wants (the
+/// guest mostly waits for the host while a pod starts).
+pub fn compile_fast_path(policy: Arc<std::sync::Mutex<PolicyEngine>>, job: FastPathJob) {
+    let spawned = std::thread::Builder::new()
+        .name("policy-compile".into())
+        .spawn(move || {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: plain syscall on the calling thread (pid 0) with a valid param.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+                log::debug!(
+                    "policy fast path: SCHED_IDLE refused: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            let t = std::time::Instant::now();
+            let compiled = job.compile();
+            let compiled_ok = compiled.is_some();
+            let installed = match policy.lock() {
+                Ok(mut p) => p.install_fast_path(compiled),
+                Err(poisoned) => poisoned.into_inner().install_fast_path(compiled),
+            };
+            let ms = t.elapsed().as_millis();
+            // The compiler's working memory is free now; give it back to the guest.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
+            match (compiled_ok, installed) {
+                (true, true) => log::info!("policy fast path ready ({ms} ms)"),
+                (false, _) => log::info!(
+                    "policy has no fast path (the RVM cannot compile it): the interpreter decides"
+                ),
+                (true, false) => {
+                    log::info!("policy fast path dropped: the policy changed meanwhile")
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("policy fast path: cannot start its thread ({e}): the interpreter decides");
     }
 }
 

@@ -10,8 +10,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, Mutex};
 
 /// Chunks queued per output stream before the process is made to wait.
-const QUEUE_CHUNKS: usize = 64;
-const CHUNK: usize = 32 * 1024;
+const QUEUE_CHUNKS: usize = 16;
+const CHUNK: usize = 256 * 1024;
 
 /// A non-blocking fd driven by tokio (works for pipes and pty masters alike).
 pub struct AsyncFile {
@@ -81,12 +81,18 @@ impl OutStream {
     pub fn pump(src: std::sync::Arc<AsyncFile>) -> OutStream {
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         tokio::spawn(async move {
-            let mut buf = vec![0u8; CHUNK];
             loop {
+                // Read into the chunk that is sent on: no copy per chunk.
+                let mut buf = vec![0u8; CHUNK];
                 match src.read(&mut buf).await {
                     Ok(0) => break,
                     Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).await.is_err() {
+                        buf.truncate(n);
+                        if n < CHUNK / 4 {
+                            // A line or two must not pin a whole chunk while queued.
+                            buf.shrink_to_fit();
+                        }
+                        if tx.send(buf).await.is_err() {
                             break;
                         }
                     }
@@ -116,11 +122,26 @@ impl OutStream {
                 None => return Vec::new(),
             }
         }
-        if st.pending.len() <= len {
-            return std::mem::take(&mut st.pending);
+        let mut out = std::mem::take(&mut st.pending);
+        // Whatever else is already queued rides along (up to `len`): one round trip to the host
+        // costs far more than a large reply (see shim/src/service/stdio.rs READ_CHUNK).
+        while out.len() < len {
+            match st.rx.try_recv() {
+                Ok(chunk) if out.is_empty() => out = chunk,
+                Ok(chunk) => {
+                    let take = (len - out.len()).min(chunk.len());
+                    out.extend_from_slice(&chunk[..take]);
+                    if take < chunk.len() {
+                        st.pending = chunk[take..].to_vec();
+                    }
+                }
+                Err(_) => break,
+            }
         }
-        let rest = st.pending.split_off(len);
-        std::mem::replace(&mut st.pending, rest)
+        if out.len() > len {
+            st.pending = out.split_off(len);
+        }
+        out
     }
 }
 
@@ -202,6 +223,20 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
+/// Capacity of a process's stdout/stderr pipe. The kernel's 64 KiB default makes a writer of
+/// large blocks wait for the agent after every 64 KiB: a context switch per 64 KiB on a one-vCPU
+/// guest. Pages are only allocated while data sits in the pipe.
+const OUTPUT_PIPE_SIZE: i32 = 1 << 20;
+
+/// As [`pipe`], for process output: enlarged to [`OUTPUT_PIPE_SIZE`] where the kernel allows.
+pub fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe()?;
+    if let Err(e) = fcntl(r.as_fd(), FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE)) {
+        log::debug!("output pipe stays at its default size: {e}");
+    }
+    Ok((r, w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +263,26 @@ mod tests {
         writer.join().expect("writer");
         assert_eq!(got.len(), total);
         assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        assert!(out.read(10).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_read_gathers_what_is_queued_up_to_len() {
+        let (r, w) = pipe().expect("pipe");
+        let out = OutStream::pump(std::sync::Arc::new(AsyncFile::new(r).expect("async")));
+        let mut f = std::fs::File::from(w);
+        // Three separate pipe writes, each read by the pump on its own.
+        for b in [1u8, 2, 3] {
+            std::io::Write::write_all(&mut f, &[b; 1000]).expect("write");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        drop(f);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let first = out.read(2500).await;
+        assert_eq!(first.len(), 2500);
+        assert!(first[..1000].iter().all(|b| *b == 1) && first[2000..].iter().all(|b| *b == 3));
+        let rest = out.read(1 << 20).await;
+        assert_eq!(rest, vec![3u8; 500]);
         assert!(out.read(10).await.is_empty());
     }
 }

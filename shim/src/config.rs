@@ -18,6 +18,7 @@
 //! # machine_type = "q35"
 //! # vsock_backend = "/usr/local/bin/vhost-device-vsock"
 //! # force_vhost_user_vsock = false
+//! # tcg_tb_size = 0          # MiB of TCG translated-code cache; 0: QEMU's default
 //!
 //! [agent.kata]
 //! dial_timeout = 45          # s allowed for one agent connection
@@ -150,6 +151,11 @@ pub struct QemuConfig {
     /// Use the vhost-user backend even when `/dev/vhost-vsock` exists.
     #[serde(default)]
     pub force_vhost_user_vsock: bool,
+    /// TCG only: MiB of translated-code cache (QEMU `-accel tcg,tb-size=`); 0 = QEMU's default
+    /// (up to 1 GiB, filled as the guest runs new code). Smaller saves host memory per VM but
+    /// makes QEMU translate code again after each flush.
+    #[serde(default)]
+    pub tcg_tb_size: u32,
 }
 
 impl Default for QemuConfig {
@@ -173,6 +179,7 @@ impl Default for QemuConfig {
             accel: AccelChoice::Auto,
             vsock_backend: default_vsock_backend(),
             force_vhost_user_vsock: false,
+            tcg_tb_size: 0,
         }
     }
 }

@@ -343,34 +343,20 @@ pub fn check(args: &[String]) -> ExitCode {
         },
         true,
     ));
-    // The shim's own probe: a test VM in KVM, then QEMU setting up a KVM vCPU.
-    let kvm = match kata_cc_shim::vm::accel::probe_kvm() {
-        Err(e) => Err(e),
-        Ok(()) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            match rt {
-                Ok(rt) => match rt.block_on(kata_cc_shim::vm::accel::choose(
-                    kata_cc_shim::config::AccelChoice::Auto,
-                    &q.path,
-                )) {
-                    kata_cc_shim::vm::accel::Accel::Kvm => Ok(()),
-                    kata_cc_shim::vm::accel::Accel::Tcg => Err(format!(
-                        "a test VM runs, but {} cannot set up a KVM vCPU",
-                        q.path.display()
-                    )),
-                },
-                Err(e) => Err(format!("cannot start a runtime for the probe: {e}")),
-            }
-        }
+    // The shim's own probe: a test VM in KVM, then the guest kernel booting under KVM.
+    let kvm = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(kata_cc_shim::vm::accel::probe(&q.path, &q.kernel)),
+        Err(e) => Err(format!("cannot start a runtime for the probe: {e}")),
     };
     let kvm_needed = snp_mode || q.accel == kata_cc_shim::config::AccelChoice::Kvm;
     rows.push((
         "KVM usable".into(),
         kvm.is_ok(),
         match &kvm {
-            Ok(()) => "a test VM ran and QEMU set up a KVM vCPU".into(),
+            Ok(()) => "a test VM ran and the guest kernel boots under KVM".into(),
             Err(e) if kvm_needed => e.clone(),
             Err(e) => format!("{e} (TCG software emulation will be used)"),
         },

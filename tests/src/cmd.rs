@@ -268,6 +268,11 @@ impl Background {
         self.finish_collect()
     }
 
+    /// Kills it by PID and returns what it printed.
+    pub fn kill(mut self) -> CmdOutput {
+        self.kill_collect()
+    }
+
     fn kill_collect(&mut self) -> CmdOutput {
         if let Some(c) = self.child.as_mut() {
             let _ = c.kill();

@@ -33,6 +33,21 @@ impl TestImage {
         build("localhost/kata-cc-e2e/busybox:uncompressed", "none")
     }
 
+    /// The gzip busybox image plus host files (`(source, absolute destination)`), e.g. a static
+    /// benchmark helper; `tag` names the image and its archive.
+    pub fn busybox_with(tag: &str, files: &[(PathBuf, &str)]) -> TestImage {
+        let adds: Vec<String> = files
+            .iter()
+            .map(|(src, dest)| format!("{}={dest}", src.display()))
+            .collect();
+        build_with(
+            &format!("localhost/kata-cc-e2e/busybox:{tag}"),
+            "gzip",
+            &format!("busybox-{tag}.tar"),
+            &adds,
+        )
+    }
+
     /// The layer's hex digest (without `sha256:`).
     pub fn layer_hex(&self) -> &str {
         self.layer_digest
@@ -43,6 +58,15 @@ impl TestImage {
 
 /// Builds an archive once per test process (the script is reproducible, so reuse is safe).
 fn build(name: &str, compression: &str) -> TestImage {
+    build_with(
+        name,
+        compression,
+        &format!("busybox-{compression}.tar"),
+        &[],
+    )
+}
+
+fn build_with(name: &str, compression: &str, file: &str, adds: &[String]) -> TestImage {
     static BUILT: OnceLock<Mutex<HashMap<String, TestImage>>> = OnceLock::new();
     let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
@@ -51,13 +75,15 @@ fn build(name: &str, compression: &str) -> TestImage {
     }
     let dir = paths::e2e_dir().join("images");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let archive = dir.join(format!("busybox-{compression}.tar"));
+    let archive = dir.join(file);
     let mut c = Command::new("bash");
     c.arg(paths::repo().join("hack/oci-image.sh"))
         .arg("--compression")
-        .arg(compression)
-        .arg(&archive)
-        .arg(name);
+        .arg(compression);
+    for a in adds {
+        c.arg("--add").arg(a);
+    }
+    c.arg(&archive).arg(name);
     let out = cmd::run(c, None, paths::ctr_timeout());
     out.assert_success();
     // The script reports "... layer sha256:<hex>, <compression>)".

@@ -124,9 +124,46 @@ impl Decision {
     }
 }
 
+/// Distinguishes policies, so a fast path compiled apart lands only in the engine it was
+/// compiled for (see [`PolicyEngine::new_deferred`]).
+static NEXT_POLICY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The fast path of one policy, still to be compiled ([`FastPathJob::compile`]), e.g. on a
+/// thread of its own while the interpreter already decides requests.
+pub struct FastPathJob {
+    policy_id: u64,
+    text: String,
+    rules: Vec<String>,
+}
+
+/// A compiled fast path, for [`PolicyEngine::install_fast_path`]. `None` inside when the RVM
+/// cannot compile the policy.
+pub struct CompiledFastPath {
+    policy_id: u64,
+    fast: Option<fast::FastPath>,
+}
+
+impl FastPathJob {
+    pub fn compile(self) -> CompiledFastPath {
+        CompiledFastPath {
+            policy_id: self.policy_id,
+            fast: fast::FastPath::new(&self.text, SOURCE_NAME, &self.rules),
+        }
+    }
+}
+
+impl CompiledFastPath {
+    /// Whether the RVM compiled the policy.
+    pub fn is_some(&self) -> bool {
+        self.fast.is_some()
+    }
+}
+
 /// A parsed policy with its state. Parse once, evaluate many times.
 #[derive(Clone)]
 pub struct PolicyEngine {
+    /// Which policy text this is (clones share it).
+    id: u64,
     engine: regorus::Engine,
     allow_failures: bool,
     /// Request name -> whether the policy declares a rule of that name.
@@ -146,6 +183,15 @@ impl std::fmt::Debug for PolicyEngine {
 impl PolicyEngine {
     /// Parses `rego_text` (a whole policy, package `agent_policy`).
     pub fn new(rego_text: &str) -> Result<PolicyEngine, PolicyError> {
+        let (mut p, job) = Self::new_deferred(rego_text)?;
+        p.install_fast_path(job.compile());
+        Ok(p)
+    }
+
+    /// As [`PolicyEngine::new`], but without compiling the fast path: the engine decides every
+    /// request with the interpreter until the job's result is installed. Compiling is the
+    /// larger part of loading a policy; the agent does it off the request path.
+    pub fn new_deferred(rego_text: &str) -> Result<(PolicyEngine, FastPathJob), PolicyError> {
         let mut engine = regorus::Engine::new();
         // Generated Kata policies are Rego v0; a v1 module still loads via `import rego.v1`.
         engine.set_rego_v0(true);
@@ -164,6 +210,7 @@ impl PolicyEngine {
             });
         }
         let mut p = PolicyEngine {
+            id: NEXT_POLICY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             engine,
             allow_failures: false,
             declared: HashMap::new(),
@@ -189,8 +236,29 @@ impl PolicyEngine {
                 rules.push(format!("data.{PACKAGE}.{}", m.name()));
             }
         }
-        p.fast = fast::FastPath::new(rego_text, SOURCE_NAME, &rules);
-        Ok(p)
+        let job = FastPathJob {
+            policy_id: p.id,
+            text: rego_text.to_string(),
+            rules,
+        };
+        Ok((p, job))
+    }
+
+    /// Puts a fast path compiled by [`FastPathJob::compile`] to use, with the policy's current
+    /// state. False (and nothing changes) if it was compiled for another policy, the RVM could
+    /// not compile the policy, or the VM refuses the current data document.
+    pub fn install_fast_path(&mut self, compiled: CompiledFastPath) -> bool {
+        if compiled.policy_id != self.id {
+            return false;
+        }
+        let Some(mut fast) = compiled.fast else {
+            return false;
+        };
+        if !fast.set_data(self.engine.get_data()) {
+            return false;
+        }
+        self.fast = Some(fast);
+        true
     }
 
     /// Whether allowed requests are decided by the compiled (VM) form of the policy.

@@ -96,6 +96,60 @@ fn allow_requests_failing_policy() {
     assert!(d.allowed && !d.forced);
 }
 
+/// A fast path compiled apart: the interpreter decides until it is installed; it installs
+/// only into the policy it was compiled for, with the state the policy has by then.
+#[test]
+fn deferred_fast_path_installs_into_its_own_policy_only() {
+    let rego = r#"package agent_policy
+import future.keywords.if
+
+default ExecProcessRequest := {"allowed": false}
+
+ExecProcessRequest := {"allowed": true, "ops": [{"op": "add", "path": "/seen", "value": true}]} if {
+    not data.seen
+}
+
+ExecProcessRequest := {"allowed": true, "ops": []} if {
+    data.seen
+    input.process.Args[0] == "ls"
+}
+"#;
+    let (mut p, job) = PolicyEngine::new_deferred(rego).unwrap();
+    let (mut other, other_job) = PolicyEngine::new_deferred(rego).unwrap();
+    assert!(!p.has_fast_path());
+    let req = |a: &str| json!({"process": {"Args": [a]}});
+    // State changes before the compiled form lands.
+    assert!(
+        p.evaluate("ExecProcessRequest", &req("sh"))
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(p.state(), json!({"seen": true}));
+    assert!(!p.install_fast_path(other_job.compile()));
+    assert!(!p.has_fast_path());
+    assert!(p.install_fast_path(job.compile()));
+    assert!(p.has_fast_path());
+    // The fast path sees the state: `sh` is refused now, `ls` allowed.
+    assert!(
+        !p.evaluate("ExecProcessRequest", &req("sh"))
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        p.evaluate("ExecProcessRequest", &req("ls"))
+            .unwrap()
+            .allowed
+    );
+    // The other policy never got one and still decides with the interpreter.
+    assert!(!other.has_fast_path());
+    assert!(
+        other
+            .evaluate("ExecProcessRequest", &req("sh"))
+            .unwrap()
+            .allowed
+    );
+}
+
 #[test]
 fn ops_update_state() {
     // A policy in the style of newer genpolicy: the first exec of a container records its

@@ -14,10 +14,14 @@ use tokio::sync::{oneshot, watch};
 
 use crate::agent::context;
 
-/// Bytes asked for per ReadStdout/ReadStderr call. Small on purpose: through the hybrid-vsock
-/// backend (vhost-device-vsock 0.3), guest->host ttrpc responses of 32 KiB and more stalled the
-/// whole agent connection after ~200 KB (tried here); 4 KiB moved 10 MiB in about 6 s (TCG).
-const READ_CHUNK: u32 = 4 << 10;
+/// Bytes asked for per ReadStdout/ReadStderr call; the agent answers with whatever output is
+/// queued, up to this. Every call is a round trip through the VM's vsock (about 1 ms under TCG),
+/// so large replies are what make output fast. Safe with the hybrid-vsock backend since it runs
+/// with a 16 KiB credit (vm::vsock_backend::TX_BUFFER_SIZE): with its 64 KiB default, replies
+/// over ~32 KB stalled the connection.
+const READ_CHUNK: u32 = 1 << 20;
+/// Output chunks fetched from the agent but not yet written to containerd, per stream.
+const OUT_CHUNKS_IN_FLIGHT: usize = 2;
 /// Bytes sent per WriteStdin call.
 const WRITE_CHUNK: usize = 256 << 10;
 /// How long a logging binary may take to signal readiness or to exit after its pipes close
@@ -139,8 +143,21 @@ fn open_fifo_sender(what: &'static str, path: &Path) -> Result<Sink, StdioError>
             path: path.display().to_string(),
             source,
         })?;
+    // A larger fifo: the agent's replies come in chunks of up to READ_CHUNK, and the default
+    // 64 KiB makes the shim and containerd's reader take turns every 64 KiB.
+    // SAFETY: fcntl on a descriptor the sender owns; failure only leaves the default size.
+    if unsafe { libc::fcntl(tx.as_raw_fd(), libc::F_SETPIPE_SZ, FIFO_SIZE) } < 0 {
+        log::debug!(
+            "{what} {}: fifo stays at its default size: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
     Ok(Box::pin(tx))
 }
+
+/// Capacity asked for containerd's output fifos.
+const FIFO_SIZE: libc::c_int = 1 << 20;
 
 fn open_file_sink(what: &'static str, path: &Path) -> Result<Sink, StdioError> {
     let err = |source| StdioError::Open {
@@ -369,7 +386,12 @@ pub async fn copy_out(
         len: READ_CHUNK,
         ..Default::default()
     };
-    let read = async {
+    let (container_id_w, exec_id_w) = (container_id.clone(), exec_id.clone());
+    let name = format!("{container_id}/{exec_id}");
+    // The next chunk is fetched while the last one is written to containerd: the VM link and
+    // containerd's reader work at the same time. One fetcher keeps the order.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(OUT_CHUNKS_IN_FLIGHT);
+    let fetch = async move {
         loop {
             let r = match stream {
                 Stream::Stdout => {
@@ -386,13 +408,8 @@ pub async fn copy_out(
             match r {
                 Ok(resp) if resp.data.is_empty() => break,
                 Ok(resp) => {
-                    if let Some(s) = sink.as_mut() {
-                        if let Err(e) = s.write_all(&resp.data).await {
-                            log::warn!(
-                                "{container_id}/{exec_id} {stream:?}: writing to containerd failed: {e}; discarding further output"
-                            );
-                            sink = None;
-                        }
+                    if tx.send(resp.data).await.is_err() {
+                        break;
                     }
                 }
                 Err(e) => {
@@ -401,14 +418,32 @@ pub async fn copy_out(
                 }
             }
         }
+        // Dropping tx ends the writer once it has written everything fetched.
+    };
+    let write = async {
+        while let Some(data) = rx.recv().await {
+            if let Some(s) = sink.as_mut() {
+                if let Err(e) = s.write_all(&data).await {
+                    log::warn!(
+                        "{cid}/{eid} {stream:?}: writing to containerd failed: {e}; discarding further output",
+                        cid = container_id_w,
+                        eid = exec_id_w,
+                    );
+                    sink = None;
+                }
+            }
+        }
         if let Some(s) = sink.as_mut() {
             let _ = s.flush().await;
         }
     };
+    let read = async {
+        tokio::join!(fetch, write);
+    };
     tokio::select! {
         _ = read => {}
         _ = wait_dead(dead) => {
-            log::warn!("{container_id}/{exec_id} {stream:?}: VM is gone; output stream ends");
+            log::warn!("{name} {stream:?}: VM is gone; output stream ends");
         }
     }
 }

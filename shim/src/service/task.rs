@@ -262,6 +262,7 @@ impl Inner {
             .send_layers(&store, &layers.layers)
             .await
             .map_err(|e| internal(format!("container {}: {e}", req.id)))?;
+        crate::timeline::mark(&req.id, "layers_sent");
         let mount_point = format!("/run/kata-cc/containers/{}/rootfs", req.id);
         let storages = layers
             .layers

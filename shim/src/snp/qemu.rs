@@ -85,16 +85,13 @@ pub fn snp_qemu_args(base: &[String], s: &SnpLaunch) -> Result<Vec<String>, SnpA
     let cpu = pos("-cpu").ok_or(SnpArgsError::Missing("-cpu"))?;
     pos("-bios").ok_or(SnpArgsError::NoFirmware)?;
     let mut out = base.to_vec();
-    let m: Vec<String> = out[machine + 1]
+    let mut m: Vec<String> = out[machine + 1]
         .split(',')
-        .map(|part| {
-            if part.starts_with("accel=") {
-                "accel=kvm".to_string()
-            } else {
-                part.to_string()
-            }
-        })
+        .filter(|part| !part.starts_with("accel="))
+        .map(str::to_string)
         .collect();
+    // Right after the machine type, where the ordinary command line has it.
+    m.insert(1.min(m.len()), "accel=kvm".into());
     out[machine + 1] = format!("{},confidential-guest-support={SNP_OBJECT_ID}", m.join(","));
     out[cpu + 1] = s.vcpu_type.clone();
     // The object right after the machine options (QEMU resolves the link at machine init).
@@ -102,6 +99,18 @@ pub fn snp_qemu_args(base: &[String], s: &SnpLaunch) -> Result<Vec<String>, SnpA
         machine + 2..machine + 2,
         ["-object".to_string(), snp_object(s)],
     );
+    // KVM only: no separate accelerator option; and no balloon (the host cannot take back an
+    // SNP guest's pages that way).
+    let mut i = 0;
+    while i + 1 < out.len() {
+        let drop =
+            out[i] == "-accel" || (out[i] == "-device" && out[i + 1].starts_with("virtio-balloon"));
+        if drop {
+            out.drain(i..i + 2);
+        } else {
+            i += 1;
+        }
+    }
     Ok(out)
 }
 
@@ -157,6 +166,32 @@ mod tests {
              -cpu EPYC-v4 -smp 2 -m 2048M \
              -object memory-backend-memfd,id=mem,size=2048M,share=on -bios /fw/OVMF.fd -kernel /k"
         );
+    }
+
+    /// A TCG command line (accelerator options, balloon) still becomes a KVM-only SNP one.
+    #[test]
+    fn tcg_options_and_balloon_are_dropped() {
+        let tcg: Vec<String> =
+            "-name kata-cc-p -machine q35,memory-backend=mem -accel tcg,tb-size=32 \
+             -cpu max -smp 1 -m 2048M -bios /fw/OVMF.fd -kernel /k \
+             -device virtio-balloon-pci,free-page-reporting=on -qmp unix:/q"
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+        let a = snp_qemu_args(&tcg, &SnpLaunch::new(51, 1))
+            .unwrap()
+            .join(" ");
+        assert!(
+            a.starts_with(
+                "-name kata-cc-p -machine q35,accel=kvm,memory-backend=mem,confidential-guest-support=snp0 -object sev-snp-guest"
+            ),
+            "{a}"
+        );
+        assert!(
+            !a.contains("-accel") && !a.contains("tcg") && !a.contains("balloon"),
+            "{a}"
+        );
+        assert!(a.ends_with("-kernel /k -qmp unix:/q"), "{a}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Opening `/dev/kvm` is not enough: some hosts expose a paravirtual nested KVM that creates VMs
 //! but cannot run an ordinary guest. The probe creates a VM with one page at the reset vector
-//! holding `hlt`, runs a vCPU and expects a `KVM_EXIT_HLT`.
+//! holding `hlt`, runs a vCPU and expects a `KVM_EXIT_HLT`, then boots the guest kernel itself
+//! under KVM (see [`probe`]).
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -27,8 +28,15 @@ impl Accel {
     }
 }
 
-/// Resolves the configured choice; `auto` probes KVM once per process and logs the result.
-pub async fn choose(choice: AccelChoice, qemu: &Path) -> Accel {
+/// Where `auto` keeps the probe's verdict for later shims of this host boot (one shim runs per
+/// pod: probing for each would add the probe to every pod start).
+pub const PROBE_CACHE: &str = "/run/kata-cc/accel-probe";
+/// Bound on the guest kernel probe (a working KVM takes well under a second).
+const KERNEL_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Resolves the configured choice; `auto` uses KVM only when the guest kernel boots under it
+/// (see [`probe`]), remembering the verdict in [`PROBE_CACHE`] and logging it.
+pub async fn choose(choice: AccelChoice, qemu: &Path, kernel: &Path) -> Accel {
     match choice {
         AccelChoice::Kvm => {
             log::info!("accelerator: kvm (forced by hypervisor.qemu.accel)");
@@ -42,24 +50,30 @@ pub async fn choose(choice: AccelChoice, qemu: &Path) -> Accel {
             static PROBED: tokio::sync::OnceCell<Accel> = tokio::sync::OnceCell::const_new();
             *PROBED
                 .get_or_init(|| async {
-                    let probe = match tokio::task::spawn_blocking(probe_kvm).await {
-                        Ok(r) => r,
-                        Err(e) => Err(format!("probe task failed: {e}")),
+                    let key = cache_key(qemu, kernel);
+                    let cached = key
+                        .as_ref()
+                        .and_then(|k| read_cache(Path::new(PROBE_CACHE), k));
+                    let (verdict, how) = match cached {
+                        Some(v) => (v, "cached verdict"),
+                        None => {
+                            let v = probe(qemu, kernel).await;
+                            if let Some(k) = &key {
+                                write_cache(Path::new(PROBE_CACHE), k, &v);
+                            }
+                            (v, "probed")
+                        }
                     };
-                    let probe = match probe {
-                        Ok(()) => probe_qemu_kvm(qemu).await,
-                        Err(e) => Err(e),
-                    };
-                    match probe {
+                    match verdict {
                         Ok(()) => {
                             log::info!(
-                                "accelerator: kvm (a test VM ran and QEMU set up a KVM vCPU)"
+                                "accelerator: kvm (the guest kernel boots under KVM; {how})"
                             );
                             Accel::Kvm
                         }
                         Err(why) => {
                             log::warn!(
-                                "accelerator: tcg (software emulation; KVM unusable: {why})"
+                                "accelerator: tcg (software emulation; KVM unusable: {why}; {how})"
                             );
                             Accel::Tcg
                         }
@@ -70,52 +84,163 @@ pub async fn choose(choice: AccelChoice, qemu: &Path) -> Accel {
     }
 }
 
-/// Some nested KVMs run a trivial guest but make QEMU abort while it sets up a `-cpu host` vCPU
-/// (e.g. "failed to set MSR 0x10a"). QEMU does that set-up before it serves QMP, so a paused QEMU
-/// that then quits cleanly through QMP proves it (about 50 ms).
-async fn probe_qemu_kvm(qemu: &Path) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
+/// Whether KVM can run this guest: a test VM must halt in KVM, then QEMU with `-accel kvm -cpu
+/// host` must boot `kernel` to its end. Some nested KVMs pass the first test, and even let QEMU
+/// set up the vCPU, but stop at the kernel's first instructions they cannot emulate (seen:
+/// "KVM internal error ... emulation failure" in the kernel's decompressor; QEMU then pauses
+/// forever instead of exiting).
+pub async fn probe(qemu: &Path, kernel: &Path) -> Result<(), String> {
+    match tokio::task::spawn_blocking(probe_kvm).await {
+        Ok(r) => r?,
+        Err(e) => return Err(format!("probe task failed: {e}")),
+    }
+    probe_guest_kernel(qemu, kernel).await
+}
+
+/// Boots `kernel` under KVM without an initrd or root device: it panics ("VFS: Unable to mount
+/// root fs"), `panic=-1` reboots at once and `-no-reboot` ends QEMU. Success needs the panic line
+/// on the serial console, so the kernel really ran.
+async fn probe_guest_kernel(qemu: &Path, kernel: &Path) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
     let mut child = tokio::process::Command::new(qemu)
+        .args(["-machine", "q35,accel=kvm", "-cpu", "host", "-m", "256"])
         .args([
-            "-machine",
-            "q35,accel=kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "64",
             "-nodefaults",
             "-no-user-config",
             "-display",
             "none",
-            "-S",
-            "-qmp",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+            "-serial",
             "stdio",
         ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin
-            .write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"quit\"}\n")
-            .await;
+    let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("QEMU probe: no pipes".into());
+    };
+    let console = tokio::spawn(async move {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v).await;
+        v
+    });
+    // QEMU's stderr, until it ends or shows a KVM internal error (QEMU does not exit then).
+    let watch_err = async {
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match err.read(&mut buf).await {
+                Ok(0) | Err(_) => return (text, false),
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+            }
+            let t = String::from_utf8_lossy(&text);
+            if t.contains("KVM internal error") || t.contains("emulation failure") {
+                return (text, true);
+            }
+        }
+    };
+    let first_error = |text: &[u8]| {
+        let t = String::from_utf8_lossy(text);
+        t.lines()
+            .find(|l| l.to_lowercase().contains("error") || l.contains("failure"))
+            .unwrap_or_else(|| t.lines().next().unwrap_or(""))
+            .trim()
+            .to_string()
+    };
+    // stderr ends when QEMU exits; an internal error comes first and QEMU then stays.
+    let run = async {
+        let (text, internal) = watch_err.await;
+        if internal {
+            return Err(format!(
+                "the guest kernel stops under KVM: {}",
+                first_error(&text)
+            ));
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("QEMU KVM probe: {e}"))?;
+        Ok((text, status))
+    };
+    let (stderr_seen, status) = tokio::select! {
+        r = run => r?,
+        _ = tokio::time::sleep(KERNEL_PROBE_TIMEOUT) => {
+            return Err(format!(
+                "the guest kernel did not reach its end under KVM within {}s",
+                KERNEL_PROBE_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    let console = console.await.unwrap_or_default();
+    let console = String::from_utf8_lossy(&console);
+    if !status.success() {
+        return Err(format!(
+            "QEMU with -accel kvm -cpu host: {status} {}",
+            first_error(&stderr_seen)
+        ));
     }
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .map_err(|_| "QEMU KVM probe did not finish within 10 s".to_string())?
-        .map_err(|e| format!("QEMU KVM probe: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let first = err.lines().find(|l| l.contains("error")).unwrap_or("");
-        Err(format!(
-            "QEMU with -accel kvm -cpu host: {} {}",
-            out.status,
-            first.trim()
-        ))
+    if !console.contains("Kernel panic") && !console.contains("Unable to mount root") {
+        return Err(format!(
+            "QEMU ended without the guest kernel's panic line on the console (kernel {} under \
+             KVM; console: {:?})",
+            kernel.display(),
+            console.lines().last().unwrap_or("")
+        ));
+    }
+    Ok(())
+}
+
+/// What the verdict depends on: QEMU, the kernel (path, size, mtime) and this host boot.
+fn cache_key(qemu: &Path, kernel: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| format!("{}:{}:{}", p.display(), m.len(), m.mtime()))
+    };
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(format!("{} {} {}", id(qemu)?, id(kernel)?, boot.trim()))
+}
+
+/// The cached verdict for `key`: line 1 the key, line 2 `kvm` or `tcg <why>`.
+fn read_cache(path: &Path, key: &str) -> Option<Result<(), String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != key {
+        return None;
+    }
+    match lines.next()? {
+        "kvm" => Some(Ok(())),
+        v => v.strip_prefix("tcg ").map(|why| Err(why.to_string())),
+    }
+}
+
+fn write_cache(path: &Path, key: &str, verdict: &Result<(), String>) {
+    let line = match verdict {
+        Ok(()) => "kvm".to_string(),
+        Err(why) => format!("tcg {}", why.replace('\n', " ")),
+    };
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let r = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&tmp, format!("{key}\n{line}\n")))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        log::warn!(
+            "cannot record the accelerator probe in {}: {e}",
+            path.display()
+        );
     }
 }
 
@@ -258,25 +383,64 @@ mod tests {
     #[tokio::test]
     async fn forced_choices_are_honoured() {
         let q = Path::new("/nonexistent/qemu");
-        assert_eq!(choose(AccelChoice::Tcg, q).await, Accel::Tcg);
-        assert_eq!(choose(AccelChoice::Kvm, q).await, Accel::Kvm);
+        let k = Path::new("/nonexistent/vmlinuz");
+        assert_eq!(choose(AccelChoice::Tcg, q, k).await, Accel::Tcg);
+        assert_eq!(choose(AccelChoice::Kvm, q, k).await, Accel::Kvm);
     }
 
     #[tokio::test]
-    async fn auto_choice_is_explained() {
-        let qemu = Path::new("/usr/bin/qemu-system-x86_64");
-        if qemu.exists() {
-            eprintln!("QEMU KVM probe: {:?}", probe_qemu_kvm(qemu).await);
-            eprintln!("auto picks {:?}", choose(AccelChoice::Auto, qemu).await);
-        }
-    }
-
-    #[tokio::test]
-    async fn qemu_probe_reports_missing_binary() {
-        let e = probe_qemu_kvm(Path::new("/nonexistent/qemu"))
+    async fn kernel_probe_reports_missing_binary() {
+        let e = probe_guest_kernel(Path::new("/nonexistent/qemu"), Path::new("/k"))
             .await
             .unwrap_err();
         assert!(e.contains("/nonexistent/qemu"), "{e}");
+    }
+
+    /// A "QEMU" that behaves like one on a nested KVM that cannot run the kernel: prints the
+    /// internal error and stays alive. The probe must say so at once, not wait for its bound.
+    #[tokio::test]
+    async fn a_kvm_internal_error_fails_the_probe_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("qemu");
+        std::fs::write(
+            &q,
+            "#!/bin/sh\necho 'KVM internal error. Suberror: 1' >&2\necho 'emulation failure' >&2\nexec sleep 100\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&q, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let t = std::time::Instant::now();
+        let e = probe_guest_kernel(&q, Path::new("/k")).await.unwrap_err();
+        assert!(e.contains("stops under KVM"), "{e}");
+        assert!(e.contains("KVM internal error"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A QEMU that exits 0 without the kernel having run is not proof.
+    #[tokio::test]
+    async fn a_clean_exit_without_the_panic_line_fails_the_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("qemu");
+        std::fs::write(&q, "#!/bin/sh\necho SeaBIOS\nexit 0\n").unwrap();
+        std::fs::set_permissions(&q, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let e = probe_guest_kernel(&q, Path::new("/k")).await.unwrap_err();
+        assert!(e.contains("without the guest kernel's panic line"), "{e}");
+        std::fs::write(
+            &q,
+            "#!/bin/sh\necho 'Kernel panic - not syncing: VFS: Unable to mount root fs'\nexit 0\n",
+        )
+        .unwrap();
+        assert_eq!(probe_guest_kernel(&q, Path::new("/k")).await, Ok(()));
+    }
+
+    #[test]
+    fn cache_round_trip_and_key_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/accel-probe");
+        write_cache(&p, "k1", &Err("no\nway".into()));
+        assert_eq!(read_cache(&p, "k1"), Some(Err("no way".into())));
+        assert_eq!(read_cache(&p, "k2"), None);
+        write_cache(&p, "k1", &Ok(()));
+        assert_eq!(read_cache(&p, "k1"), Some(Ok(())));
     }
 
     #[test]

@@ -262,7 +262,7 @@ impl Vm {
 
         let accel = match snp {
             Some(_) => Accel::Kvm,
-            None => accel::choose(q.accel, &q.path).await,
+            None => accel::choose(q.accel, &q.path, &q.kernel).await,
         };
         let args = qemu::qemu_args(&QemuLaunch {
             id: &spec.id,
@@ -271,6 +271,7 @@ impl Vm {
             accel,
             vsock,
             state_dir: &sd,
+            free_page_reporting: snp.is_none(),
         });
         let args = match &snp {
             Some(l) => crate::snp::qemu::snp_qemu_args(&args, l)?,
@@ -378,7 +379,8 @@ impl Vm {
                             kata_cc_guest::READY_LINE
                         ));
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Every millisecond here is pod start time; the file is small.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
             let mut last = String::from("none");

@@ -32,6 +32,9 @@ pub struct QemuLaunch<'a> {
     pub accel: Accel,
     pub vsock: VsockDevice,
     pub state_dir: &'a Path,
+    /// Free page reporting (virtio-balloon): the guest hands pages it frees back to the host.
+    /// Not for SEV-SNP guests, whose memory the host cannot reclaim that way.
+    pub free_page_reporting: bool,
 }
 
 /// QEMU option values are comma separated; a literal comma is written as two.
@@ -52,10 +55,20 @@ pub fn qemu_args(l: &QemuLaunch<'_>) -> Vec<String> {
     let mut push = |x: &[&str]| a.extend(x.iter().map(|s| s.to_string()));
 
     push(&["-name", &format!("kata-cc-{}", esc(l.id))]);
-    push(&[
-        "-machine",
-        &format!("{machine},accel={},memory-backend=mem", l.accel.as_qemu()),
-    ]);
+    match l.accel {
+        Accel::Kvm => push(&[
+            "-machine",
+            &format!("{machine},accel=kvm,memory-backend=mem"),
+        ]),
+        // `-machine accel=` cannot carry the accelerator's own options.
+        Accel::Tcg => {
+            push(&["-machine", &format!("{machine},memory-backend=mem")]);
+            match q.tcg_tb_size {
+                0 => push(&["-accel", "tcg"]),
+                n => push(&["-accel", &format!("tcg,tb-size={n}")]),
+            }
+        }
+    }
     push(&[
         "-cpu",
         match l.accel {
@@ -92,6 +105,9 @@ pub fn qemu_args(l: &QemuLaunch<'_>) -> Vec<String> {
             push(&["-chardev", &format!("socket,id=vsock,path={}", p(socket))]);
             push(&["-device", "vhost-user-vsock-pci,chardev=vsock"]);
         }
+    }
+    if l.free_page_reporting {
+        push(&["-device", "virtio-balloon-pci,free-page-reporting=on"]);
     }
     push(&[
         "-qmp",
@@ -142,7 +158,8 @@ mod tests {
 
     #[test]
     fn golden_tcg_vhost_user() {
-        let q = qemu_cfg();
+        let mut q = qemu_cfg();
+        q.tcg_tb_size = 32;
         let args = qemu_args(&QemuLaunch {
             id: "pod1",
             qemu: &q,
@@ -155,15 +172,17 @@ mod tests {
                 socket: "/run/kata-cc/sandboxes/pod1/vhost.sock".into(),
             },
             state_dir: Path::new("/run/kata-cc/sandboxes/pod1"),
+            free_page_reporting: true,
         });
         let expected = "-name kata-cc-pod1 \
-            -machine q35,accel=tcg,memory-backend=mem -cpu max -smp 3 -m 2560M \
+            -machine q35,memory-backend=mem -accel tcg,tb-size=32 -cpu max -smp 3 -m 2560M \
             -object memory-backend-memfd,id=mem,size=2560M,share=on \
             -kernel /g/vmlinuz -initrd /g/initrd.img -append console=ttyS0§kata_cc.roothash=ab \
             -drive file=/g/rootfs.img,if=none,id=rootfs,format=raw,readonly=on \
             -device virtio-blk-pci,drive=rootfs \
             -chardev socket,id=vsock,path=/run/kata-cc/sandboxes/pod1/vhost.sock \
             -device vhost-user-vsock-pci,chardev=vsock \
+            -device virtio-balloon-pci,free-page-reporting=on \
             -qmp unix:/run/kata-cc/sandboxes/pod1/qmp.sock,server=on,wait=off \
             -chardev file,id=console,path=/run/kata-cc/sandboxes/pod1/console.log \
             -serial chardev:console -nographic -nodefaults -no-user-config -no-reboot";
@@ -188,8 +207,11 @@ mod tests {
             accel: Accel::Kvm,
             vsock: VsockDevice::Kernel { guest_cid: 42 },
             state_dir: Path::new("/s"),
+            free_page_reporting: false,
         });
         let joined = args.join(" ");
+        assert!(!joined.contains("balloon"));
+        assert!(!joined.contains("-accel"));
         assert!(
             joined.contains("-machine q35,accel=kvm,memory-backend=mem -cpu host -smp 1 -m 2048M")
         );

@@ -17,12 +17,20 @@ pub struct VsockBackend {
     pub uds_path: PathBuf,
 }
 
+/// The backend's per-connection buffer, which is also the credit it gives the guest, so no
+/// guest->host packet is larger. Linux >= 6.12.69 splits a vsock packet of more than ~32 KB into
+/// several descriptors, and vhost-device-vsock 0.3 reads one descriptor per packet: it drops
+/// such a packet without returning the descriptor or its credit, and the connection stalls for
+/// good (its default is 64 KiB). 16 KiB packets are never split. A power of two: the backend's
+/// ring arithmetic wraps at 2^32.
+pub const TX_BUFFER_SIZE: u32 = 16 << 10;
+
 /// Arguments of `vhost-device-vsock` (pure, for tests).
 pub fn backend_args(vhost_socket: &Path, uds_path: &Path) -> Vec<String> {
     vec![
         "--vm".into(),
         format!(
-            "guest-cid={GUEST_CID},socket={},uds-path={}",
+            "guest-cid={GUEST_CID},socket={},uds-path={},tx-buffer-size={TX_BUFFER_SIZE}",
             vhost_socket.display(),
             uds_path.display()
         ),
@@ -109,7 +117,8 @@ mod tests {
             backend_args(Path::new("/s/vhost.sock"), Path::new("/s/vsock.sock")),
             vec![
                 "--vm".to_string(),
-                "guest-cid=3,socket=/s/vhost.sock,uds-path=/s/vsock.sock".to_string()
+                "guest-cid=3,socket=/s/vhost.sock,uds-path=/s/vsock.sock,tx-buffer-size=16384"
+                    .to_string()
             ]
         );
     }
