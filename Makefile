@@ -6,6 +6,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TARGET := x86_64-unknown-linux-gnu
 RELEASE := target/$(TARGET)/release
+# The guest's binaries: the `guest` profile (release + LTO, see Cargo.toml).
+GUEST_BIN := target/$(TARGET)/guest
 GUEST := build/guest
 CONFIG := build/configuration.toml
 # The policy baked into the measured rootfs (hack/guest/policy/<name>.rego): allow-all or no-exec-no-logs.
@@ -28,7 +30,8 @@ build:
 	$(CARGO) build --release --workspace
 
 image: build
-	bash hack/bake-image.sh --agent $(RELEASE)/kata-cc-agent --out $(GUEST) --default-policy $(DEFAULT_POLICY)
+	$(CARGO) build --profile guest -p kata-cc-guest --bins
+	bash hack/bake-image.sh --agent $(GUEST_BIN)/kata-cc-agent --init $(GUEST_BIN)/kata-cc-init --out $(GUEST) --default-policy $(DEFAULT_POLICY)
 
 demo: deps build image
 	bash hack/demo.sh

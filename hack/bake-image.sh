@@ -16,8 +16,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HACK=$ROOT/hack
-AGENT=$ROOT/target/x86_64-unknown-linux-gnu/release/kata-cc-agent
-INIT=$ROOT/target/x86_64-unknown-linux-gnu/release/kata-cc-init
+# The guest binaries come from the `guest` cargo profile (LTO; `make image` builds them).
+AGENT=$ROOT/target/x86_64-unknown-linux-gnu/guest/kata-cc-agent
+INIT=$ROOT/target/x86_64-unknown-linux-gnu/guest/kata-cc-init
 OUT=$ROOT/build/guest
 CONFIG=$ROOT/build/configuration.toml
 FORCE=0
@@ -66,9 +67,9 @@ BUSYBOX=$(command -v busybox)
 ! ldd "$BUSYBOX" >/dev/null 2>&1 || die "$BUSYBOX is dynamically linked: install busybox-static"
 RUNC=/usr/sbin/runc
 [ -x "$RUNC" ] || die "$RUNC not found: run hack/deps.sh"
-[ -f "$AGENT" ] || die "agent binary $AGENT not found (build it: cargo build --release -p kata-cc-guest, or pass --agent)"
+[ -f "$AGENT" ] || die "agent binary $AGENT not found (build it: cargo build --profile guest -p kata-cc-guest, or pass --agent)"
 [ -x "$AGENT" ] || die "agent $AGENT is not executable"
-[ -f "$INIT" ] || die "init binary $INIT not found (build it: cargo build --release -p kata-cc-guest, or pass --init)"
+[ -f "$INIT" ] || die "init binary $INIT not found (build it: cargo build --profile guest -p kata-cc-guest, or pass --init)"
 ! readelf -d "$INIT" 2>/dev/null | grep -q NEEDED || die "init $INIT is dynamically linked (the initrd has no libraries)"
 AGENT=$(cd "$(dirname "$AGENT")" && pwd)/$(basename "$AGENT")
 

@@ -17,7 +17,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HACK=$ROOT/hack
 # shellcheck source=hack/guest/vm-lib.sh
 . "$HACK/guest/vm-lib.sh"
-AGENT_BIN=$ROOT/target/x86_64-unknown-linux-gnu/release/kata-cc-agent
+AGENT_BIN=$ROOT/target/x86_64-unknown-linux-gnu/guest/kata-cc-agent
 PAYLOAD=
 IMAGE=
 IMAGE_GIVEN=0
@@ -48,7 +48,7 @@ SMOKE=$ROOT/build/smoke
 mkdir -p "$SMOKE"
 case "$PAYLOAD" in
   agent)
-    [ -x "$AGENT_BIN" ] || die "agent $AGENT_BIN not built (cargo build --release -p kata-cc-guest)"
+    [ -x "$AGENT_BIN" ] || die "agent $AGENT_BIN not built (cargo build --profile guest -p kata-cc-guest)"
     IMAGE=${IMAGE:-$ROOT/build/guest}
     [ "$IMAGE_GIVEN" = 1 ] || bash "$HACK/bake-image.sh" --agent "$AGENT_BIN" --out "$IMAGE" ;;
   vsock)

@@ -33,6 +33,9 @@ fn main() {
         init::console();
     }
     logging::init();
+    // Where the guest's boot time goes: kernel + init before this line, the agent's own
+    // start-up between this line and the ready line.
+    log::info!("kata-cc-agent {} starting", server::VERSION);
     if pid1 {
         init::mount_filesystems();
         init::setup_cgroups(std::path::Path::new(container::CGROUP_ROOT));

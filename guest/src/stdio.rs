@@ -10,8 +10,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, Mutex};
 
 /// Chunks queued per output stream before the process is made to wait.
-const QUEUE_CHUNKS: usize = 16;
-const CHUNK: usize = 256 * 1024;
+const QUEUE_CHUNKS: usize = 4;
+/// Bytes per read from the process (its pipe holds as much, see OUTPUT_PIPE_SIZE): a chunk
+/// read whole is sent to the host as it is, with no copy to gather it.
+const CHUNK: usize = 1024 * 1024;
 
 /// A non-blocking fd driven by tokio (works for pipes and pty masters alike).
 pub struct AsyncFile {

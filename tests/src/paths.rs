@@ -15,6 +15,12 @@ pub fn release_dir() -> PathBuf {
     repo().join("target/x86_64-unknown-linux-gnu/release")
 }
 
+/// The guest binaries (kata-cc-agent, kata-cc-init), built with the `guest` profile by
+/// `make image`.
+pub fn guest_bin_dir() -> PathBuf {
+    repo().join("target/x86_64-unknown-linux-gnu/guest")
+}
+
 pub fn guest_dir() -> PathBuf {
     repo().join("build/guest")
 }

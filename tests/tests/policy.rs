@@ -337,7 +337,9 @@ fn use_no_exec_no_logs_image(cd: &Containerd) {
     let mut bake = std::process::Command::new("bash");
     bake.arg(paths::repo().join("hack/bake-image.sh"))
         .arg("--agent")
-        .arg(paths::release_dir().join("kata-cc-agent"))
+        .arg(paths::guest_bin_dir().join("kata-cc-agent"))
+        .arg("--init")
+        .arg(paths::guest_bin_dir().join("kata-cc-init"))
         .arg("--out")
         .arg(&out_dir)
         .arg("--no-config")

@@ -134,11 +134,12 @@ fn params(cmdline: &str) -> Result<Params, String> {
     Ok(p)
 }
 
+/// Seconds since boot (CLOCK_BOOTTIME, as /proc/uptime; works without /proc).
 fn uptime() -> String {
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|u| u.split_whitespace().next().map(str::to_string))
-        .unwrap_or_default()
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(t) => format!("{}.{:03}", t.tv_sec(), t.tv_nsec() / 1_000_000),
+        Err(_) => "?".into(),
+    }
 }
 
 fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) {
@@ -501,6 +502,7 @@ fn main() {
         "PATH",
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     );
+    step("exec the agent");
     let prog = CString::new(AGENT).unwrap_or_default();
     let e = nix::unistd::execv(&prog, &[prog.as_c_str()]);
     fatal(&format!("exec {AGENT}: {e:?}"));
