@@ -83,18 +83,21 @@ impl OutStream {
     pub fn pump(src: std::sync::Arc<AsyncFile>) -> OutStream {
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         tokio::spawn(async move {
+            let mut buf = vec![0u8; CHUNK];
             loop {
-                // Read into the chunk that is sent on: no copy per chunk.
-                let mut buf = vec![0u8; CHUNK];
                 match src.read(&mut buf).await {
                     Ok(0) => break,
                     Ok(n) => {
-                        buf.truncate(n);
-                        if n < CHUNK / 4 {
-                            // A line or two must not pin a whole chunk while queued.
-                            buf.shrink_to_fit();
-                        }
-                        if tx.send(buf).await.is_err() {
+                        // A large read is sent on as it is (no copy); a few lines are copied
+                        // out, so they do not pin a whole chunk while queued.
+                        let chunk = if n < CHUNK / 4 {
+                            buf[..n].to_vec()
+                        } else {
+                            let mut full = std::mem::replace(&mut buf, vec![0u8; CHUNK]);
+                            full.truncate(n);
+                            full
+                        };
+                        if tx.send(chunk).await.is_err() {
                             break;
                         }
                     }
