@@ -95,7 +95,7 @@ inputs() {
     echo "source_date_epoch $SOURCE_DATE_EPOCH"
     echo "default_policy $DEFAULT_POLICY"
     echo "snp_firmware $SNP_FIRMWARE $([ -z "$SNP_FIRMWARE" ] || sha256sum <"$SNP_FIRMWARE" | cut -d' ' -f1) vcpus $SNP_VCPUS"
-    echo "tools $(mkfs.erofs --help 2>&1 | head -n1) | $(veritysetup --version) | $(zstd --version) | $(cpio --version | head -n1)"
+    echo "tools $(mkfs.erofs --help 2>&1 | head -n1) | $(veritysetup --version) | $(zstd --version) | $(cpio --version | head -n1) | $(strip --version | head -n1)"
     for f in "$KERNEL_DEB" "$AGENT" "$INIT" "$BUSYBOX" "$RUNC" "$0" "$HACK/configuration.toml.in" "$POLICY_FILE"; do
       printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
     done
@@ -158,9 +158,11 @@ depmod -b "$KROOT" "$KVER"
 # (configfs-tsm and the SEV guest driver) are loaded only in an SEV-SNP guest, where the kernel
 # has registered the sev-guest platform device: each module load costs tens of milliseconds
 # under emulation, and an ordinary VM has no use for them.
-# sha256-ssse3 before dm-verity: the verity target takes the best sha256 loaded when it is set up
-# (without it, the generic C code hashes every block the guest reads).
-REQUIRED_MODULES=(virtio_blk sha256-ssse3 dm-verity erofs vmw_vsock_virtio_transport)
+REQUIRED_MODULES=(virtio_blk dm-verity erofs vmw_vsock_virtio_transport)
+# "optional": loaded when the CPU allows, skipped (and said) when not. sha256-ssse3 goes before
+# dm-verity: the verity target takes the best sha256 loaded when it is set up (without it, the
+# generic C code hashes every block the guest reads); it refuses CPUs without SSSE3.
+OPTIONAL_MODULES=(sha256-ssse3)
 SNP_MODULES=(configfs tsm sev-guest)
 # "balloon": free page reporting, loaded when the VM has a virtio-balloon device (the shim adds
 # one to every VM but SEV-SNP ones) so that memory the guest frees goes back to the host.
@@ -187,6 +189,7 @@ add_module() {
   MOD_ORDER+=("$base $need")
   MOD_FILES+=("$file")
 }
+for m in "${OPTIONAL_MODULES[@]}"; do add_module "$m" optional; done
 for m in "${REQUIRED_MODULES[@]}"; do add_module "$m" required; done
 for m in "${SNP_MODULES[@]}"; do add_module "$m" snp; done
 for m in "${BALLOON_MODULES[@]}"; do add_module "$m" balloon; done

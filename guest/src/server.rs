@@ -619,22 +619,15 @@ impl agent_ttrpc::AgentService for Agent {
     }
 }
 
-/// Compiles a policy's fast path on a thread of its own at idle priority, then installs it:
-/// until then the interpreter (always authoritative for denials) decides every request. Loading
-/// a policy thus costs its parse only, and the compile uses vCPU time nothing else wants (the
-/// guest mostly waits for the host while a pod starts).
+/// Compiles a policy's fast path on a thread of its own, then installs it: until then the
+/// interpreter (always authoritative for denials) decides every request. Loading a policy thus
+/// costs its parse only, and the compile overlaps the time the guest waits for the host while a
+/// pod starts. Normal priority on purpose: an idle-priority thread holding malloc's lock (one
+/// arena) would stall the agent's other threads while a container keeps the vCPU busy.
 pub fn compile_fast_path(policy: Arc<std::sync::Mutex<PolicyEngine>>, job: FastPathJob) {
     let spawned = std::thread::Builder::new()
         .name("policy-compile".into())
         .spawn(move || {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: plain syscall on the calling thread (pid 0) with a valid param.
-            if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-                log::debug!(
-                    "policy fast path: SCHED_IDLE refused: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
             let t = std::time::Instant::now();
             let compiled = job.compile();
             let compiled_ok = compiled.is_some();

@@ -10,10 +10,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, Mutex};
 
 /// Chunks queued per output stream before the process is made to wait.
-const QUEUE_CHUNKS: usize = 4;
-/// Bytes per read from the process (its pipe holds as much, see OUTPUT_PIPE_SIZE): a chunk
-/// read whole is sent to the host as it is, with no copy to gather it.
+const QUEUE_CHUNKS: usize = 2;
+/// Largest read from the process (its pipe holds as much, see OUTPUT_PIPE_SIZE): a chunk read
+/// whole is sent to the host as it is, with no copy to gather it.
 const CHUNK: usize = 1024 * 1024;
+/// First read size; it grows (x4, up to CHUNK) each time a read fills it, so a process that
+/// prints a line now and then never costs a large buffer.
+const FIRST_CHUNK: usize = 64 * 1024;
 
 /// A non-blocking fd driven by tokio (works for pipes and pty masters alike).
 pub struct AsyncFile {
@@ -83,20 +86,27 @@ impl OutStream {
     pub fn pump(src: std::sync::Arc<AsyncFile>) -> OutStream {
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         tokio::spawn(async move {
-            let mut buf = vec![0u8; CHUNK];
+            let mut size = FIRST_CHUNK;
+            let mut buf = vec![0u8; size];
             loop {
                 match src.read(&mut buf).await {
                     Ok(0) => break,
                     Ok(n) => {
+                        if n == size && size < CHUNK {
+                            size = (size * 4).min(CHUNK);
+                        }
                         // A large read is sent on as it is (no copy); a few lines are copied
-                        // out, so they do not pin a whole chunk while queued.
-                        let chunk = if n < CHUNK / 4 {
+                        // out, so they do not pin a whole buffer while queued.
+                        let chunk = if n < buf.len() / 4 {
                             buf[..n].to_vec()
                         } else {
-                            let mut full = std::mem::replace(&mut buf, vec![0u8; CHUNK]);
+                            let mut full = std::mem::replace(&mut buf, vec![0u8; size]);
                             full.truncate(n);
                             full
                         };
+                        if buf.len() != size {
+                            buf = vec![0u8; size];
+                        }
                         if tx.send(chunk).await.is_err() {
                             break;
                         }
@@ -276,18 +286,18 @@ mod tests {
         let (r, w) = pipe().expect("pipe");
         let out = OutStream::pump(std::sync::Arc::new(AsyncFile::new(r).expect("async")));
         let mut f = std::fs::File::from(w);
-        // Three separate pipe writes, each read by the pump on its own.
-        for b in [1u8, 2, 3] {
+        // Two separate pipe writes (the queue holds two chunks), each read by the pump on its own.
+        for b in [1u8, 2] {
             std::io::Write::write_all(&mut f, &[b; 1000]).expect("write");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         drop(f);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let first = out.read(2500).await;
-        assert_eq!(first.len(), 2500);
-        assert!(first[..1000].iter().all(|b| *b == 1) && first[2000..].iter().all(|b| *b == 3));
+        let first = out.read(1500).await;
+        assert_eq!(first.len(), 1500);
+        assert!(first[..1000].iter().all(|b| *b == 1) && first[1000..].iter().all(|b| *b == 2));
         let rest = out.read(1 << 20).await;
-        assert_eq!(rest, vec![3u8; 500]);
+        assert_eq!(rest, vec![2u8; 500]);
         assert!(out.read(10).await.is_empty());
     }
 }

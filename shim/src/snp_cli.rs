@@ -348,7 +348,9 @@ pub fn check(args: &[String]) -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(kata_cc_shim::vm::accel::probe(&q.path, &q.kernel)),
+        Ok(rt) => rt
+            .block_on(kata_cc_shim::vm::accel::probe(&q.path, &q.kernel))
+            .map_err(|e| e.why),
         Err(e) => Err(format!("cannot start a runtime for the probe: {e}")),
     };
     let kvm_needed = snp_mode || q.accel == kata_cc_shim::config::AccelChoice::Kvm;

@@ -16,9 +16,11 @@
 //!   kata_cc.disk=<dev>         rootfs block device (default /dev/vda)
 //!   kata_cc.debug=1            print each step with the uptime
 //!
-//! /etc/kata-cc/modules lists `<module> <when>` in load order; when is `required`, `snp` (only
-//! in an SEV-SNP guest: the kernel registered the sev-guest platform device) or `balloon` (only
-//! with a virtio-balloon device, virtio device id 5).
+//! /etc/kata-cc/modules lists `<module> <when>` in load order; when is `required` (a failure
+//! stops the boot), `optional` (a failure is said and skipped, e.g. a CPU-specific speed-up),
+//! `snp` (only in an SEV-SNP guest: the kernel registered the sev-guest platform device; the
+//! agent decides what it cannot do without them) or `balloon` (only with a virtio-balloon
+//! device, virtio device id 5).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -183,9 +185,15 @@ fn load_modules(step: &dyn Fn(&str)) {
         };
         if r != 0 {
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EEXIST) {
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                continue;
+            }
+            if need == "required" {
                 fatal(&format!("insmod {name}: {e}"));
             }
+            say(&format!(
+                "kata-cc: init: {need} module {name} not loaded: {e}"
+            ));
         }
     }
 }

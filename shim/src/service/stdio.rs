@@ -437,16 +437,33 @@ pub async fn copy_out(
             let _ = s.flush().await;
         }
     };
-    let read = async {
-        tokio::join!(fetch, write);
-    };
-    tokio::select! {
-        _ = read => {}
-        _ = wait_dead(dead) => {
-            log::warn!("{name} {stream:?}: VM is gone; output stream ends");
+    // The fetcher stops when the stream ends or the VM dies; the writer then writes what was
+    // already fetched (bounded in time after a death: nobody may be reading any more).
+    let fetch = async {
+        tokio::select! {
+            _ = fetch => false,
+            _ = wait_dead(dead) => true,
         }
+    };
+    tokio::pin!(write);
+    let died = tokio::select! {
+        biased;
+        died = fetch => Some(died),
+        // Only once the fetcher is gone (it holds the sender); kept for completeness.
+        _ = &mut write => None,
+    };
+    match died {
+        Some(false) => write.await,
+        Some(true) => {
+            log::warn!("{name} {stream:?}: VM is gone; output stream ends");
+            let _ = tokio::time::timeout(DRAIN_AFTER_DEATH, write).await;
+        }
+        None => {}
     }
 }
+
+/// How long output already fetched may take to reach containerd once the VM is gone.
+const DRAIN_AFTER_DEATH: Duration = Duration::from_secs(2);
 
 /// Copy stdin from containerd's fifo to the agent until `close` fires (containerd's CloseIO,
 /// after its client hit EOF), then drain what is already in the fifo and close the process's

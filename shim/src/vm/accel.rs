@@ -50,18 +50,30 @@ pub async fn choose(choice: AccelChoice, qemu: &Path, kernel: &Path) -> Accel {
             static PROBED: tokio::sync::OnceCell<Accel> = tokio::sync::OnceCell::const_new();
             *PROBED
                 .get_or_init(|| async {
+                    let cache = Path::new(PROBE_CACHE);
+                    // One shim probes at a time (a node restarting runs many at once); the
+                    // others then find its verdict.
+                    let _lock = lock_cache(cache).await;
                     let key = cache_key(qemu, kernel);
-                    let cached = key
-                        .as_ref()
-                        .and_then(|k| read_cache(Path::new(PROBE_CACHE), k));
+                    let cached = key.as_ref().and_then(|k| read_cache(cache, k));
                     let (verdict, how) = match cached {
-                        Some(v) => (v, "cached verdict"),
+                        // A cached yes is re-checked cheaply: KVM can go away.
+                        Some(Ok(())) => match tokio::task::spawn_blocking(probe_kvm).await {
+                            Ok(Ok(())) => (Ok(()), "cached verdict, test VM ran"),
+                            Ok(Err(why)) => (Err(why), "cached yes, but the test VM failed now"),
+                            Err(e) => (Err(e.to_string()), "probe task failed"),
+                        },
+                        Some(Err(why)) => (Err(why), "cached verdict"),
                         None => {
                             let v = probe(qemu, kernel).await;
-                            if let Some(k) = &key {
-                                write_cache(Path::new(PROBE_CACHE), k, &v);
+                            // Only verdicts that would come out the same again: not a timeout
+                            // or a QEMU that could not start on a loaded host.
+                            if let (Some(k), Ok(()) | Err(ProbeError { definite: true, .. })) =
+                                (&key, &v)
+                            {
+                                write_cache(cache, k, &v.clone().map_err(|e| e.why));
                             }
-                            (v, "probed")
+                            (v.map_err(|e| e.why), "probed")
                         }
                     };
                     match verdict {
@@ -89,18 +101,76 @@ pub async fn choose(choice: AccelChoice, qemu: &Path, kernel: &Path) -> Accel {
 /// set up the vCPU, but stop at the kernel's first instructions they cannot emulate (seen:
 /// "KVM internal error ... emulation failure" in the kernel's decompressor; QEMU then pauses
 /// forever instead of exiting).
-pub async fn probe(qemu: &Path, kernel: &Path) -> Result<(), String> {
+pub async fn probe(qemu: &Path, kernel: &Path) -> Result<(), ProbeError> {
     match tokio::task::spawn_blocking(probe_kvm).await {
-        Ok(r) => r?,
-        Err(e) => return Err(format!("probe task failed: {e}")),
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            return Err(ProbeError {
+                why,
+                definite: true,
+            })
+        }
+        Err(e) => return Err(ProbeError::transient(format!("probe task failed: {e}"))),
     }
     probe_guest_kernel(qemu, kernel).await
+}
+
+/// Why KVM is not used; `definite` when probing again would say the same (worth remembering).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeError {
+    pub why: String,
+    pub definite: bool,
+}
+
+impl ProbeError {
+    fn transient(why: String) -> Self {
+        ProbeError {
+            why,
+            definite: false,
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+/// An exclusive lock next to the cache file, held until dropped; `None` if it cannot be had
+/// (the probe then runs unlocked).
+async fn lock_cache(cache: &Path) -> Option<std::fs::File> {
+    let path = cache.with_extension("lock");
+    let r = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        // SAFETY: flock on an open descriptor; released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(f)
+    })
+    .await;
+    match r {
+        Ok(Ok(f)) => Some(f),
+        Ok(Err(e)) => {
+            log::warn!("accelerator probe: cannot lock {}: {e}", cache.display());
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// Boots `kernel` under KVM without an initrd or root device: it panics ("VFS: Unable to mount
 /// root fs"), `panic=-1` reboots at once and `-no-reboot` ends QEMU. Success needs the panic line
 /// on the serial console, so the kernel really ran.
-async fn probe_guest_kernel(qemu: &Path, kernel: &Path) -> Result<(), String> {
+async fn probe_guest_kernel(qemu: &Path, kernel: &Path) -> Result<(), ProbeError> {
     use tokio::io::AsyncReadExt;
     let mut child = tokio::process::Command::new(qemu)
         .args(["-machine", "q35,accel=kvm", "-cpu", "host", "-m", "256"])
@@ -124,9 +194,9 @@ async fn probe_guest_kernel(qemu: &Path, kernel: &Path) -> Result<(), String> {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
+        .map_err(|e| ProbeError::transient(format!("cannot run {}: {e}", qemu.display())))?;
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err("QEMU probe: no pipes".into());
+        return Err(ProbeError::transient("QEMU probe: no pipes".into()));
     };
     let console = tokio::spawn(async move {
         let mut v = Vec::new();
@@ -160,41 +230,41 @@ async fn probe_guest_kernel(qemu: &Path, kernel: &Path) -> Result<(), String> {
     let run = async {
         let (text, internal) = watch_err.await;
         if internal {
-            return Err(format!(
-                "the guest kernel stops under KVM: {}",
-                first_error(&text)
-            ));
+            return Err(ProbeError {
+                why: format!("the guest kernel stops under KVM: {}", first_error(&text)),
+                definite: true,
+            });
         }
         let status = child
             .wait()
             .await
-            .map_err(|e| format!("QEMU KVM probe: {e}"))?;
+            .map_err(|e| ProbeError::transient(format!("QEMU KVM probe: {e}")))?;
         Ok((text, status))
     };
     let (stderr_seen, status) = tokio::select! {
         r = run => r?,
         _ = tokio::time::sleep(KERNEL_PROBE_TIMEOUT) => {
-            return Err(format!(
+            return Err(ProbeError::transient(format!(
                 "the guest kernel did not reach its end under KVM within {}s",
                 KERNEL_PROBE_TIMEOUT.as_secs()
-            ));
+            )));
         }
     };
     let console = console.await.unwrap_or_default();
     let console = String::from_utf8_lossy(&console);
     if !status.success() {
-        return Err(format!(
+        return Err(ProbeError::transient(format!(
             "QEMU with -accel kvm -cpu host: {status} {}",
             first_error(&stderr_seen)
-        ));
+        )));
     }
     if !console.contains("Kernel panic") && !console.contains("Unable to mount root") {
-        return Err(format!(
+        return Err(ProbeError::transient(format!(
             "QEMU ended without the guest kernel's panic line on the console (kernel {} under \
              KVM; console: {:?})",
             kernel.display(),
             console.lines().last().unwrap_or("")
-        ));
+        )));
     }
     Ok(())
 }
@@ -388,12 +458,33 @@ mod tests {
         assert_eq!(choose(AccelChoice::Kvm, q, k).await, Accel::Kvm);
     }
 
+    /// Writes an executable shell script from a child process: no descriptor of ours is ever
+    /// open for writing on it, so a test thread forking meanwhile cannot make the exec fail with
+    /// "Text file busy".
+    fn script(path: &Path, body: &str) {
+        use std::io::Write;
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+            .arg(path)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = c.stdin.take().unwrap();
+        stdin
+            .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
+            .unwrap();
+        drop(stdin);
+        assert!(c.wait().unwrap().success());
+    }
+
     #[tokio::test]
     async fn kernel_probe_reports_missing_binary() {
         let e = probe_guest_kernel(Path::new("/nonexistent/qemu"), Path::new("/k"))
             .await
             .unwrap_err();
-        assert!(e.contains("/nonexistent/qemu"), "{e}");
+        assert!(e.why.contains("/nonexistent/qemu"), "{e}");
+        // Not a verdict about KVM: never remembered.
+        assert!(!e.definite);
     }
 
     /// A "QEMU" that behaves like one on a nested KVM that cannot run the kernel: prints the
@@ -402,16 +493,15 @@ mod tests {
     async fn a_kvm_internal_error_fails_the_probe_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("qemu");
-        std::fs::write(
+        script(
             &q,
-            "#!/bin/sh\necho 'KVM internal error. Suberror: 1' >&2\necho 'emulation failure' >&2\nexec sleep 100\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&q, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            "echo 'KVM internal error. Suberror: 1' >&2\necho 'emulation failure' >&2\nexec sleep 100",
+        );
         let t = std::time::Instant::now();
         let e = probe_guest_kernel(&q, Path::new("/k")).await.unwrap_err();
-        assert!(e.contains("stops under KVM"), "{e}");
-        assert!(e.contains("KVM internal error"), "{e}");
+        assert!(e.why.contains("stops under KVM"), "{e}");
+        assert!(e.why.contains("KVM internal error"), "{e}");
+        assert!(e.definite);
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 
@@ -420,16 +510,40 @@ mod tests {
     async fn a_clean_exit_without_the_panic_line_fails_the_probe() {
         let dir = tempfile::tempdir().unwrap();
         let q = dir.path().join("qemu");
-        std::fs::write(&q, "#!/bin/sh\necho SeaBIOS\nexit 0\n").unwrap();
-        std::fs::set_permissions(&q, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        script(&q, "echo SeaBIOS\nexit 0");
         let e = probe_guest_kernel(&q, Path::new("/k")).await.unwrap_err();
-        assert!(e.contains("without the guest kernel's panic line"), "{e}");
-        std::fs::write(
+        assert!(
+            e.why.contains("without the guest kernel's panic line"),
+            "{e}"
+        );
+        assert!(!e.definite);
+        let q = dir.path().join("qemu2");
+        script(
             &q,
-            "#!/bin/sh\necho 'Kernel panic - not syncing: VFS: Unable to mount root fs'\nexit 0\n",
-        )
-        .unwrap();
+            "echo 'Kernel panic - not syncing: VFS: Unable to mount root fs'\nexit 0",
+        );
         assert_eq!(probe_guest_kernel(&q, Path::new("/k")).await, Ok(()));
+    }
+
+    /// Probes of concurrent shims take turns: the lock is exclusive until dropped.
+    #[tokio::test]
+    async fn the_cache_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("accel-probe");
+        let held = lock_cache(&cache).await.expect("lock");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cache.with_extension("lock"))
+            .unwrap();
+        // SAFETY: flock on an open descriptor.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(r, -1, "a second lock was granted while the first is held");
+        drop(held);
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
     }
 
     #[test]
