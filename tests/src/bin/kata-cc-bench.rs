@@ -2,7 +2,8 @@
 //! harness), then measures, interleaving the compared runs so that machine noise hits all alike:
 //! - pod start: `ctr run --rm ... true` through kata-cc, a bare boot of the same kernel with the
 //!   same QEMU options and a trivial init that powers off, and `ctr run --rm` through runc;
-//! - host memory of an idle pod: PSS of the shim, QEMU and the vsock backend;
+//! - host memory of an idle pod: PSS of the shim, QEMU and the vsock backend (over
+//!   `KATA_CC_BENCH_RUNS` idle pods started one after another);
 //! - in that idle pod: the agent's RSS (default policy; then, in a second pod, the largest
 //!   policy of Kata's conformance corpus), Health round trips, exec of `true`, and 64 MiB of a
 //!   process's stdout through the agent versus 64 MiB written by a guest process to a vsock port
@@ -510,15 +511,47 @@ fn main() {
         }
     }
     idle.stop(&cd);
+    // Memory over several idle pods, one at a time (the first one above included), each taken
+    // as soon as the pod runs.
+    let (mut shim_mib, mut qemu_mib, mut backend_mib, mut rss_default) = (
+        vec![mib(shim_pss)],
+        vec![mib(qemu_pss)],
+        vec![mib(backend_pss)],
+        vec![agent_rss_default],
+    );
+    for i in 1..runs {
+        let p = IdlePods::start(&cd, &blast_img, 1, &format!("mem{i}-"));
+        let (s, q, b) = pod_processes(&cd);
+        let sum = |v: &[i32]| mib(v.iter().map(|p| pss_kib(*p)).sum());
+        shim_mib.push(sum(&s));
+        qemu_mib.push(sum(&q));
+        backend_mib.push(sum(&b));
+        rss_default.push(agent_rss_mib(&p.ids[0]));
+        p.stop(&cd);
+    }
     let (policy_path, big_policy) = largest_corpus_policy();
     let anno = format!(
         "{}={}",
         kata_cc_tests::policy::POLICY_ANNOTATION,
         kata_cc_tests::policy::base64(big_policy.as_bytes())
     );
-    let big = IdlePods::start_with(&cd, &img, 1, "bigpolicy", &["--annotation", &anno]);
-    let agent_rss_big = agent_rss_mib(&big.ids[0]);
-    big.stop(&cd);
+    let mut rss_big = Vec::new();
+    for i in 0..runs {
+        let big = IdlePods::start_with(
+            &cd,
+            &img,
+            1,
+            &format!("bigpolicy{i}-"),
+            &["--annotation", &anno],
+        );
+        rss_big.push(agent_rss_mib(&big.ids[0]));
+        big.stop(&cd);
+    }
+    let qemu_backend: Vec<f64> = qemu_mib
+        .iter()
+        .zip(&backend_mib)
+        .map(|(q, b)| q + b)
+        .collect();
     let initrd = bare_initrd(&dir);
     let bare = bare_args(&pod_argv, &initrd, &dir);
 
@@ -607,21 +640,23 @@ fn main() {
         }
     }
     let (em, emin, emax) = stats(&exec_s);
-    let (dm, _, _) = stats(&dd);
+    let (dm, dmin, dmax) = stats(&dd);
     let mb = (STREAM_BYTES >> 20) as f64;
     // The exec of `true` is the fixed cost of an exec; what remains of the dd exec is the stream.
     let stdout_mib_s = mb / (dm - em).max(0.001);
     let raw_mib_s = (!raw.is_empty()).then(|| mb / stats(&raw).0.max(0.001));
     println!("== stdout vs raw vsock, {runs} interleaved runs in one VM");
     println!(
-        "stdout: exec of dd writing {mb} MiB {dm:.2} s median, exec of `true` {em:.2} s -> \
-         {stdout_mib_s:.1} MiB/s"
+        "stdout: exec of dd writing {mb} MiB {dm:.2} s median (min {dmin:.2}, max {dmax:.2}), \
+         exec of `true` {em:.2} s -> {stdout_mib_s:.1} MiB/s"
     );
     match (raw_mib_s, &raw_failure) {
         (Some(r), None) => println!(
-            "raw vsock (guest AF_VSOCK -> backend -> hybrid socket): {mb} MiB in {:.2} s median -> \
-             {r:.1} MiB/s; stdout / raw = {:.2} (goal >= 0.80)",
+            "raw vsock (guest AF_VSOCK -> backend -> hybrid socket): {mb} MiB in {:.2} s median \
+             (min {:.2}, max {:.2}) -> {r:.1} MiB/s; stdout / raw = {:.2} (goal >= 0.80)",
             stats(&raw).0,
+            stats(&raw).1,
+            stats(&raw).2,
             stdout_mib_s / r
         ),
         (_, Some(e)) => println!("raw vsock: failed: {e}"),
@@ -632,19 +667,25 @@ fn main() {
         "{}; exec of `true` through ctr (s): median {em:.3} min {emin:.3} max {emax:.3}",
         ping.trim()
     );
+    let mmm = |v: &[f64]| {
+        let (m, lo, hi) = stats(v);
+        format!("{m:.1} ({lo:.1}-{hi:.1})")
+    };
     println!(
-        "agent RSS in the guest (MiB): default policy {agent_rss_default:.1}, largest corpus \
-         policy {agent_rss_big:.1} ({policy_path}) (goal <= 8)"
+        "agent RSS in the guest (MiB, median (min-max) over {runs} pods): default policy {}, \
+         largest corpus policy {} ({policy_path}) (goal <= 8)",
+        mmm(&rss_default),
+        mmm(&rss_big)
     );
-    println!("== host memory of one idle pod (PSS, MiB)");
+    println!("== host memory of one idle pod (PSS, MiB, median (min-max) over {runs} pods)");
     println!(
-        "shim {:.1} (goal <= 5) | QEMU {:.1} | vsock backend {:.1} | QEMU + backend {:.1} (goal <= 150)",
-        mib(shim_pss),
-        mib(qemu_pss),
-        mib(backend_pss),
-        mib(qemu_pss + backend_pss)
+        "shim {} (goal <= 5) | QEMU {} | vsock backend {} | QEMU + backend {} (goal <= 150)",
+        mmm(&shim_mib),
+        mmm(&qemu_mib),
+        mmm(&backend_mib),
+        mmm(&qemu_backend)
     );
-    println!("== pods started at once");
+    println!("== pods started at once (one run of each; PSS per pod while all are idle)");
     for c in &concurrent {
         println!(
             "{} pods: {}/{} succeeded in {:.1} s; {} idle pods running, host PSS per idle pod {:.1} MiB \
@@ -673,8 +714,8 @@ fn main() {
         "stream_bytes": STREAM_BYTES,
         "health_round_trip": ping.trim(),
         "exec_true_s": stats_json(&exec_s),
-        "agent_rss_mib": {"default_policy": agent_rss_default, "largest_corpus_policy": agent_rss_big, "policy": policy_path},
-        "idle_pod_pss_mib": {"shim": mib(shim_pss), "qemu": mib(qemu_pss), "vsock_backend": mib(backend_pss)},
+        "agent_rss_mib": {"default_policy": stats_json(&rss_default), "largest_corpus_policy": stats_json(&rss_big), "policy": policy_path},
+        "idle_pod_pss_mib": {"shim": stats_json(&shim_mib), "qemu": stats_json(&qemu_mib), "vsock_backend": stats_json(&backend_mib), "qemu_and_backend": stats_json(&qemu_backend)},
         "concurrent": concurrent,
         "bare_boot_qemu_args": bare,
     });
