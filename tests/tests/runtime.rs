@@ -98,6 +98,27 @@ fn vm_default_size_without_limits() {
     cd.finish();
 }
 
+/// Free page reporting: the VM has a virtio-balloon and kata-cc-init bound its driver, so the
+/// memory the guest frees goes back to the host.
+#[test]
+fn guest_binds_the_free_page_reporting_balloon() {
+    let cd = Containerd::start("balloon");
+    let id = cd.id("balloon");
+    let out = cd.run(
+        &id,
+        &[],
+        &TestImage::busybox(),
+        &["sh", "-c", "ls /sys/bus/virtio/drivers/virtio_balloon/"],
+    );
+    assert!(out.success(), "{}\n{}", out.describe(), cd.log_tail());
+    assert!(
+        out.stdout_str().split_whitespace().any(|w| w.starts_with("virtio")),
+        "no device bound to virtio_balloon in the guest: {}",
+        out.describe()
+    );
+    cd.finish();
+}
+
 #[test]
 fn exec_with_and_without_tty() {
     let cd = Containerd::start("exec");
