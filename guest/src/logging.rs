@@ -11,19 +11,16 @@ impl log::Log for ConsoleLogger {
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
             // The guest's uptime, like the kernel's own lines: boot and request timings at a glance.
-            eprintln!("kata-cc-agent: [{}] {}: {}", uptime(), r.level(), r.args());
+            eprintln!(
+                "kata-cc-agent: [{}] {}: {}",
+                kata_cc_guest::uptime_text(),
+                r.level(),
+                r.args()
+            );
         }
     }
 
     fn flush(&self) {}
-}
-
-/// Seconds since boot with milliseconds, from CLOCK_BOOTTIME (what /proc/uptime shows).
-fn uptime() -> String {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
-        Ok(t) => format!("{}.{:03}", t.tv_sec(), t.tv_nsec() / 1_000_000),
-        Err(_) => "?".into(),
-    }
 }
 
 static LOGGER: ConsoleLogger = ConsoleLogger;

@@ -112,7 +112,9 @@ fn guest_binds_the_free_page_reporting_balloon() {
     );
     assert!(out.success(), "{}\n{}", out.describe(), cd.log_tail());
     assert!(
-        out.stdout_str().split_whitespace().any(|w| w.starts_with("virtio")),
+        out.stdout_str()
+            .split_whitespace()
+            .any(|w| w.starts_with("virtio")),
         "no device bound to virtio_balloon in the guest: {}",
         out.describe()
     );

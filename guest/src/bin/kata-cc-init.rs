@@ -136,14 +136,6 @@ fn params(cmdline: &str) -> Result<Params, String> {
     Ok(p)
 }
 
-/// Seconds since boot (CLOCK_BOOTTIME, as /proc/uptime; works without /proc).
-fn uptime() -> String {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
-        Ok(t) => format!("{}.{:03}", t.tv_sec(), t.tv_nsec() / 1_000_000),
-        Err(_) => "?".into(),
-    }
-}
-
 fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) {
     if let Err(e) = mount(Some(src), target, Some(fstype), flags, data) {
         fatal(&format!("mount {fstype} on {target}: {e}"));
@@ -360,7 +352,10 @@ fn main() {
     let debug = p.debug;
     let step = move |what: &str| {
         if debug {
-            say(&format!("kata-cc: init: [{}] {what}", uptime()));
+            say(&format!(
+                "kata-cc: init: [{}] {what}",
+                kata_cc_guest::uptime_text()
+            ));
         }
     };
 

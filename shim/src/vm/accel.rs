@@ -449,6 +449,7 @@ fn probe_kvm_inner() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::test_util::script;
 
     #[tokio::test]
     async fn forced_choices_are_honoured() {
@@ -456,25 +457,6 @@ mod tests {
         let k = Path::new("/nonexistent/vmlinuz");
         assert_eq!(choose(AccelChoice::Tcg, q, k).await, Accel::Tcg);
         assert_eq!(choose(AccelChoice::Kvm, q, k).await, Accel::Kvm);
-    }
-
-    /// Writes an executable shell script from a child process: no descriptor of ours is ever
-    /// open for writing on it, so a test thread forking meanwhile cannot make the exec fail with
-    /// "Text file busy".
-    fn script(path: &Path, body: &str) {
-        use std::io::Write;
-        let mut c = std::process::Command::new("sh")
-            .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
-            .arg(path)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = c.stdin.take().unwrap();
-        stdin
-            .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
-            .unwrap();
-        drop(stdin);
-        assert!(c.wait().unwrap().success());
     }
 
     #[tokio::test]

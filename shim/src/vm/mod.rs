@@ -556,10 +556,36 @@ impl Drop for Vm {
     }
 }
 
+/// Test helpers shared by the VM modules' tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::path::Path;
+
+    /// Writes an executable shell script from a child process: no descriptor of ours is ever
+    /// open for writing on it, so a test thread forking meanwhile cannot make the exec fail with
+    /// "Text file busy".
+    pub fn script(path: &Path, body: &str) {
+        use std::io::Write;
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+            .arg(path)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = c.stdin.take().unwrap();
+        stdin
+            .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
+            .unwrap();
+        drop(stdin);
+        assert!(c.wait().unwrap().success());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::QemuConfig;
+    use test_util::script;
 
     fn cfg_with(dir: &Path, q: QemuConfig) -> Config {
         Config {
@@ -640,12 +666,6 @@ mod tests {
             "{msg}"
         );
         assert!(!dir.path().join("state/t").exists());
-    }
-
-    fn script(path: &Path, body: &str) {
-        std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
     }
 
     /// A config whose "QEMU" and vsock backend are shell scripts (no real VM).

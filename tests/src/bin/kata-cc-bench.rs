@@ -407,6 +407,11 @@ fn raw_vsock_read(id: &str, port: u32, expect: usize) -> Result<f64, String> {
     Ok(secs)
 }
 
+/// Summed PSS of `pids`, MiB.
+fn pss_mib(pids: &[i32]) -> f64 {
+    mib(pids.iter().map(|p| pss_kib(*p)).sum())
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -431,10 +436,10 @@ fn main() {
     // Idle pod first: its QEMU command line is what the bare boot copies.
     let idle = IdlePods::start(&cd, &blast_img, 1, "idle");
     let (shims, qemus, backends) = pod_processes(&cd);
-    let (shim_pss, qemu_pss, backend_pss): (u64, u64, u64) = (
-        shims.iter().map(|p| pss_kib(*p)).sum(),
-        qemus.iter().map(|p| pss_kib(*p)).sum(),
-        backends.iter().map(|p| pss_kib(*p)).sum(),
+    let (mut shim_mib, mut qemu_mib, mut backend_mib) = (
+        vec![pss_mib(&shims)],
+        vec![pss_mib(&qemus)],
+        vec![pss_mib(&backends)],
     );
     let pod_argv = argv(*qemus.first().expect("the idle pod's QEMU"));
     let idle_id = idle.ids[0].clone();
@@ -513,19 +518,13 @@ fn main() {
     idle.stop(&cd);
     // Memory over several idle pods, one at a time (the first one above included), each taken
     // as soon as the pod runs.
-    let (mut shim_mib, mut qemu_mib, mut backend_mib, mut rss_default) = (
-        vec![mib(shim_pss)],
-        vec![mib(qemu_pss)],
-        vec![mib(backend_pss)],
-        vec![agent_rss_default],
-    );
+    let mut rss_default = vec![agent_rss_default];
     for i in 1..runs {
         let p = IdlePods::start(&cd, &blast_img, 1, &format!("mem{i}-"));
         let (s, q, b) = pod_processes(&cd);
-        let sum = |v: &[i32]| mib(v.iter().map(|p| pss_kib(*p)).sum());
-        shim_mib.push(sum(&s));
-        qemu_mib.push(sum(&q));
-        backend_mib.push(sum(&b));
+        shim_mib.push(pss_mib(&s));
+        qemu_mib.push(pss_mib(&q));
+        backend_mib.push(pss_mib(&b));
         rss_default.push(agent_rss_mib(&p.ids[0]));
         p.stop(&cd);
     }
@@ -593,18 +592,18 @@ fn main() {
         let total = t.elapsed().as_secs_f64();
         let idle = IdlePods::start(&cd, &img, n, &format!("idle{n}-"));
         let (s, q, b) = pod_processes(&cd);
-        let host_kib: u64 = s.iter().chain(&q).chain(&b).map(|p| pss_kib(*p)).sum();
+        let host = pss_mib(&s) + pss_mib(&q) + pss_mib(&b);
         // With several pods, the shim's and QEMU's code pages are shared: per-pod shim PSS
         // then shows what one more pod really costs.
-        let shim_kib: u64 = s.iter().map(|p| pss_kib(*p)).sum();
+        let shim = pss_mib(&s);
         let idle_running = idle.running;
         idle.stop(&cd);
         let per = idle_running.max(1) as f64;
         concurrent.push(json!({
             "pods": n, "succeeded": ok, "total_s": total,
             "idle_pods_running": idle_running,
-            "host_pss_mib_per_idle_pod": mib(host_kib) / per,
-            "shim_pss_mib_per_idle_pod": mib(shim_kib) / per,
+            "host_pss_mib_per_idle_pod": host / per,
+            "shim_pss_mib_per_idle_pod": shim / per,
         }));
     }
 
