@@ -40,3 +40,42 @@ generated!(csi, "csi.rs");
 pub mod empty {
     pub use protobuf::well_known_types::empty::*;
 }
+
+/// What the shim and the agent must agree on besides the protocol messages: one definition for
+/// both sides.
+pub mod contract {
+    /// The vsock port the agent listens on (Kata's).
+    pub const AGENT_VSOCK_PORT: u32 = 1024;
+    /// What the agent prints on the console (whatever the log level) once it listens; the shim
+    /// waits for it before its first vsock connection attempt.
+    pub const READY_LINE: &str = "kata-cc-agent: ready: listening on";
+    /// `Storage.driver` of an image layer the shim copied into the guest (CopyFile) for the agent
+    /// to verify and unpack.
+    pub const LAYER_DRIVER: &str = "kata-cc.layer";
+    /// Where the shim copies image layers in the guest, one file per layer digest.
+    pub const GUEST_LAYER_DIR: &str = "/run/kata-cc/layers";
+    /// Where the agent keeps each container's bundle (`<dir>/<container id>/rootfs` is its root).
+    pub const GUEST_CONTAINERS_DIR: &str = "/run/kata-cc/containers";
+
+    /// The guest path of a container's root filesystem, as the shim names it in `Root.Path`.
+    pub fn guest_rootfs(container_id: &str) -> String {
+        format!("{GUEST_CONTAINERS_DIR}/{container_id}/rootfs")
+    }
+
+    /// Milestones of a pod's life that the shim logs as `timeline <id> <phase> <unix ms>` and
+    /// `make bench` reads back to split a pod's start and stop into phases.
+    pub mod timeline {
+        /// The word that starts every timeline log line.
+        pub const MARKER: &str = "timeline";
+        pub const QEMU_SPAWN: &str = "qemu_spawn";
+        pub const AGENT_READY: &str = "agent_ready";
+        /// Not a wall-clock time: the guest's uptime (ms) when the agent started listening.
+        pub const GUEST_UPTIME_AT_AGENT_MS: &str = "guest_uptime_at_agent_ms";
+        pub const SANDBOX_CREATED: &str = "sandbox_created";
+        pub const LAYERS_SENT: &str = "layers_sent";
+        pub const CONTAINER_CREATED: &str = "container_created";
+        pub const STARTED: &str = "started";
+        pub const EXIT: &str = "exit";
+        pub const VM_STOPPED: &str = "vm_stopped";
+    }
+}

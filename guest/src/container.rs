@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_proto::agent;
+use agent_proto::contract::LAYER_DRIVER;
 use tokio::sync::{watch, Mutex};
 
 use crate::error::{AgentError, Result};
@@ -17,7 +18,6 @@ use crate::runc::{read_pid, Runc, RuncIo};
 use crate::spec;
 use crate::stdio::{self, ProcessIo};
 
-pub const CONTAINERS_DIR: &str = "/run/kata-cc/containers";
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// How long a terminal process's runc may take to hand over the pty master.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -225,7 +225,7 @@ impl Sandbox {
         let blobs: Vec<PathBuf> = req
             .storages
             .iter()
-            .filter(|s| s.driver == layers::DRIVER)
+            .filter(|s| s.driver == LAYER_DRIVER)
             .map(|s| PathBuf::from(&s.source))
             .collect();
         let res = self.create_in(&req, &bundle).await;
@@ -265,7 +265,7 @@ impl Sandbox {
 
         let mut layers_ = Vec::new();
         for s in &req.storages {
-            if s.driver != layers::DRIVER {
+            if s.driver != LAYER_DRIVER {
                 return Err(AgentError::invalid(format!(
                     "container {cid}: storage driver {:?} (source {}) is not supported",
                     s.driver, s.source

@@ -7,8 +7,6 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::error::{AgentError, Result};
 
-pub const LAYERS_DIR: &str = "/run/kata-cc/layers";
-
 /// Write one chunk of `data` at `offset` of `path` (which must be below `base`).
 pub fn copy_chunk(
     base: &Path,

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use kata_cc_guest::{initdata, tee};
+use kata_cc_policy::{initdata, tee};
 
 /// The policy in force under SNP until the launch's own policy is set (see
 /// [`Launch::initial_policy`]).
@@ -182,8 +182,8 @@ mod tests {
         };
         assert_eq!(broken.initial_policy(baked), Some(gate));
         // The gate allows only SetPolicy, guest details and the init-data copy.
-        let mut p = kata_cc_guest::policy::PolicyEngine::new(gate).unwrap();
-        let ok = |p: &mut kata_cc_guest::policy::PolicyEngine, r: &str, i: serde_json::Value| {
+        let mut p = kata_cc_policy::PolicyEngine::new(gate).unwrap();
+        let ok = |p: &mut kata_cc_policy::PolicyEngine, r: &str, i: serde_json::Value| {
             p.evaluate(r, &i).unwrap().allowed
         };
         assert!(ok(

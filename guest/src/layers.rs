@@ -10,7 +10,6 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-pub const DRIVER: &str = "kata-cc.layer";
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 /// Symlinks followed at most while resolving one path inside the rootfs.

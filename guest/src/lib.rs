@@ -1,9 +1,4 @@
-//! kata-cc guest library: the parts of the agent that the host tool shares (the policy engine,
-//! init-data and the SNP report layout).
-
-/// What the agent prints on the console (always, whatever the log level) once it listens; the
-/// shim waits for it before its first vsock connection attempt (see shim/src/vm/mod.rs).
-pub const READY_LINE: &str = "kata-cc-agent: ready: listening on";
+//! kata-cc guest library: what the agent and its init (kata-cc-init) share.
 
 /// Seconds since boot with milliseconds (CLOCK_BOOTTIME, what /proc/uptime shows; needs no
 /// /proc), for console lines.
@@ -13,7 +8,3 @@ pub fn uptime_text() -> String {
         Err(_) => "?".into(),
     }
 }
-
-pub mod initdata;
-pub mod policy;
-pub mod tee;

@@ -18,10 +18,9 @@ mod stdio;
 
 use std::path::PathBuf;
 
-use kata_cc_guest::policy;
+use agent_proto::contract;
+use kata_cc_policy as policy;
 use std::sync::Arc;
-
-const DEFAULT_LISTEN: &str = "vsock://-1:1024";
 
 fn main() {
     // One malloc arena: the agent's threads mostly wait, and every per-thread arena would keep
@@ -99,13 +98,14 @@ fn fatal(pid1: bool, msg: &str) -> ! {
 async fn run() -> Result<(), String> {
     // Start reaping before anything is spawned.
     let _reaper = reaper::Reaper::global();
-    let listen = std::env::var("KATA_CC_AGENT_LISTEN").unwrap_or_else(|_| DEFAULT_LISTEN.into());
+    let listen = std::env::var("KATA_CC_AGENT_LISTEN")
+        .unwrap_or_else(|_| format!("vsock://-1:{}", contract::AGENT_VSOCK_PORT));
     let containers_dir = PathBuf::from(
         std::env::var("KATA_CC_CONTAINERS_DIR")
-            .unwrap_or_else(|_| container::CONTAINERS_DIR.into()),
+            .unwrap_or_else(|_| contract::GUEST_CONTAINERS_DIR.into()),
     );
     let layers_dir = PathBuf::from(
-        std::env::var("KATA_CC_LAYERS_DIR").unwrap_or_else(|_| copyfile::LAYERS_DIR.into()),
+        std::env::var("KATA_CC_LAYERS_DIR").unwrap_or_else(|_| contract::GUEST_LAYER_DIR.into()),
     );
     for d in [&containers_dir, &layers_dir] {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
@@ -134,7 +134,7 @@ async fn run() -> Result<(), String> {
         .unwrap_or_else(|| "?".into());
     eprintln!(
         "{} {listen} (kata-cc-agent {}, uptime {uptime} s)",
-        kata_cc_guest::READY_LINE,
+        contract::READY_LINE,
         server::VERSION
     );
     if let Some(job) = fast_path {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use agent_proto::{agent, agent_ttrpc, csi, empty::Empty, health, health_ttrpc, types};
 use async_trait::async_trait;
-use kata_cc_guest::policy::{self, FastPathJob, PolicyEngine};
+use kata_cc_policy::{self as policy, FastPathJob, PolicyEngine};
 use protobuf::MessageDyn;
 use ttrpc::r#async::TtrpcContext;
 
@@ -13,7 +13,6 @@ use crate::container::Sandbox;
 use crate::copyfile;
 use crate::error::{unimplemented, AgentError};
 use crate::launch::Launch;
-use crate::layers;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Reads are capped so one response stays well below ttrpc's message size limit.
@@ -117,9 +116,9 @@ impl agent_ttrpc::AgentService for Agent {
         if let Some(spec) = req.OCI.as_ref() {
             let wants = crate::spec::wants_attestation(spec)
                 .map_err(|e| AgentError::invalid(format!("CreateContainer {cid}: {e}")))?;
-            if wants && !matches!(self.launch.tee, kata_cc_guest::tee::Tee::SnpTsm { .. }) {
+            if wants && !matches!(self.launch.tee, kata_cc_policy::tee::Tee::SnpTsm { .. }) {
                 let why = match self.launch.tee {
-                    kata_cc_guest::tee::Tee::None => "this VM has no TEE",
+                    kata_cc_policy::tee::Tee::None => "this VM has no TEE",
                     _ => "the guest has no configfs-tsm report interface",
                 };
                 return Err(AgentError::invalid(format!(
@@ -348,7 +347,7 @@ impl agent_ttrpc::AgentService for Agent {
         let mut d = agent::AgentDetails::new();
         d.version = VERSION.to_string();
         d.init_daemon = std::process::id() == 1;
-        d.storage_handlers = vec![layers::DRIVER.to_string()];
+        d.storage_handlers = vec![agent_proto::contract::LAYER_DRIVER.to_string()];
         d.extra_features = vec![self.launch.feature()];
         let mut r = agent::GuestDetailsResponse::new();
         r.agent_details = Some(d).into();
@@ -366,7 +365,7 @@ impl agent_ttrpc::AgentService for Agent {
 
     async fn copy_file(&self, _ctx: &TtrpcContext, req: agent::CopyFileRequest) -> TResult<Empty> {
         self.check(&req)?;
-        if req.path == kata_cc_guest::initdata::GUEST_PATH {
+        if req.path == kata_cc_policy::initdata::GUEST_PATH {
             self.launch
                 .store_initdata(req.offset, &req.data)
                 .map_err(|e| AgentError::invalid(format!("CopyFile: {e}")))?;

@@ -33,7 +33,7 @@ impl AgentProc {
         let sock = dir.path().join("agent.sock");
         // Without a policy the agent allows only SetPolicy; these tests exercise the data path.
         let policy = dir.path().join("policy.rego");
-        std::fs::write(&policy, kata_cc_guest::policy::allow_all()).expect("write policy");
+        std::fs::write(&policy, kata_cc_policy::allow_all()).expect("write policy");
         let child = Command::new(env!("CARGO_BIN_EXE_kata-cc-agent"))
             .env("KATA_CC_AGENT_LISTEN", format!("unix://{}", sock.display()))
             .env("KATA_CC_CONTAINERS_DIR", dir.path().join("containers"))

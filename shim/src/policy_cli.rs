@@ -1,11 +1,11 @@
 //! `kata-cc policy ...`: runs request logs through the agent's own policy engine
-//! (`kata_cc_guest::policy`), so the host tool and the guest decide alike.
+//! (`kata_cc_policy`), so the host tool and the guest decide alike.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use kata_cc_guest::policy::{input, log, PolicyEngine};
+use kata_cc_policy::{input, log, PolicyEngine};
 use serde_json::{json, Value};
 
 pub const USAGE: &str = "  policy replay --policy P --requests LOG [--verbose]\n                           feed a request log through the policy in order; one `allow|deny <Request>` line each\n  policy bench --policy P --requests LOG [--iterations N]\n                           per-request-type evaluation time (p50/p99) over the log;\n                           --interpreter: without the compiled (VM) fast path; --json FILE: also as JSON\n  policy check --policy P --pod POD.yaml [--base LOG]\n                           which of a pod's container creations/exec probes the policy denies (--help)\n";

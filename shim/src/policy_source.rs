@@ -19,13 +19,13 @@ use std::path::Path;
 use base64::Engine as _;
 use serde::Serialize;
 
-pub use kata_cc_guest::initdata::digest::{self, Algorithm, HOST_DATA_LEN};
-use kata_cc_guest::initdata::{self, InitData};
+pub use kata_cc_policy::initdata::digest::{self, Algorithm, HOST_DATA_LEN};
+use kata_cc_policy::initdata::{self, InitData};
 
 pub const POLICY_ANNOTATION: &str = "io.katacontainers.config.agent.policy";
 pub const INITDATA_ANNOTATION: &str = "io.katacontainers.config.hypervisor.cc_init_data";
 /// The init-data key that holds the policy.
-pub use kata_cc_guest::initdata::{INITDATA_POLICY_KEY, INITDATA_VERSION};
+pub use kata_cc_policy::initdata::{INITDATA_POLICY_KEY, INITDATA_VERSION};
 /// File in the sandbox state dir recording the pod's policy (read by `kata-cc`).
 pub const POLICY_STATE_FILE: &str = "policy.json";
 
@@ -187,7 +187,7 @@ pub fn write_state(state_dir: &Path, state: &PolicyState) -> std::io::Result<()>
     std::fs::rename(&tmp, &path)
 }
 
-use kata_cc_guest::tee::hex;
+use kata_cc_policy::tee::hex;
 
 /// The pod's policy from its annotations; `None` keeps the baked default policy.
 /// Both annotations may be given only if they carry the same policy text; the init-data one
@@ -245,7 +245,7 @@ pub fn from_initdata_annotation(value: &str) -> Result<PodPolicy, PolicySourceEr
     let gz = decode_base64(annotation, value)?;
     let mut raw = Vec::new();
     // All gzip members, as Go's reader takes them; bounded, as the agent keeps at most that.
-    let limit = kata_cc_guest::initdata::MAX_LEN as u64;
+    let limit = kata_cc_policy::initdata::MAX_LEN as u64;
     flate2::read::MultiGzDecoder::new(&gz[..])
         .take(limit + 1)
         .read_to_end(&mut raw)

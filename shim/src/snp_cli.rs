@@ -249,7 +249,7 @@ fn attest_report(args: &[String]) -> ExitCode {
         Some(Ok(d)) => d,
         Some(Err(e)) => return usage_error(&e),
     };
-    match kata_cc_guest::tee::Tee::detect().report(&data) {
+    match kata_cc_policy::tee::Tee::detect().report(&data) {
         Ok(r) => {
             println!("{}", snp::hex(&r));
             ExitCode::SUCCESS

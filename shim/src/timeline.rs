@@ -23,7 +23,7 @@ pub fn agent_uptime_ms(console: &str) -> Option<u64> {
     let line = console
         .lines()
         .rev()
-        .find(|l| l.contains(kata_cc_guest::READY_LINE))?;
+        .find(|l| l.contains(agent_proto::contract::READY_LINE))?;
     let rest = &line[line.rfind("uptime ")? + "uptime ".len()..];
     let secs: f64 = rest.split_whitespace().next()?.parse().ok()?;
     Some((secs * 1000.0).round() as u64)

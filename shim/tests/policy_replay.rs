@@ -1,24 +1,8 @@
-//! `kata-cc policy replay` reaches, for every conformance case, exactly the decisions in its
-//! outputs.json (true / {"allowed": true} -> allow), line for line.
+//! `kata-cc policy replay` reaches, for every case of Kata's policy corpus (from the regorus
+//! package), exactly the decisions in its outputs.json (true / {"allowed": true} -> allow), line
+//! for line.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn cases() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/kata-policy");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("policy.rego").is_file())
-        .collect();
-    cases.sort();
-    assert!(
-        cases.len() >= 4,
-        "conformance cases missing in {}",
-        dir.display()
-    );
-    cases
-}
 
 fn kata_cc(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kata-cc"))
@@ -29,7 +13,7 @@ fn kata_cc(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn replay_matches_conformance_outputs() {
-    for case in cases() {
+    for case in kata_cc_fixtures::kata_policy_cases() {
         let out = kata_cc(&[
             "policy",
             "replay",
@@ -101,7 +85,7 @@ fn replay_reports_a_broken_policy() {
 /// allowed, a changed command and an unlisted exec probe are denied, naming the rule's line.
 #[test]
 fn check_names_the_denied_container_and_probe() {
-    let case = cases()
+    let case = kata_cc_fixtures::kata_policy_cases()
         .into_iter()
         .find(|c| c.ends_with("pod-exec"))
         .expect("pod-exec case");

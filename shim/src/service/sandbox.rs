@@ -136,7 +136,7 @@ async fn copy_initdata(
     loop {
         let end = (offset + CHUNK).min(bytes.len());
         let req = CopyFileRequest {
-            path: kata_cc_guest::initdata::GUEST_PATH.to_string(),
+            path: kata_cc_policy::initdata::GUEST_PATH.to_string(),
             file_size: bytes.len() as i64,
             file_mode: 0o600,
             dir_mode: 0o700,

@@ -8,7 +8,7 @@ pub mod report;
 pub mod verify;
 
 /// Lowercase hex of bytes (the guest library's, so host and agent print digests alike).
-pub use kata_cc_guest::tee::hex;
+pub use kata_cc_policy::tee::hex;
 
 /// Decodes hex text (whitespace ignored, optional `0x`); `None` when it is not hex.
 pub fn unhex(text: &str) -> Option<Vec<u8>> {

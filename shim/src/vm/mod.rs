@@ -370,13 +370,13 @@ impl Vm {
                 let console = self.console_log();
                 loop {
                     let text = std::fs::read(&console).unwrap_or_default();
-                    if String::from_utf8_lossy(&text).contains(kata_cc_guest::READY_LINE) {
+                    if String::from_utf8_lossy(&text).contains(agent_proto::contract::READY_LINE) {
                         break;
                     }
                     if Instant::now() >= deadline {
                         return Err(format!(
                             "the agent never printed {:?} on the console",
-                            kata_cc_guest::READY_LINE
+                            agent_proto::contract::READY_LINE
                         ));
                     }
                     // Every millisecond here is pod start time; the file is small.

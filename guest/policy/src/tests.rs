@@ -3,26 +3,6 @@ use serde_json::json;
 
 const BASE: &str = "package agent_policy\n\ndefault ReadStreamRequest := false\n";
 
-fn corpus_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/kata-policy")
-}
-
-fn corpus_cases() -> Vec<std::path::PathBuf> {
-    let dir = corpus_dir();
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("policy.rego").is_file())
-        .collect();
-    cases.sort();
-    assert!(
-        cases.len() >= 4,
-        "conformance cases missing in {}",
-        dir.display()
-    );
-    cases
-}
-
 #[test]
 fn bool_result() {
     let mut p = PolicyEngine::new(&format!(
@@ -248,7 +228,7 @@ fn denial_message_is_bounded() {
 fn corpus_requests_round_trip() {
     let mut added = std::collections::BTreeSet::new();
     let mut checked = 0;
-    for case in corpus_cases() {
+    for case in kata_cc_fixtures::kata_policy_cases() {
         let text = std::fs::read_to_string(case.join("inputs.txt")).unwrap();
         for e in log::parse(&text).unwrap() {
             if input::descriptor(&e.name).is_none() {
@@ -325,7 +305,7 @@ fn compare(
 /// The engine reaches the decisions in each case's outputs.json, in order.
 #[test]
 fn corpus_decisions() {
-    for case in corpus_cases() {
+    for case in kata_cc_fixtures::kata_policy_cases() {
         let rego = std::fs::read_to_string(case.join("policy.rego")).unwrap();
         let text = std::fs::read_to_string(case.join("inputs.txt")).unwrap();
         let outputs: Vec<serde_json::Value> =
@@ -348,7 +328,7 @@ fn corpus_decisions() {
 /// Requests built from our own messages (not from the log JSON) get the same decisions.
 #[test]
 fn corpus_decisions_via_messages() {
-    for case in corpus_cases() {
+    for case in kata_cc_fixtures::kata_policy_cases() {
         let rego = std::fs::read_to_string(case.join("policy.rego")).unwrap();
         let text = std::fs::read_to_string(case.join("inputs.txt")).unwrap();
         let mut p = PolicyEngine::new(&rego).unwrap();

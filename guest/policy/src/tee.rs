@@ -281,9 +281,15 @@ pub fn check_policy(
 mod tests {
     use super::*;
 
+    /// A real Milan report, from the `sev` crate's package (hex text).
     fn real_report() -> Vec<u8> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/snp");
-        std::fs::read(root.join("gosevguest-attestation.bin")).expect("conformance report")
+        let path = kata_cc_fixtures::sev_file("certs_data/report_milan.hex");
+        let text = std::fs::read_to_string(&path).expect("sev package report");
+        let text = text.trim();
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex report"))
+            .collect()
     }
 
     #[test]

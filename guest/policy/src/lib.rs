@@ -1,6 +1,8 @@
 //! The agent security policy: a Rego document (package `agent_policy`) that decides, request by
 //! request, what the host may ask the agent to do. Shared by the agent (enforcement) and the host
-//! tool `kata-cc policy` (replay/check/bench), so both reach the same decisions.
+//! tool `kata-cc policy` (replay/check/bench), so both reach the same decisions. With it, what
+//! binds a policy to a launch: init-data and its digests ([`initdata`]) and the TEE's report and
+//! HOST_DATA check ([`tee`]).
 //!
 //! API:
 //! - [`PolicyEngine::new`]`(rego_text)`: parses once (Rego v0 syntax, as Kata's genpolicy emits;
@@ -16,9 +18,11 @@
 //! - [`log`]: the request log format (`["ep":"<Name>",{json}],` per line).
 
 mod fast;
+pub mod initdata;
 pub mod input;
 pub mod log;
 mod patch;
+pub mod tee;
 
 use std::collections::HashMap;
 
