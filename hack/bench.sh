@@ -8,13 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KATA_CC=${KATA_CC:-target/x86_64-unknown-linux-gnu/release/kata-cc}
 BENCH=${BENCH:-target/x86_64-unknown-linux-gnu/release/kata-cc-bench}
-CORPUS=${CORPUS:-../shared/conformance/kata-policy}
+# Kata's policy corpus ships in the regorus package (tests/kata/data), which cargo unpacked.
+package_dir() {
+  cargo metadata --offline --format-version 1 --filter-platform x86_64-unknown-linux-gnu |
+    jq -r --arg n "$1" '.packages[] | select(.name == $n) | .manifest_path' | xargs -r dirname
+}
+CORPUS=${CORPUS:-$(package_dir regorus)/tests/kata/data}
 ITERATIONS=${ITERATIONS:-30}
 OUT=build/bench
 for b in "$KATA_CC" "$BENCH"; do
   [ -x "$b" ] || { echo "bench: $b missing: run make build" >&2; exit 1; }
 done
-[ -d "$CORPUS" ] || { echo "bench: no conformance corpus at $CORPUS" >&2; exit 1; }
+[ -d "$CORPUS" ] || { echo "bench: no Kata policy corpus at $CORPUS" >&2; exit 1; }
 mkdir -p "$OUT"
 # anyhow captures a backtrace per error when RUST_BACKTRACE is set (the agent's environment has
 # none): that would measure stack unwinding, not policy evaluation.
