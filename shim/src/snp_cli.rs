@@ -505,3 +505,47 @@ pub fn check(args: &[String]) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `kata-cc measure|attest` print for a bad command line (exit status 2).
+    #[test]
+    fn usage_errors_read_as_before() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let e = flags("attest report", &args(&["--x"]), &["--report-data"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "kata-cc attest report: unknown argument '--x' (expected one of --report-data)"
+        );
+        let e = flags(
+            "measure",
+            &args(&["--vcpus", "1", "--vcpus", "2"]),
+            &["--vcpus"],
+        );
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "kata-cc measure: --vcpus given twice"
+        );
+        assert_eq!(hex_arg("--report-data", "00", 1, false), Ok(vec![0]));
+        assert_eq!(
+            hex_arg("--measurement", "0011", 48, false)
+                .unwrap_err()
+                .to_string(),
+            "kata-cc attest verify: --measurement is 2 bytes, expected 48"
+        );
+        assert_eq!(
+            hex_arg("--report-data", &"00".repeat(65), 64, true)
+                .unwrap_err()
+                .to_string(),
+            "kata-cc attest verify: --report-data is 65 bytes, expected at most 64"
+        );
+        assert_eq!(
+            hex_arg("--host-data", "xy", 32, false).unwrap_err(),
+            UsageError::NotHex {
+                flag: "--host-data"
+            }
+        );
+    }
+}
