@@ -128,6 +128,39 @@ fn prepare_io(terminal: bool, dir: &Path, name: &str) -> Result<(RuncIo, Pending
     Ok((RuncIo::Pipes(in_r, out_w, err_w), PendingIo::Pipes(ours)))
 }
 
+impl PendingIo {
+    /// Runs `runc` (the create or exec given the matching [`RuncIo`]) and returns our end of the
+    /// process's I/O: the pipes, or the pty master runc sends on the console socket meanwhile.
+    /// `what` names the process in errors.
+    async fn complete(
+        self,
+        what: &str,
+        runc: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<ProcessIo> {
+        let (l, sock) = match self {
+            PendingIo::Pipes(io) => {
+                runc.await?;
+                return Ok(io);
+            }
+            PendingIo::Console(l, sock) => (l, sock),
+        };
+        // Accepted while runc runs: runc hands the pty over before it returns.
+        let recv = tokio::spawn(async move {
+            let r = receive_pty(l, &sock).await;
+            let _ = std::fs::remove_file(&sock);
+            r
+        });
+        if let Err(e) = runc.await {
+            recv.abort();
+            return Err(e);
+        }
+        let fd = recv
+            .await
+            .map_err(|e| AgentError::internal(format!("{what}: console: {e}")))??;
+        ProcessIo::from_pty(fd).map_err(|e| AgentError::internal(format!("{what}: pty: {e}")))
+    }
+}
+
 /// Receive the pty master runc sends on the console socket.
 async fn receive_pty(listener: tokio::net::UnixListener, sock: &Path) -> Result<OwnedFd> {
     let (stream, _) = tokio::time::timeout(CONSOLE_TIMEOUT, listener.accept())
@@ -322,28 +355,12 @@ impl Sandbox {
         let (runc_io, pending) = prepare_io(terminal, bundle, "init")?;
         let pid_file = bundle.join("init.pid");
         let mark = Reaper::global().mark();
-        let io = match pending {
-            PendingIo::Pipes(io) => {
-                self.runc.create(cid, bundle, &pid_file, runc_io).await?;
-                io
-            }
-            PendingIo::Console(l, sock) => {
-                let recv = tokio::spawn(async move {
-                    let r = receive_pty(l, &sock).await;
-                    let _ = std::fs::remove_file(&sock);
-                    r
-                });
-                if let Err(e) = self.runc.create(cid, bundle, &pid_file, runc_io).await {
-                    recv.abort();
-                    return Err(e);
-                }
-                let fd = recv.await.map_err(|e| {
-                    AgentError::internal(format!("container {cid}: console: {e}"))
-                })??;
-                ProcessIo::from_pty(fd)
-                    .map_err(|e| AgentError::internal(format!("container {cid}: pty: {e}")))?
-            }
-        };
+        let io = pending
+            .complete(
+                &format!("container {cid}"),
+                self.runc.create(cid, bundle, &pid_file, runc_io),
+            )
+            .await?;
         let pid = read_pid(&pid_file)?;
         let init = Process::new(pid, mark, io);
         let init_exec_id = if req.exec_id.is_empty() {
@@ -411,34 +428,12 @@ impl Sandbox {
         let pid_file = dir.join(format!("{exec_id}.pid"));
         let (runc_io, pending) = prepare_io(p.Terminal, &dir, exec_id)?;
         let mark = Reaper::global().mark();
-        let io = match pending {
-            PendingIo::Pipes(io) => {
-                self.runc
-                    .exec(cid, exec_id, &pjson, &pid_file, runc_io)
-                    .await?;
-                io
-            }
-            PendingIo::Console(l, sock) => {
-                let recv = tokio::spawn(async move {
-                    let r = receive_pty(l, &sock).await;
-                    let _ = std::fs::remove_file(&sock);
-                    r
-                });
-                if let Err(e) = self
-                    .runc
-                    .exec(cid, exec_id, &pjson, &pid_file, runc_io)
-                    .await
-                {
-                    recv.abort();
-                    return Err(e);
-                }
-                let fd = recv
-                    .await
-                    .map_err(|e| AgentError::internal(format!("exec {exec_id}: console: {e}")))??;
-                ProcessIo::from_pty(fd)
-                    .map_err(|e| AgentError::internal(format!("exec {exec_id}: pty: {e}")))?
-            }
-        };
+        let io = pending
+            .complete(
+                &format!("exec {exec_id}"),
+                self.runc.exec(cid, exec_id, &pjson, &pid_file, runc_io),
+            )
+            .await?;
         let pid = read_pid(&pid_file)?;
         execs.insert(exec_id.to_string(), Process::new(pid, mark, io));
         log::info!("container {cid}: exec {exec_id} started, pid {pid}");

@@ -3,9 +3,10 @@
 //! only if it is the one HOST_DATA names (the AKS model: sha256 of the policy text; the
 //! init-data model: the init-data document's digest, with the document copied in by the shim).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kata_cc_policy::{initdata, tee};
+use thiserror::Error;
 
 /// The policy in force under SNP until the launch's own policy is set (see
 /// [`Launch::initial_policy`]).
@@ -18,11 +19,33 @@ pub const GATE_POLICY: &str = concat!(
     "CopyFileRequest { input.path == \"/run/kata-cc/initdata.toml\" }\n",
 );
 
+/// Why an init-data chunk or a policy is refused.
+#[derive(Debug, Error)]
+pub enum LaunchError {
+    #[error("init-data lock poisoned")]
+    Poisoned,
+    #[error("negative offset {0}")]
+    NegativeOffset(i64),
+    #[error(
+        "{}: chunk at offset {offset}, expected {expected}",
+        initdata::GUEST_PATH
+    )]
+    ChunkOffset { offset: usize, expected: usize },
+    #[error("{}: larger than {} bytes", initdata::GUEST_PATH, initdata::MAX_LEN)]
+    TooLarge,
+    /// Shared with [`Launch`], which keeps the error for every later SetPolicy.
+    #[error("the SNP report could not be read: {0}")]
+    NoReport(#[source] Arc<tee::TeeError>),
+    /// The policy is not the one HOST_DATA names.
+    #[error(transparent)]
+    Unbound(tee::TeeError),
+}
+
 pub struct Launch {
     pub tee: tee::Tee,
     /// HOST_DATA of this launch (SNP only). `Err` when the report could not be read: every
     /// SetPolicy is then refused, as the binding cannot be checked.
-    host_data: Option<Result<[u8; tee::HOST_DATA_LEN], String>>,
+    host_data: Option<Result<[u8; tee::HOST_DATA_LEN], Arc<tee::TeeError>>>,
     /// The init-data document the shim copied to [`initdata::GUEST_PATH`].
     initdata: Mutex<Option<Vec<u8>>>,
 }
@@ -49,7 +72,7 @@ impl Launch {
                 }
                 Err(e) => {
                     log::error!("tee: sev-snp, but no report: {e}; SetPolicy will be refused");
-                    Err(e.to_string())
+                    Err(Arc::new(e))
                 }
             }),
         };
@@ -93,29 +116,21 @@ impl Launch {
 
     /// CopyFile of the init-data document: kept in memory (it is small), replacing any earlier
     /// copy when `offset` is 0.
-    pub fn store_initdata(&self, offset: i64, data: &[u8]) -> Result<(), String> {
-        let mut slot = self
-            .initdata
-            .lock()
-            .map_err(|_| "init-data lock poisoned")?;
+    pub fn store_initdata(&self, offset: i64, data: &[u8]) -> Result<(), LaunchError> {
+        let mut slot = self.initdata.lock().map_err(|_| LaunchError::Poisoned)?;
         let buf = slot.get_or_insert_with(Vec::new);
-        let offset = usize::try_from(offset).map_err(|_| format!("negative offset {offset}"))?;
+        let offset = usize::try_from(offset).map_err(|_| LaunchError::NegativeOffset(offset))?;
         if offset == 0 {
             buf.clear();
         }
         if offset != buf.len() {
-            return Err(format!(
-                "{}: chunk at offset {offset}, expected {}",
-                initdata::GUEST_PATH,
-                buf.len()
-            ));
+            return Err(LaunchError::ChunkOffset {
+                offset,
+                expected: buf.len(),
+            });
         }
         if buf.len() + data.len() > initdata::MAX_LEN {
-            return Err(format!(
-                "{}: larger than {} bytes",
-                initdata::GUEST_PATH,
-                initdata::MAX_LEN
-            ));
+            return Err(LaunchError::TooLarge);
         }
         buf.extend_from_slice(data);
         Ok(())
@@ -123,10 +138,10 @@ impl Launch {
 
     /// Whether `policy` may be enforced in this launch. Without a TEE every policy may (the
     /// development mode said so at start); under SNP it must be the one HOST_DATA names.
-    pub fn check_policy(&self, policy: &str) -> Result<(), String> {
+    pub fn check_policy(&self, policy: &str) -> Result<(), LaunchError> {
         let host_data = match &self.host_data {
             None => return Ok(()),
-            Some(Err(e)) => return Err(format!("the SNP report could not be read: {e}")),
+            Some(Err(e)) => return Err(LaunchError::NoReport(e.clone())),
             Some(Ok(h)) => h,
         };
         // The init-data document counts only if it carries exactly this policy.
@@ -143,13 +158,18 @@ impl Launch {
                     None
                 }
             });
-        tee::check_policy(host_data, policy, from_initdata.as_ref()).map_err(|e| e.to_string())
+        tee::check_policy(host_data, policy, from_initdata.as_ref()).map_err(LaunchError::Unbound)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A report that could not be read.
+    fn no_report() -> Arc<tee::TeeError> {
+        Arc::new(tee::TeeError::NoTee)
+    }
 
     fn snp_launch(host_data: [u8; 32]) -> Launch {
         Launch {
@@ -177,7 +197,7 @@ mod tests {
         );
         let gate = snp_launch([9u8; 32]).initial_policy(baked).expect("gate");
         let broken = Launch {
-            host_data: Some(Err("no report".into())),
+            host_data: Some(Err(no_report())),
             ..Launch::none()
         };
         assert_eq!(broken.initial_policy(baked), Some(gate));
@@ -224,9 +244,12 @@ mod tests {
         let l = snp_launch(tee::policy_digest(policy));
         l.check_policy(policy).unwrap();
         let e = l.check_policy("package agent_policy\n").unwrap_err();
-        assert!(e.contains("is not the launch's HOST_DATA"), "{e}");
+        assert!(
+            e.to_string().contains("is not the launch's HOST_DATA"),
+            "{e}"
+        );
         let broken = Launch {
-            host_data: Some(Err("no report".into())),
+            host_data: Some(Err(no_report())),
             ..Launch::none()
         };
         assert!(broken.check_policy(policy).is_err());
@@ -244,9 +267,41 @@ mod tests {
         let (a, b) = doc.as_bytes().split_at(10);
         l.store_initdata(0, a).unwrap();
         assert!(l.store_initdata(3, b).is_err(), "out-of-order chunk");
+        assert_eq!(
+            l.store_initdata(3, b).unwrap_err().to_string(),
+            format!("{}: chunk at offset 3, expected 10", initdata::GUEST_PATH)
+        );
         l.store_initdata(10, b).unwrap();
         l.check_policy(policy).unwrap();
         // The same document does not vouch for another policy.
         assert!(l.check_policy("package agent_policy\n# other\n").is_err());
+    }
+
+    /// What SetPolicy and CopyFile answer (after their request name).
+    #[test]
+    fn refusals_read_as_before() {
+        let l = Launch::none();
+        assert_eq!(
+            l.store_initdata(-1, b"x").unwrap_err().to_string(),
+            "negative offset -1"
+        );
+        let big = vec![0u8; initdata::MAX_LEN + 1];
+        assert_eq!(
+            l.store_initdata(0, &big).unwrap_err().to_string(),
+            format!(
+                "{}: larger than {} bytes",
+                initdata::GUEST_PATH,
+                initdata::MAX_LEN
+            )
+        );
+        let broken = Launch {
+            host_data: Some(Err(no_report())),
+            ..Launch::none()
+        };
+        let e = broken.check_policy("package agent_policy\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("the SNP report could not be read: {}", tee::TeeError::NoTee)
+        );
     }
 }

@@ -22,6 +22,39 @@ use agent_proto::contract;
 use kata_cc_policy as policy;
 use std::sync::Arc;
 
+/// Why the agent cannot start (it then says so and, as PID 1, powers the VM off).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("creating {}: {source}", .dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the policy {path}: {source}")]
+    ReadPolicy {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gate policy: {0}")]
+    GatePolicy(#[source] policy::PolicyError),
+    #[error("policy {path}: {source}")]
+    Policy {
+        path: String,
+        #[source]
+        source: policy::PolicyError,
+    },
+    #[error("listening on {listen}: {source}")]
+    Listen {
+        listen: String,
+        #[source]
+        source: ttrpc::Error,
+    },
+}
+
 fn main() {
     // One malloc arena: the agent's threads mostly wait, and every per-thread arena would keep
     // memory of its own (guest memory is host memory).
@@ -46,7 +79,7 @@ fn main() {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => fatal(pid1, &format!("starting the async runtime: {e}")),
+        Err(e) => fatal(pid1, &StartError::Runtime(e)),
     };
     if let Err(e) = rt.block_on(run()) {
         fatal(pid1, &e);
@@ -61,7 +94,7 @@ fn main() {
 /// [`launch::Launch::initial_policy`] holds until that policy is set.
 fn load_policy(
     launch: &launch::Launch,
-) -> Result<(policy::PolicyEngine, Option<policy::FastPathJob>), String> {
+) -> Result<(policy::PolicyEngine, Option<policy::FastPathJob>), StartError> {
     let path = std::env::var("KATA_CC_POLICY_PATH")
         .unwrap_or_else(|_| policy::DEFAULT_POLICY_PATH.to_string());
     let text = match std::fs::read_to_string(&path) {
@@ -70,7 +103,7 @@ fn load_policy(
             log::warn!("no policy at {path}: only SetPolicy is allowed until one is set");
             policy::NO_POLICY_FALLBACK.to_string()
         }
-        Err(e) => return Err(format!("reading the policy {path}: {e}")),
+        Err(source) => return Err(StartError::ReadPolicy { path, source }),
     };
     if let Some(gate) = launch.initial_policy(&text) {
         log::warn!(
@@ -79,15 +112,17 @@ fn load_policy(
         );
         return policy::PolicyEngine::new(gate)
             .map(|e| (e, None))
-            .map_err(|e| format!("gate policy: {e}"));
+            .map_err(StartError::GatePolicy);
     }
-    let (engine, job) =
-        policy::PolicyEngine::new_deferred(&text).map_err(|e| format!("policy {path}: {e}"))?;
+    let (engine, job) = match policy::PolicyEngine::new_deferred(&text) {
+        Ok(x) => x,
+        Err(source) => return Err(StartError::Policy { path, source }),
+    };
     log::info!("policy loaded from {path}");
     Ok((engine, Some(job)))
 }
 
-fn fatal(pid1: bool, msg: &str) -> ! {
+fn fatal(pid1: bool, msg: &StartError) -> ! {
     eprintln!("kata-cc-agent: fatal: {msg}");
     if pid1 {
         init::power_off();
@@ -95,7 +130,7 @@ fn fatal(pid1: bool, msg: &str) -> ! {
     std::process::exit(1);
 }
 
-async fn run() -> Result<(), String> {
+async fn run() -> Result<(), StartError> {
     // Start reaping before anything is spawned.
     let _reaper = reaper::Reaper::global();
     let listen = std::env::var("KATA_CC_AGENT_LISTEN")
@@ -108,7 +143,10 @@ async fn run() -> Result<(), String> {
         std::env::var("KATA_CC_LAYERS_DIR").unwrap_or_else(|_| contract::GUEST_LAYER_DIR.into()),
     );
     for d in [&containers_dir, &layers_dir] {
-        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).map_err(|source| StartError::CreateDir {
+            dir: d.clone(),
+            source,
+        })?;
     }
     let sandbox = Arc::new(container::Sandbox::new(
         runc::Runc::from_env(),
@@ -126,7 +164,10 @@ async fn run() -> Result<(), String> {
     };
     let _server = server::serve(&listen, agent)
         .await
-        .map_err(|e| format!("listening on {listen}: {e}"))?;
+        .map_err(|source| StartError::Listen {
+            listen: listen.clone(),
+            source,
+        })?;
     // The uptime tells the host how long kernel and init took by the guest's clock.
     let uptime = std::fs::read_to_string("/proc/uptime")
         .ok()

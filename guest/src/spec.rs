@@ -6,6 +6,7 @@ use std::path::Path;
 
 use agent_proto::oci;
 use serde_json::{json, Map, Value};
+use thiserror::Error;
 
 /// Mount types the guest can always provide itself.
 const GUEST_MOUNT_TYPES: &[&str] = &[
@@ -19,8 +20,15 @@ pub const ATTESTATION_ANNOTATION: &str = "io.katacontainers.kata-cc.attestation"
 /// Where configfs is, in the guest and in the container.
 pub const CONFIGFS: &str = "/sys/kernel/config";
 
+/// The attestation annotation's value is not a bool.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("annotation {ATTESTATION_ANNOTATION}: {value:?} is not \"true\" or \"false\"")]
+pub struct AttestationAnnotationError {
+    pub value: String,
+}
+
 /// Whether the spec asks for attestation reports; `Err` names a value that is not a bool.
-pub fn wants_attestation(spec: &oci::Spec) -> Result<bool, String> {
+pub fn wants_attestation(spec: &oci::Spec) -> Result<bool, AttestationAnnotationError> {
     match spec
         .Annotations
         .get(ATTESTATION_ANNOTATION)
@@ -28,9 +36,9 @@ pub fn wants_attestation(spec: &oci::Spec) -> Result<bool, String> {
     {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
-        Some(other) => Err(format!(
-            "annotation {ATTESTATION_ANNOTATION}: {other:?} is not \"true\" or \"false\""
-        )),
+        Some(other) => Err(AttestationAnnotationError {
+            value: other.to_string(),
+        }),
     }
 }
 
@@ -298,10 +306,14 @@ mod tests {
         assert_eq!(last["type"], "bind");
         spec.Annotations
             .insert(ATTESTATION_ANNOTATION.to_string(), "yes".to_string());
-        let e = wants_attestation(&spec).unwrap_err();
+        let e = wants_attestation(&spec).unwrap_err().to_string();
         assert!(
             e.contains(ATTESTATION_ANNOTATION) && e.contains("\"yes\""),
             "{e}"
+        );
+        assert_eq!(
+            e,
+            "annotation io.katacontainers.kata-cc.attestation: \"yes\" is not \"true\" or \"false\""
         );
     }
 

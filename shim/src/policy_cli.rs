@@ -7,8 +7,95 @@ use std::time::Instant;
 
 use kata_cc_policy::{input, log, PolicyEngine};
 use serde_json::{json, Value};
+use thiserror::Error;
 
 pub const USAGE: &str = "  policy replay --policy P --requests LOG [--verbose]\n                           feed a request log through the policy in order; one `allow|deny <Request>` line each\n  policy bench --policy P --requests LOG [--iterations N]\n                           per-request-type evaluation time (p50/p99) over the log;\n                           --interpreter: without the compiled (VM) fast path; --json FILE: also as JSON\n  policy check --policy P --pod POD.yaml [--base LOG]\n                           which of a pod's container creations/exec probes the policy denies (--help)\n";
+
+/// A command line `kata-cc policy` cannot take (exit status 2).
+#[derive(Debug, Error, PartialEq, Eq)]
+enum ArgsError {
+    #[error("kata-cc policy: unknown command '{0}'\nusage:\n{USAGE}")]
+    UnknownCommand(String),
+    #[error("kata-cc policy {cmd}: {flag} needs a value")]
+    NoValue { cmd: String, flag: String },
+    #[error("kata-cc policy {cmd}: --iterations {value}: not a positive number")]
+    Iterations { cmd: String, value: String },
+    #[error("kata-cc policy {cmd}: unknown argument {arg}")]
+    Unknown { cmd: String, arg: String },
+    #[error("kata-cc policy {cmd}: --policy and --requests are required")]
+    PolicyAndRequests { cmd: String },
+    /// `policy check --help`: the help text, as an error so that it goes to stderr.
+    #[error("{CHECK_HELP}")]
+    CheckHelp,
+    #[error("kata-cc policy check: unknown argument {0}\n{CHECK_HELP}")]
+    CheckUnknown(String),
+    #[error("kata-cc policy check: --policy and --pod are required\n{CHECK_HELP}")]
+    PolicyAndPod,
+}
+
+/// A file of `kata-cc policy` that cannot be used; `path` as given on the command line.
+#[derive(Debug, Error)]
+enum InputError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Policy {
+        path: String,
+        #[source]
+        source: kata_cc_policy::PolicyError,
+    },
+    #[error("{path}: {source}")]
+    Log {
+        path: String,
+        #[source]
+        source: log::LogError,
+    },
+    /// The --base log has no request of the kind (`sandbox` or `container`).
+    #[error("{path}: no {kind} CreateContainerRequest")]
+    NoSkeleton { path: String, kind: &'static str },
+    #[error("{path}: not a JSON or YAML manifest: {source}")]
+    Manifest {
+        path: String,
+        #[source]
+        source: serde_norway::Error,
+    },
+    #[error("{path}: the pod template is not a mapping")]
+    TemplateNotMapping { path: String },
+    #[error("{path}: kind: no Pod or pod template in the manifest (kinds: {})", .kinds.join(", "))]
+    NoPod { path: String, kinds: Vec<String> },
+    /// A pod field (`field`) the check needs: `problem` says what is wrong with it.
+    #[error("{path}: {field}: {problem}")]
+    PodField {
+        path: String,
+        field: &'static str,
+        problem: &'static str,
+    },
+}
+
+fn read(path: &str) -> Result<String, InputError> {
+    std::fs::read_to_string(path).map_err(|source| InputError::Read {
+        path: path.to_string(),
+        source,
+    })
+}
+
+fn policy_engine(path: &str, rego: &str) -> Result<PolicyEngine, InputError> {
+    PolicyEngine::new(rego).map_err(|source| InputError::Policy {
+        path: path.to_string(),
+        source,
+    })
+}
+
+fn parse_log(path: &str, text: &str) -> Result<Vec<log::LogEntry>, InputError> {
+    log::parse(text).map_err(|source| InputError::Log {
+        path: path.to_string(),
+        source,
+    })
+}
 
 struct Args {
     policy: String,
@@ -19,7 +106,7 @@ struct Args {
     json: Option<String>,
 }
 
-fn parse_args(cmd: &str, args: &[String]) -> Result<Args, String> {
+fn parse_args(cmd: &str, args: &[String]) -> Result<Args, ArgsError> {
     let mut a = Args {
         policy: String::new(),
         requests: String::new(),
@@ -31,38 +118,49 @@ fn parse_args(cmd: &str, args: &[String]) -> Result<Args, String> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("kata-cc policy {cmd}: {flag} needs a value"))
+            it.next().cloned().ok_or_else(|| ArgsError::NoValue {
+                cmd: cmd.to_string(),
+                flag: flag.clone(),
+            })
         };
         match flag.as_str() {
             "--policy" => a.policy = value()?,
             "--requests" => a.requests = value()?,
             "--iterations" => {
                 let v = value()?;
-                a.iterations = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    format!("kata-cc policy {cmd}: --iterations {v}: not a positive number")
-                })?;
+                a.iterations = match v.parse().ok().filter(|n| *n > 0) {
+                    Some(n) => n,
+                    None => {
+                        return Err(ArgsError::Iterations {
+                            cmd: cmd.to_string(),
+                            value: v,
+                        })
+                    }
+                };
             }
             "--verbose" | "-v" => a.verbose = true,
             "--interpreter" => a.interpreter = true,
             "--json" => a.json = Some(value()?),
-            other => return Err(format!("kata-cc policy {cmd}: unknown argument {other}")),
+            other => {
+                return Err(ArgsError::Unknown {
+                    cmd: cmd.to_string(),
+                    arg: other.to_string(),
+                })
+            }
         }
     }
     if a.policy.is_empty() || a.requests.is_empty() {
-        return Err(format!(
-            "kata-cc policy {cmd}: --policy and --requests are required"
-        ));
+        return Err(ArgsError::PolicyAndRequests {
+            cmd: cmd.to_string(),
+        });
     }
     Ok(a)
 }
 
-fn load(a: &Args) -> Result<(PolicyEngine, Vec<log::LogEntry>), String> {
-    let rego = std::fs::read_to_string(&a.policy).map_err(|e| format!("{}: {e}", a.policy))?;
-    let engine = PolicyEngine::new(&rego).map_err(|e| format!("{}: {e}", a.policy))?;
-    let text = std::fs::read_to_string(&a.requests).map_err(|e| format!("{}: {e}", a.requests))?;
-    let entries = log::parse(&text).map_err(|e| format!("{}: {e}", a.requests))?;
+/// The engine and the request log of `replay`/`bench`.
+fn load(a: &Args) -> Result<(PolicyEngine, Vec<log::LogEntry>), InputError> {
+    let engine = policy_engine(&a.policy, &read(&a.policy)?)?;
+    let entries = parse_log(&a.requests, &read(&a.requests)?)?;
     Ok((engine, entries))
 }
 
@@ -79,9 +177,7 @@ pub fn main(args: &[String]) -> ExitCode {
     }
     let parsed = match cmd {
         "replay" | "bench" => parse_args(cmd, rest),
-        other => Err(format!(
-            "kata-cc policy: unknown command '{other}'\nusage:\n{USAGE}"
-        )),
+        other => Err(ArgsError::UnknownCommand(other.to_string())),
     };
     let a = match parsed {
         Ok(a) => a,
@@ -215,7 +311,7 @@ struct CheckArgs {
     verbose: bool,
 }
 
-fn parse_check_args(args: &[String]) -> Result<CheckArgs, String> {
+fn parse_check_args(args: &[String]) -> Result<CheckArgs, ArgsError> {
     let mut a = CheckArgs {
         policy: String::new(),
         pod: String::new(),
@@ -225,27 +321,22 @@ fn parse_check_args(args: &[String]) -> Result<CheckArgs, String> {
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("kata-cc policy check: {flag} needs a value"))
+            it.next().cloned().ok_or_else(|| ArgsError::NoValue {
+                cmd: "check".into(),
+                flag: flag.clone(),
+            })
         };
         match flag.as_str() {
             "--policy" => a.policy = value()?,
             "--pod" => a.pod = value()?,
             "--base" => a.base = Some(value()?),
             "--verbose" | "-v" => a.verbose = true,
-            "--help" | "-h" => return Err(CHECK_HELP.to_string()),
-            other => {
-                return Err(format!(
-                    "kata-cc policy check: unknown argument {other}\n{CHECK_HELP}"
-                ))
-            }
+            "--help" | "-h" => return Err(ArgsError::CheckHelp),
+            other => return Err(ArgsError::CheckUnknown(other.to_string())),
         }
     }
     if a.policy.is_empty() || a.pod.is_empty() {
-        return Err(format!(
-            "kata-cc policy check: --policy and --pod are required\n{CHECK_HELP}"
-        ));
+        return Err(ArgsError::PolicyAndPod);
     }
     Ok(a)
 }
@@ -277,7 +368,7 @@ fn container_type(req: &Value) -> Option<&str> {
     .as_str()
 }
 
-fn skeletons(base: Option<&str>) -> Result<Skeletons, String> {
+fn skeletons(base: Option<&str>) -> Result<Skeletons, InputError> {
     let mut s = Skeletons {
         sandbox: empty_request("CreateContainerRequest", true),
         container: empty_request("CreateContainerRequest", true),
@@ -285,8 +376,7 @@ fn skeletons(base: Option<&str>) -> Result<Skeletons, String> {
         from_base: false,
     };
     let Some(path) = base else { return Ok(s) };
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let entries = log::parse(&text).map_err(|e| format!("{path}: {e}"))?;
+    let entries = parse_log(path, &read(path)?)?;
     let (mut sandbox, mut container, mut exec) = (None, None, None);
     for e in entries {
         match e.name.as_str() {
@@ -299,9 +389,12 @@ fn skeletons(base: Option<&str>) -> Result<Skeletons, String> {
             _ => {}
         }
     }
-    s.sandbox = sandbox.ok_or_else(|| format!("{path}: no sandbox CreateContainerRequest"))?;
-    s.container =
-        container.ok_or_else(|| format!("{path}: no container CreateContainerRequest"))?;
+    let missing = |kind| InputError::NoSkeleton {
+        path: path.to_string(),
+        kind,
+    };
+    s.sandbox = sandbox.ok_or_else(|| missing("sandbox"))?;
+    s.container = container.ok_or_else(|| missing("container"))?;
     if let Some(x) = exec {
         s.exec = x;
     }
@@ -399,14 +492,18 @@ fn apply_container(process: &mut Value, c: &Value) {
 /// The pod of a manifest: JSON or YAML (several `---` documents allowed, as `kubectl apply`
 /// takes them). The first Pod is used, or else the pod template of the first workload
 /// (Deployment, StatefulSet, DaemonSet, ReplicaSet, Job; a CronJob's job template).
-fn read_pod(path: &str, text: &str) -> Result<Value, String> {
+fn read_pod(path: &str, text: &str) -> Result<Value, InputError> {
     let docs: Vec<Value> = match serde_json::from_str::<Value>(text) {
         Ok(v) => vec![v],
         Err(_) => {
             let mut docs = Vec::new();
             for d in serde_norway::Deserializer::from_str(text) {
-                let v = <Value as serde::Deserialize>::deserialize(d)
-                    .map_err(|e| format!("{path}: not a JSON or YAML manifest: {e}"))?;
+                let v = <Value as serde::Deserialize>::deserialize(d).map_err(|source| {
+                    InputError::Manifest {
+                        path: path.to_string(),
+                        source,
+                    }
+                })?;
                 if !v.is_null() {
                     docs.push(v);
                 }
@@ -439,7 +536,9 @@ fn read_pod(path: &str, text: &str) -> Result<Value, String> {
         };
         if let Some(t) = template {
             if !t.is_object() {
-                return Err(format!("{path}: the pod template is not a mapping"));
+                return Err(InputError::TemplateNotMapping {
+                    path: path.to_string(),
+                });
             }
             let mut pod = t.clone();
             pod["kind"] = json!("Pod");
@@ -457,22 +556,25 @@ fn read_pod(path: &str, text: &str) -> Result<Value, String> {
             return Ok(pod);
         }
     }
-    Err(format!(
-        "{path}: kind: no Pod or pod template in the manifest (kinds: {})",
-        kinds.join(", ")
-    ))
+    Err(InputError::NoPod {
+        path: path.to_string(),
+        kinds,
+    })
 }
 
-fn check(a: &CheckArgs) -> Result<bool, String> {
-    let rego = std::fs::read_to_string(&a.policy).map_err(|e| format!("{}: {e}", a.policy))?;
-    let mut engine = PolicyEngine::new(&rego).map_err(|e| format!("{}: {e}", a.policy))?;
-    let text = std::fs::read_to_string(&a.pod).map_err(|e| format!("{}: {e}", a.pod))?;
-    let pod = read_pod(&a.pod, &text)?;
+fn check(a: &CheckArgs) -> Result<bool, InputError> {
+    let mut engine = policy_engine(&a.policy, &read(&a.policy)?)?;
+    let pod = read_pod(&a.pod, &read(&a.pod)?)?;
     let pod = &pod;
+    let pod_field = |field, problem| InputError::PodField {
+        path: a.pod.clone(),
+        field,
+        problem,
+    };
     let name = pod
         .pointer("/metadata/name")
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("{}: metadata.name: missing", a.pod))?;
+        .ok_or_else(|| pod_field("metadata.name", "missing"))?;
     let namespace = pod
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
@@ -481,7 +583,7 @@ fn check(a: &CheckArgs) -> Result<bool, String> {
         .pointer("/spec/containers")
         .and_then(Value::as_array)
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| format!("{}: spec.containers: missing or empty", a.pod))?;
+        .ok_or_else(|| pod_field("spec.containers", "missing or empty"))?;
     let sk = skeletons(a.base.as_deref())?;
     println!(
         "modeled: pod name/namespace, container name/image/command/args/env values/workingDir/\
@@ -593,5 +695,50 @@ fn check_main(args: &[String]) -> ExitCode {
             eprintln!("kata-cc policy check: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// What `kata-cc policy` prints for a bad command line or input.
+    #[test]
+    fn messages_read_as_before() {
+        let e = parse_args("bench", &args(&["--policy", "p", "--iterations", "0"]));
+        assert_eq!(
+            e.err().map(|e| e.to_string()).as_deref(),
+            Some("kata-cc policy bench: --iterations 0: not a positive number")
+        );
+        let e = parse_args("replay", &args(&["--policy"]));
+        assert_eq!(
+            e.err().map(|e| e.to_string()).as_deref(),
+            Some("kata-cc policy replay: --policy needs a value")
+        );
+        let e = parse_check_args(&args(&["--pod", "x.yaml"])).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("kata-cc policy check: --policy and --pod are required\n{CHECK_HELP}")
+        );
+        assert_eq!(
+            parse_check_args(&args(&["-h"])).err(),
+            Some(ArgsError::CheckHelp)
+        );
+        assert_eq!(ArgsError::CheckHelp.to_string(), CHECK_HELP);
+        let e = read_pod("p.yaml", "kind: Service\n---\nkind: ConfigMap\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "p.yaml: kind: no Pod or pod template in the manifest (kinds: Service, ConfigMap)"
+        );
+        let e = skeletons(Some("/nonexistent/base.log")).err().unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/base.log: No such file"),
+            "{e}"
+        );
     }
 }

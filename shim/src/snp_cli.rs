@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use kata_cc_shim::config::Config;
 use kata_cc_shim::snp::measure::{self, MeasureInput};
-use kata_cc_shim::snp::report::Report;
-use kata_cc_shim::snp::verify::{self, Expected};
+use kata_cc_shim::snp::report::{Report, ReportError};
+use kata_cc_shim::snp::verify::{self, CertError, Expected};
 use kata_cc_shim::snp::{self, host};
+use kata_cc_shim::vm::accel::ProbeError;
+use thiserror::Error;
 
 pub const USAGE: &str = "  measure --firmware F [--kernel K [--initrd I] [--append CMDLINE | --cmdline-file F]] --vcpus N [--vcpu-type EPYC-v4] [--guest-features 0x1]
                            print the expected SEV-SNP launch measurement (hex)
@@ -20,28 +22,65 @@ pub const USAGE: &str = "  measure --firmware F [--kernel K [--initrd I] [--appe
   check [--config PATH]    what this host can do; exits 1 when the configured mode cannot run
 ";
 
+/// A command line these commands cannot take (exit status 2).
+#[derive(Debug, Error, PartialEq, Eq)]
+enum UsageError {
+    #[error("kata-cc {cmd}: unknown argument '{arg}' (expected one of {})", .known.join(", "))]
+    Unknown {
+        cmd: &'static str,
+        arg: String,
+        known: &'static [&'static str],
+    },
+    #[error("kata-cc {cmd}: {flag} needs a value")]
+    NoValue { cmd: &'static str, flag: String },
+    #[error("kata-cc {cmd}: {flag} given twice")]
+    Twice { cmd: &'static str, flag: String },
+    // Both `attest verify` and `attest report` have always said "attest verify" here.
+    #[error("kata-cc attest verify: {flag} is not hex")]
+    NotHex { flag: &'static str },
+    #[error("kata-cc attest verify: {flag} is {len} bytes, expected {}{want}", if *.pad { "at most " } else { "" })]
+    HexLength {
+        flag: &'static str,
+        len: usize,
+        want: usize,
+        pad: bool,
+    },
+}
+
+/// `--flag value` pairs by flag.
+type Flags = BTreeMap<String, String>;
+
 /// `--flag value` pairs; Err names the bad argument.
-fn flags(cmd: &str, args: &[String], known: &[&str]) -> Result<BTreeMap<String, String>, String> {
+fn flags(
+    cmd: &'static str,
+    args: &[String],
+    known: &'static [&'static str],
+) -> Result<Flags, UsageError> {
     let mut out = BTreeMap::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if !known.contains(&a.as_str()) {
-            return Err(format!(
-                "kata-cc {cmd}: unknown argument '{a}' (expected one of {})",
-                known.join(", ")
-            ));
+            return Err(UsageError::Unknown {
+                cmd,
+                arg: a.clone(),
+                known,
+            });
         }
-        let v = it
-            .next()
-            .ok_or_else(|| format!("kata-cc {cmd}: {a} needs a value"))?;
+        let v = it.next().ok_or_else(|| UsageError::NoValue {
+            cmd,
+            flag: a.clone(),
+        })?;
         if out.insert(a.clone(), v.clone()).is_some() {
-            return Err(format!("kata-cc {cmd}: {a} given twice"));
+            return Err(UsageError::Twice {
+                cmd,
+                flag: a.clone(),
+            });
         }
     }
     Ok(out)
 }
 
-fn usage_error(msg: &str) -> ExitCode {
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("{msg}");
     ExitCode::from(2)
 }
@@ -134,18 +173,28 @@ pub fn attest(args: &[String]) -> ExitCode {
 }
 
 /// Hex of exactly `len` bytes, or (`pad`) at most `len` bytes zero-padded.
-fn hex_arg(flag: &str, v: &str, len: usize, pad: bool) -> Result<Vec<u8>, String> {
-    let mut b = snp::unhex(v).ok_or_else(|| format!("kata-cc attest verify: {flag} is not hex"))?;
+fn hex_arg(flag: &'static str, v: &str, len: usize, pad: bool) -> Result<Vec<u8>, UsageError> {
+    let mut b = snp::unhex(v).ok_or(UsageError::NotHex { flag })?;
     if b.len() == len || (pad && b.len() < len) {
         b.resize(len, 0);
         Ok(b)
     } else {
-        Err(format!(
-            "kata-cc attest verify: {flag} is {} bytes, expected {}{len}",
-            b.len(),
-            if pad { "at most " } else { "" }
-        ))
+        Err(UsageError::HexLength {
+            flag,
+            len: b.len(),
+            want: len,
+            pad,
+        })
     }
+}
+
+/// The report or a certificate `attest verify` was given cannot be read.
+#[derive(Debug, Error)]
+enum LoadError {
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error(transparent)]
+    Cert(#[from] CertError),
 }
 
 fn attest_verify(args: &[String]) -> ExitCode {
@@ -190,18 +239,16 @@ fn attest_verify(args: &[String]) -> ExitCode {
             }
         }
     }
-    let loaded = (|| -> Result<_, String> {
-        let r = Report::load(Path::new(report)).map_err(|e| e.to_string())?;
+    let loaded = (|| -> Result<_, LoadError> {
+        let r = Report::load(Path::new(report))?;
         let vek = f
             .get("--vcek")
             .map(|p| verify::load_vek(Path::new(p)))
-            .transpose()
-            .map_err(|e| e.to_string())?;
+            .transpose()?;
         let chain = f
             .get("--chain")
             .map(|p| verify::load_chain(Path::new(p)))
-            .transpose()
-            .map_err(|e| e.to_string())?;
+            .transpose()?;
         Ok((r, vek, chain))
     })();
     let (r, vek, chain) = match loaded {
@@ -261,14 +308,32 @@ fn attest_report(args: &[String]) -> ExitCode {
     }
 }
 
+/// Why `kata-cc check` has no QEMU version.
+#[derive(Debug, Error)]
+enum QemuVersionError {
+    #[error("{qemu}: {source}")]
+    Spawn {
+        qemu: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{qemu} --version did not answer within 10 s")]
+    Timeout { qemu: PathBuf },
+    #[error("cannot read a version from '{line}'")]
+    Unreadable { line: String },
+}
+
 /// `<qemu> --version` -> (major, minor, text).
-fn qemu_version(qemu: &Path) -> Result<(u32, u32, String), String> {
+fn qemu_version(qemu: &Path) -> Result<(u32, u32, String), QemuVersionError> {
     let mut child = Command::new(qemu)
         .arg("--version")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("{}: {e}", qemu.display()))?;
+        .map_err(|source| QemuVersionError::Spawn {
+            qemu: qemu.to_path_buf(),
+            source,
+        })?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match child.try_wait() {
@@ -277,10 +342,9 @@ fn qemu_version(qemu: &Path) -> Result<(u32, u32, String), String> {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "{} --version did not answer within 10 s",
-                    qemu.display()
-                ));
+                return Err(QemuVersionError::Timeout {
+                    qemu: qemu.to_path_buf(),
+                });
             }
         }
     }
@@ -298,8 +362,17 @@ fn qemu_version(qemu: &Path) -> Result<(u32, u32, String), String> {
     let mut parts = ver.split('.').map(|p| p.parse::<u32>().ok());
     match (parts.next().flatten(), parts.next().flatten()) {
         (Some(a), Some(b)) => Ok((a, b, ver.to_string())),
-        _ => Err(format!("cannot read a version from '{line}'")),
+        _ => Err(QemuVersionError::Unreadable { line }),
     }
+}
+
+/// Why `kata-cc check` finds KVM unusable.
+#[derive(Debug, Error)]
+enum KvmCheckError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("cannot start a runtime for the probe: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 pub fn check(args: &[String]) -> ExitCode {
@@ -350,8 +423,8 @@ pub fn check(args: &[String]) -> ExitCode {
     {
         Ok(rt) => rt
             .block_on(kata_cc_shim::vm::accel::probe(&q.path, &q.kernel))
-            .map_err(|e| e.why),
-        Err(e) => Err(format!("cannot start a runtime for the probe: {e}")),
+            .map_err(KvmCheckError::from),
+        Err(e) => Err(KvmCheckError::Runtime(e)),
     };
     let kvm_needed = snp_mode || q.accel == kata_cc_shim::config::AccelChoice::Kvm;
     rows.push((
@@ -359,7 +432,7 @@ pub fn check(args: &[String]) -> ExitCode {
         kvm.is_ok(),
         match &kvm {
             Ok(()) => "a test VM ran and the guest kernel boots under KVM".into(),
-            Err(e) if kvm_needed => e.clone(),
+            Err(e) if kvm_needed => e.to_string(),
             Err(e) => format!("{e} (TCG software emulation will be used)"),
         },
         kvm_needed,
@@ -399,7 +472,7 @@ pub fn check(args: &[String]) -> ExitCode {
         match &qv {
             Ok((a, b, v)) if (*a, *b) >= (9, 1) => format!("{v} ({})", q.path.display()),
             Ok((_, _, v)) => format!("{v} ({}): 9.1 or later is needed", q.path.display()),
-            Err(e) => e.clone(),
+            Err(e) => e.to_string(),
         },
         true,
     ));
@@ -430,5 +503,49 @@ pub fn check(args: &[String]) -> ExitCode {
             if snp_mode { "SEV-SNP" } else { "no TEE" }
         );
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `kata-cc measure|attest` print for a bad command line (exit status 2).
+    #[test]
+    fn usage_errors_read_as_before() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let e = flags("attest report", &args(&["--x"]), &["--report-data"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "kata-cc attest report: unknown argument '--x' (expected one of --report-data)"
+        );
+        let e = flags(
+            "measure",
+            &args(&["--vcpus", "1", "--vcpus", "2"]),
+            &["--vcpus"],
+        );
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "kata-cc measure: --vcpus given twice"
+        );
+        assert_eq!(hex_arg("--report-data", "00", 1, false), Ok(vec![0]));
+        assert_eq!(
+            hex_arg("--measurement", "0011", 48, false)
+                .unwrap_err()
+                .to_string(),
+            "kata-cc attest verify: --measurement is 2 bytes, expected 48"
+        );
+        assert_eq!(
+            hex_arg("--report-data", &"00".repeat(65), 64, true)
+                .unwrap_err()
+                .to_string(),
+            "kata-cc attest verify: --report-data is 65 bytes, expected at most 64"
+        );
+        assert_eq!(
+            hex_arg("--host-data", "xy", 32, false).unwrap_err(),
+            UsageError::NotHex {
+                flag: "--host-data"
+            }
+        );
     }
 }

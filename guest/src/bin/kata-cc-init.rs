@@ -63,6 +63,22 @@ fn fatal(why: &str) -> ! {
     off()
 }
 
+/// A kernel command line that must not boot (said as a verification failure).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum ParamError {
+    #[error("kata_cc.roothash missing or not lower-case hex: '{0}'")]
+    RoothashNotHex(String),
+    /// The root hash's length in hex digits.
+    #[error("kata_cc.roothash must be 64 hex digits (sha256), got {0}")]
+    RoothashLength(usize),
+    #[error("kata_cc.salt missing or not hex: '{0}'")]
+    Salt(String),
+    #[error("kata_cc.hashoffset missing or not a number: '{0}'")]
+    HashoffsetNotNumber(String),
+    #[error("kata_cc.hashoffset {0} is not a positive multiple of {BLOCK}")]
+    HashoffsetAlignment(u64),
+}
+
 struct Params {
     roothash: String,
     salt: String,
@@ -80,7 +96,7 @@ fn is_lower_hex(s: &str) -> bool {
 
 /// The parameters, checked before anything touches the disk: a command line without a root
 /// hash must not be able to boot an unverified rootfs. Err: why not (a verification failure).
-fn params(cmdline: &str) -> Result<Params, String> {
+fn params(cmdline: &str) -> Result<Params, ParamError> {
     let mut p = Params {
         roothash: String::new(),
         salt: String::new(),
@@ -105,33 +121,20 @@ fn params(cmdline: &str) -> Result<Params, String> {
         }
     }
     if !is_lower_hex(&p.roothash) {
-        return Err(format!(
-            "kata_cc.roothash missing or not lower-case hex: '{}'",
-            p.roothash
-        ));
+        return Err(ParamError::RoothashNotHex(p.roothash));
     }
     if p.roothash.len() != 64 {
-        return Err(format!(
-            "kata_cc.roothash must be 64 hex digits (sha256), got {}",
-            p.roothash.len()
-        ));
+        return Err(ParamError::RoothashLength(p.roothash.len()));
     }
     if p.salt != "-" && !is_lower_hex(&p.salt) {
-        return Err(format!("kata_cc.salt missing or not hex: '{}'", p.salt));
+        return Err(ParamError::Salt(p.salt));
     }
     p.hashoffset = match hashoffset.parse::<u64>() {
         Ok(n) if hashoffset.bytes().all(|b| b.is_ascii_digit()) => n,
-        _ => {
-            return Err(format!(
-                "kata_cc.hashoffset missing or not a number: '{hashoffset}'"
-            ))
-        }
+        _ => return Err(ParamError::HashoffsetNotNumber(hashoffset)),
     };
     if p.hashoffset == 0 || !p.hashoffset.is_multiple_of(BLOCK) {
-        return Err(format!(
-            "kata_cc.hashoffset {} is not a positive multiple of {BLOCK}",
-            p.hashoffset
-        ));
+        return Err(ParamError::HashoffsetAlignment(p.hashoffset));
     }
     Ok(p)
 }
@@ -348,7 +351,7 @@ fn main() {
         }
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let p = params(&cmdline).unwrap_or_else(|why| not_verified(&why));
+    let p = params(&cmdline).unwrap_or_else(|why| not_verified(&why.to_string()));
     let debug = p.debug;
     let step = move |what: &str| {
         if debug {
@@ -536,6 +539,24 @@ mod tests {
         assert_eq!((p.salt.as_str(), p.disk.as_str()), ("-", "/dev/vdb"));
     }
 
+    /// The console line the host reads after "kata-cc: rootfs did not verify: ".
+    #[test]
+    fn parameter_errors_read_as_before() {
+        let e = params("kata_cc.roothash=AB kata_cc.salt=- kata_cc.hashoffset=4096").err();
+        assert_eq!(
+            e.map(|e| e.to_string()).as_deref(),
+            Some("kata_cc.roothash missing or not lower-case hex: 'AB'")
+        );
+        assert_eq!(
+            ParamError::HashoffsetAlignment(4097).to_string(),
+            "kata_cc.hashoffset 4097 is not a positive multiple of 4096"
+        );
+        assert_eq!(
+            ParamError::RoothashLength(63).to_string(),
+            "kata_cc.roothash must be 64 hex digits (sha256), got 63"
+        );
+    }
+
     #[test]
     fn bad_parameters_are_refused_by_name() {
         let cases = [
@@ -585,7 +606,8 @@ mod tests {
         for (cmdline, want) in cases {
             let e = params(&cmdline)
                 .err()
-                .unwrap_or_else(|| panic!("accepted: {cmdline}"));
+                .unwrap_or_else(|| panic!("accepted: {cmdline}"))
+                .to_string();
             assert!(e.contains(want), "{cmdline}: {e}");
         }
     }

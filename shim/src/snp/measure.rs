@@ -25,8 +25,12 @@ pub enum MeasureError {
         #[source]
         source: std::io::Error,
     },
-    #[error("firmware {path} is not an SEV firmware: {why}")]
-    NotSevFirmware { path: PathBuf, why: String },
+    #[error("firmware {path} is not an SEV firmware: {source}")]
+    NotSevFirmware {
+        path: PathBuf,
+        #[source]
+        source: FirmwareError,
+    },
     #[error("firmware {path}: kernel specified but the OVMF metadata does not include an SNP_KERNEL_HASHES section (not an AmdSev build; it cannot measure a kernel, initrd and command line)")]
     NoKernelHashes { path: PathBuf },
     #[error("--initrd/--append need --kernel (the firmware measures them only with a kernel)")]
@@ -35,8 +39,38 @@ pub enum MeasureError {
     VcpuType(String),
     #[error("vCPU count must be at least 1")]
     NoVcpus,
-    #[error("measuring {path}: {msg}")]
-    Sev { path: PathBuf, msg: String },
+    /// The `sev` crate panicked on the firmware (its parser indexes into outside data).
+    #[error("measuring {path}: malformed OVMF metadata")]
+    SevPanic { path: PathBuf },
+    #[error("measuring {path}: {source}")]
+    Sev {
+        path: PathBuf,
+        #[source]
+        source: sev::error::MeasurementError,
+    },
+}
+
+/// Why a file is not an SEV firmware (its OVMF footer table and SEV metadata).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FirmwareError {
+    #[error("{0} bytes is too small for an OVMF image")]
+    TooSmall(usize),
+    #[error("no OVMF footer table (GUID 96b582de-...) 32 bytes before its end")]
+    NoFooterTable,
+    #[error("OVMF footer table size {0} is out of range")]
+    FooterTableSize(usize),
+    #[error("SEV metadata entry is too short")]
+    MetadataEntryTooShort,
+    #[error("SEV metadata offset {0} is out of range")]
+    MetadataOffset(usize),
+    #[error("SEV metadata header has no ASEV signature")]
+    NoAsevSignature,
+    #[error("SEV metadata header is truncated")]
+    MetadataHeaderTruncated,
+    #[error("SEV metadata of {size} bytes with {count} sections does not fit the file")]
+    MetadataSize { size: usize, count: usize },
+    #[error("its OVMF footer table has no SEV metadata / SEV-ES reset block")]
+    NoSevMetadata,
 }
 
 /// What the firmware's OVMF footer table says about SEV support.
@@ -82,23 +116,18 @@ fn u32_at(d: &[u8], off: usize) -> Option<u32> {
 
 /// Parses the OVMF footer table at the end of `data` (32 bytes before the end: the reset vector
 /// follows it) and the SEV metadata it points to. Err = why this is not an SEV firmware.
-pub fn inspect_firmware_bytes(data: &[u8]) -> Result<FirmwareInfo, String> {
+pub fn inspect_firmware_bytes(data: &[u8]) -> Result<FirmwareInfo, FirmwareError> {
     if data.len() < 32 + ENTRY_HEADER {
-        return Err(format!(
-            "{} bytes is too small for an OVMF image",
-            data.len()
-        ));
+        return Err(FirmwareError::TooSmall(data.len()));
     }
     let footer_end = data.len() - 32;
     let footer = &data[footer_end - ENTRY_HEADER..footer_end];
     if footer[2..18] != guid_le(FOOTER_GUID) {
-        return Err("no OVMF footer table (GUID 96b582de-...) 32 bytes before its end".into());
+        return Err(FirmwareError::NoFooterTable);
     }
     let table_size = u16::from_le_bytes([footer[0], footer[1]]) as usize;
     if table_size < ENTRY_HEADER || table_size > footer_end {
-        return Err(format!(
-            "OVMF footer table size {table_size} is out of range"
-        ));
+        return Err(FirmwareError::FooterTableSize(table_size));
     }
     let table = &data[footer_end - table_size..footer_end - ENTRY_HEADER];
     let mut entries: Vec<([u8; 16], &[u8])> = Vec::new();
@@ -126,21 +155,19 @@ pub fn inspect_firmware_bytes(data: &[u8]) -> Result<FirmwareInfo, String> {
     let Some(meta) = find(SEV_METADATA_GUID) else {
         return Ok(info);
     };
-    let back = u32_at(meta, 0).ok_or("SEV metadata entry is too short")? as usize;
+    let back = u32_at(meta, 0).ok_or(FirmwareError::MetadataEntryTooShort)? as usize;
     if back == 0 || back > data.len() {
-        return Err(format!("SEV metadata offset {back} is out of range"));
+        return Err(FirmwareError::MetadataOffset(back));
     }
     let start = data.len() - back;
     // Header: "ASEV", size, version, number of items; then items of (gpa, size, type).
     if data.get(start..start + 4) != Some(b"ASEV".as_slice()) {
-        return Err("SEV metadata header has no ASEV signature".into());
+        return Err(FirmwareError::NoAsevSignature);
     }
-    let size = u32_at(data, start + 4).ok_or("SEV metadata header is truncated")? as usize;
-    let count = u32_at(data, start + 12).ok_or("SEV metadata header is truncated")? as usize;
+    let size = u32_at(data, start + 4).ok_or(FirmwareError::MetadataHeaderTruncated)? as usize;
+    let count = u32_at(data, start + 12).ok_or(FirmwareError::MetadataHeaderTruncated)? as usize;
     if size < 16 + 12 * count || start + size > data.len() {
-        return Err(format!(
-            "SEV metadata of {size} bytes with {count} sections does not fit the file"
-        ));
+        return Err(FirmwareError::MetadataSize { size, count });
     }
     info.sev_metadata = true;
     for i in 0..count {
@@ -158,9 +185,9 @@ pub fn inspect_firmware(path: &Path) -> Result<FirmwareInfo, MeasureError> {
         path: path.to_path_buf(),
         source,
     })?;
-    inspect_firmware_bytes(&data).map_err(|why| MeasureError::NotSevFirmware {
+    inspect_firmware_bytes(&data).map_err(|source| MeasureError::NotSevFirmware {
         path: path.to_path_buf(),
-        why,
+        source,
     })
 }
 
@@ -192,7 +219,7 @@ pub fn launch_digest(m: &MeasureInput) -> Result<[u8; 48], MeasureError> {
     if !info.sev_metadata || !info.es_reset_block {
         return Err(MeasureError::NotSevFirmware {
             path: m.firmware.clone(),
-            why: "its OVMF footer table has no SEV metadata / SEV-ES reset block".into(),
+            source: FirmwareError::NoSevMetadata,
         });
     }
     if m.kernel.is_none() && (m.initrd.is_some() || m.append.is_some()) {
@@ -229,25 +256,24 @@ pub fn launch_digest(m: &MeasureInput) -> Result<[u8; 48], MeasureError> {
     // The firmware layout was checked above; the crate still indexes into outside data, so a
     // panic there becomes an error naming the file.
     let ld = std::panic::catch_unwind(|| snp_calc_launch_digest(args))
-        .map_err(|_| MeasureError::Sev {
+        .map_err(|_| MeasureError::SevPanic {
             path: m.firmware.clone(),
-            msg: "malformed OVMF metadata".into(),
         })?
         .map_err(|e| match e {
             sev::error::MeasurementError::MissingSection(_) => MeasureError::NoKernelHashes {
                 path: m.firmware.clone(),
             },
-            e => MeasureError::Sev {
+            source => MeasureError::Sev {
                 path: m.firmware.clone(),
-                msg: e.to_string(),
+                source,
             },
         })?;
-    let v: Vec<u8> =
-        ld.try_into()
-            .map_err(|e: sev::error::MeasurementError| MeasureError::Sev {
-                path: m.firmware.clone(),
-                msg: e.to_string(),
-            })?;
+    let v: Vec<u8> = ld
+        .try_into()
+        .map_err(|source: sev::error::MeasurementError| MeasureError::Sev {
+            path: m.firmware.clone(),
+            source,
+        })?;
     let mut out = [0u8; 48];
     out.copy_from_slice(&v);
     Ok(out)
@@ -273,5 +299,18 @@ mod tests {
     fn garbage_is_not_firmware() {
         assert!(inspect_firmware_bytes(&[0u8; 10]).is_err());
         assert!(inspect_firmware_bytes(&[0u8; 4096]).is_err());
+        assert_eq!(
+            inspect_firmware_bytes(&[0u8; 10]).unwrap_err().to_string(),
+            "10 bytes is too small for an OVMF image"
+        );
+        let e = MeasureError::NotSevFirmware {
+            path: "/fw/OVMF.fd".into(),
+            source: FirmwareError::NoFooterTable,
+        };
+        assert_eq!(
+            e.to_string(),
+            "firmware /fw/OVMF.fd is not an SEV firmware: no OVMF footer table (GUID \
+             96b582de-...) 32 bytes before its end"
+        );
     }
 }

@@ -54,6 +54,15 @@ pub enum SnpArgsError {
     IdAuth,
 }
 
+/// The host CPU has no AMD memory-encryption leaf.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CpuidError {
+    #[error("CPUID leaf 0x8000001F (AMD memory encryption) is absent ({vendor}, highest extended leaf {max_ext:#x})")]
+    NoLeaf { vendor: String, max_ext: u32 },
+    #[error("CPUID leaf 0x8000001F (AMD memory encryption) is absent: not an x86_64 host")]
+    NotX86,
+}
+
 /// The `sev-snp-guest` object's option string.
 pub fn snp_object(s: &SnpLaunch) -> String {
     let mut o = format!(
@@ -62,12 +71,22 @@ pub fn snp_object(s: &SnpLaunch) -> String {
     );
     if let Some(h) = &s.host_data {
         o.push(',');
-        o.push_str(&crate::vm::qemu::snp_host_data_option(h));
+        o.push_str(&snp_host_data_option(h));
     }
     if let (Some(b), Some(a)) = (&s.id_block, &s.id_auth) {
         o.push_str(&format!(",id-block={b},id-auth={a}"));
     }
     o
+}
+
+/// The `host-data` option of QEMU's `sev-snp-guest` object: the 32 HOST_DATA bytes in
+/// standard base64, which the SNP firmware copies into every attestation report.
+pub fn snp_host_data_option(host_data: &[u8; 32]) -> String {
+    use base64::Engine as _;
+    format!(
+        "host-data={}",
+        base64::engine::general_purpose::STANDARD.encode(host_data)
+    )
 }
 
 /// Turns the ordinary command line (`vm::qemu::qemu_args`) into an SNP one: KVM only, the
@@ -115,7 +134,7 @@ pub fn snp_qemu_args(base: &[String], s: &SnpLaunch) -> Result<Vec<String>, SnpA
 }
 
 /// Reads CPUID 0x8000001F (AMD memory encryption): (SNP supported, cbitpos, reduced phys bits).
-pub fn host_cbit() -> Result<(bool, u32, u32), String> {
+pub fn host_cbit() -> Result<(bool, u32, u32), CpuidError> {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::__cpuid;
@@ -128,16 +147,14 @@ pub fn host_cbit() -> Result<(bool, u32, u32), String> {
         // Leaf 0x80000000 reports the highest extended leaf.
         let max_ext = __cpuid(0x8000_0000).eax;
         if vendor != "AuthenticAMD" || max_ext < 0x8000_001F {
-            return Err(format!(
-                "CPUID leaf 0x8000001F (AMD memory encryption) is absent ({vendor}, highest extended leaf {max_ext:#x})"
-            ));
+            return Err(CpuidError::NoLeaf { vendor, max_ext });
         }
         let l = __cpuid(0x8000_001F);
         Ok((l.eax & (1 << 4) != 0, l.ebx & 0x3f, (l.ebx >> 6) & 0x3f))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        Err("CPUID leaf 0x8000001F (AMD memory encryption) is absent: not an x86_64 host".into())
+        Err(CpuidError::NotX86)
     }
 }
 
@@ -151,6 +168,16 @@ mod tests {
             .split_whitespace()
             .map(String::from)
             .collect()
+    }
+
+    #[test]
+    fn snp_host_data_golden() {
+        // base64 of 0x00..=0x1f, from `printf` of those bytes piped to `base64`.
+        let bytes: [u8; 32] = std::array::from_fn(|i| i as u8);
+        assert_eq!(
+            snp_host_data_option(&bytes),
+            "host-data=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+        );
     }
 
     #[test]
@@ -217,10 +244,23 @@ mod tests {
     }
 
     #[test]
+    fn cpuid_error_text() {
+        let e = CpuidError::NoLeaf {
+            vendor: "GenuineIntel".into(),
+            max_ext: 0x8000_0008,
+        };
+        assert_eq!(
+            e.to_string(),
+            "CPUID leaf 0x8000001F (AMD memory encryption) is absent (GenuineIntel, highest \
+             extended leaf 0x80000008)"
+        );
+    }
+
+    #[test]
     fn cpuid_answers_or_names_the_leaf() {
         match host_cbit() {
             Ok((_, c, r)) => assert!(c < 64 && r < 64),
-            Err(e) => assert!(e.contains("CPUID leaf 0x8000001F"), "{e}"),
+            Err(e) => assert!(e.to_string().contains("CPUID leaf 0x8000001F"), "{e}"),
         }
     }
 }

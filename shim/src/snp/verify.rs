@@ -30,11 +30,12 @@ pub enum CertError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{what} {path}: not a DER or PEM X.509 certificate: {msg}")]
+    #[error("{what} {path}: not a DER or PEM X.509 certificate: {source}")]
     Parse {
         what: &'static str,
         path: PathBuf,
-        msg: String,
+        #[source]
+        source: x509_cert::der::Error,
     },
     #[error("chain {path}: expected the ASK (or ASVK) and the ARK, found {count} certificate(s)")]
     ChainShape { path: PathBuf, count: usize },
@@ -48,14 +49,14 @@ pub fn load_vek(path: &Path) -> Result<x509_cert::Certificate, CertError> {
         source,
     })?;
     let parsed = if data.starts_with(b"-----BEGIN") {
-        x509_cert::Certificate::from_pem(&data).map_err(|e| e.to_string())
+        x509_cert::Certificate::from_pem(&data)
     } else {
-        x509_cert::Certificate::from_der(&data).map_err(|e| e.to_string())
+        x509_cert::Certificate::from_der(&data)
     };
-    parsed.map_err(|msg| CertError::Parse {
+    parsed.map_err(|source| CertError::Parse {
         what: "VCEK",
         path: path.to_path_buf(),
-        msg,
+        source,
     })
 }
 
@@ -73,11 +74,12 @@ pub fn load_chain(path: &Path) -> Result<CaChain, CertError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let certs = x509_cert::Certificate::load_pem_chain(&data).map_err(|e| CertError::Parse {
-        what: "chain",
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+    let certs =
+        x509_cert::Certificate::load_pem_chain(&data).map_err(|source| CertError::Parse {
+            what: "chain",
+            path: path.to_path_buf(),
+            source,
+        })?;
     if certs.len() != 2 {
         return Err(CertError::ChainShape {
             path: path.to_path_buf(),
@@ -115,17 +117,93 @@ pub struct Check {
     pub detail: String,
 }
 
-fn check(name: &'static str, r: Result<String, String>) -> Check {
+/// Why a check failed; its text is the check's detail (`kata-cc attest verify` prints it).
+#[derive(Debug, Error)]
+pub enum CheckFailure {
+    #[error(
+        "policy {policy:#x} allows debugging (bit 19): the host can read and change the guest's \
+         memory (--allow-debug to accept)"
+    )]
+    DebugPolicy { policy: u64 },
+    #[error("signature algorithm {0} (only 1, ECDSA P-384 with SHA-384, is defined)")]
+    SignatureAlgorithm(u32),
+    #[error("the chain's ARK is none of AMD's roots (Milan, Genoa, Turin)")]
+    ArkNotAmdRoot,
+    #[error("no VCEK given, so no AMD chain could be chosen")]
+    NoVcekForChain,
+    #[error(
+        "no built-in AMD chain (Milan, Genoa, Turin) signed this VCEK; for a VLEK pass --chain \
+         with the ASVK and ARK"
+    )]
+    NoBuiltinChain,
+    /// `cert` ("ARK" or "ASK") of the chain from `src` is not signed as it must be.
+    #[error("{src} {cert}: {source}")]
+    ChainSignature {
+        src: String,
+        cert: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no {vek} given (--vcek): get the one for chip id {chip_id} at TCB {tcb}")]
+    NoVekFor {
+        vek: &'static str,
+        chip_id: String,
+        tcb: Tcb,
+    },
+    #[error("no {vek} given (--vcek)")]
+    NoVek { vek: &'static str },
+    #[error("the {vek} is not signed by the {src} ASK: {source}")]
+    VekNotSignedByAsk {
+        vek: &'static str,
+        src: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no AMD chain signed this {vek}")]
+    NoChainSignedVek { vek: &'static str },
+    #[error("the VCEK's public key is not a P-384 key: {0}")]
+    VekKeyNotP384(#[source] p384::ecdsa::Error),
+    #[error("malformed signature (R/S out of range): {0}")]
+    MalformedSignature(#[source] p384::ecdsa::Error),
+    #[error("the signature does not verify with this VCEK's key")]
+    SignatureMismatch,
+    #[error("VCEK has no {name} extension ({oid})")]
+    MissingExtension {
+        name: &'static str,
+        oid: &'static str,
+    },
+    #[error("report's reported TCB is {reported} but the {vek} is for {vek_tcb}")]
+    TcbMismatch {
+        reported: Tcb,
+        vek: &'static str,
+        vek_tcb: Tcb,
+    },
+    #[error("the VCEK has no hwID extension")]
+    NoHwid,
+    #[error("the report's chip id is masked (MASK_CHIP_ID); it cannot be matched to the VCEK")]
+    ChipIdMasked,
+    #[error("report chip id {chip_id} differs from the VCEK's hwID {hwid}")]
+    ChipIdMismatch { chip_id: String, hwid: String },
+    /// A report field (`what`) is not the expected value (both in hex).
+    #[error("{what} is {got} but {want} was expected")]
+    Mismatch {
+        what: &'static str,
+        got: String,
+        want: String,
+    },
+}
+
+fn check(name: &'static str, r: Result<String, CheckFailure>) -> Check {
     match r {
         Ok(detail) => Check {
             name,
             ok: true,
             detail,
         },
-        Err(detail) => Check {
+        Err(e) => Check {
             name,
             ok: false,
-            detail,
+            detail: e.to_string(),
         },
     }
 }
@@ -160,10 +238,10 @@ fn der(c: &x509_cert::Certificate) -> Vec<u8> {
 fn signed_by(
     signer: &x509_cert::Certificate,
     signee: &x509_cert::Certificate,
-) -> Result<(), String> {
+) -> std::io::Result<()> {
     let a = Certificate::from(signer.clone());
     let b = Certificate::from(signee.clone());
-    (&a, &b).verify().map_err(|e| e.to_string())
+    (&a, &b).verify()
 }
 
 /// A built-in certificate of the `sev` crate.
@@ -221,9 +299,9 @@ fn hwid(cert: &x509_cert::Certificate) -> Option<Vec<u8>> {
     }
 }
 
-fn vek_tcb(cert: &x509_cert::Certificate) -> Result<Tcb, String> {
-    let get = |oid: &str, name: &str| {
-        spl(cert, oid).ok_or_else(|| format!("VCEK has no {name} extension ({oid})"))
+fn vek_tcb(cert: &x509_cert::Certificate) -> Result<Tcb, CheckFailure> {
+    let get = |oid: &'static str, name: &'static str| {
+        spl(cert, oid).ok_or(CheckFailure::MissingExtension { name, oid })
     };
     Ok(Tcb {
         fmc: spl(cert, OID_FMC_SPL),
@@ -234,31 +312,31 @@ fn vek_tcb(cert: &x509_cert::Certificate) -> Result<Tcb, String> {
     })
 }
 
-fn report_signature(report: &Report, vek: &x509_cert::Certificate) -> Result<String, String> {
+fn report_signature(report: &Report, vek: &x509_cert::Certificate) -> Result<String, CheckFailure> {
     let spk = vek
         .tbs_certificate
         .subject_public_key_info
         .subject_public_key
         .raw_bytes();
-    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(spk)
-        .map_err(|e| format!("the VCEK's public key is not a P-384 key: {e}"))?;
+    let key =
+        p384::ecdsa::VerifyingKey::from_sec1_bytes(spk).map_err(CheckFailure::VekKeyNotP384)?;
     let (r, s) = report.signature_rs();
-    let sig = p384::ecdsa::Signature::from_scalars(r, s)
-        .map_err(|e| format!("malformed signature (R/S out of range): {e}"))?;
+    let sig =
+        p384::ecdsa::Signature::from_scalars(r, s).map_err(CheckFailure::MalformedSignature)?;
     key.verify(report.signed_bytes(), &sig)
         .map(|()| "ECDSA P-384/SHA-384 over bytes 0..0x2A0 verifies with the VCEK".to_string())
-        .map_err(|_| "the signature does not verify with this VCEK's key".to_string())
+        .map_err(|_| CheckFailure::SignatureMismatch)
 }
 
-fn compare(what: &str, got: &[u8], want: &[u8]) -> Result<String, String> {
+fn compare(what: &'static str, got: &[u8], want: &[u8]) -> Result<String, CheckFailure> {
     if got == want {
         Ok(hex(got))
     } else {
-        Err(format!(
-            "{what} is {} but {} was expected",
-            hex(got),
-            hex(want)
-        ))
+        Err(CheckFailure::Mismatch {
+            what,
+            got: hex(got),
+            want: hex(want),
+        })
     }
 }
 
@@ -286,10 +364,7 @@ pub fn verify(
                 }
             ))
         } else {
-            Err(format!(
-                "policy {policy:#x} allows debugging (bit 19): the host can read and change \
-                 the guest's memory (--allow-debug to accept)"
-            ))
+            Err(CheckFailure::DebugPolicy { policy })
         },
     ));
     checks.push(check(
@@ -304,10 +379,7 @@ pub fn verify(
         if report.sig_algo() == SIG_ALGO_ECDSA_P384_SHA384 {
             Ok("ECDSA P-384 with SHA-384".into())
         } else {
-            Err(format!(
-                "signature algorithm {} (only 1, ECDSA P-384 with SHA-384, is defined)",
-                report.sig_algo()
-            ))
+            Err(CheckFailure::SignatureAlgorithm(report.sig_algo()))
         },
     ));
 
@@ -322,9 +394,7 @@ pub fn verify(
             checks.push(check(
                 "ark-is-amd-root",
                 root.map(|n| format!("the chain's ARK is AMD's {n} root (built in)"))
-                    .ok_or_else(|| {
-                        "the chain's ARK is none of AMD's roots (Milan, Genoa, Turin)".to_string()
-                    }),
+                    .ok_or(CheckFailure::ArkNotAmdRoot),
             ));
             Some(("given".into(), c.clone()))
         }
@@ -340,8 +410,8 @@ pub fn verify(
                 "ark-is-amd-root",
                 match &found {
                     Some((n, _)) => Ok(format!("{n} ARK")),
-                    None if vek.is_none() => Err("no VCEK given, so no AMD chain could be chosen".into()),
-                    None => Err("no built-in AMD chain (Milan, Genoa, Turin) signed this VCEK; for a VLEK pass --chain with the ASVK and ARK".into()),
+                    None if vek.is_none() => Err(CheckFailure::NoVcekForChain),
+                    None => Err(CheckFailure::NoBuiltinChain),
                 },
             ));
             found
@@ -352,13 +422,21 @@ pub fn verify(
             "ark-self-signed",
             signed_by(&ca.ark, &ca.ark)
                 .map(|()| format!("{src} ARK signs itself"))
-                .map_err(|e| format!("{src} ARK: {e}")),
+                .map_err(|source| CheckFailure::ChainSignature {
+                    src: src.clone(),
+                    cert: "ARK",
+                    source,
+                }),
         ));
         checks.push(check(
             "ask-signed-by-ark",
             signed_by(&ca.ark, &ca.ask)
                 .map(|()| format!("{src} ASK is signed by the ARK"))
-                .map_err(|e| format!("{src} ASK: {e}")),
+                .map_err(|source| CheckFailure::ChainSignature {
+                    src: src.clone(),
+                    cert: "ASK",
+                    source,
+                }),
         ));
     }
     let vek_name = if key_kind == SigningKey::Vlek {
@@ -370,11 +448,11 @@ pub fn verify(
         None => {
             checks.push(check(
                 "vcek-signed-by-ask",
-                Err(format!(
-                    "no {vek_name} given (--vcek): get the one for chip id {} at TCB {}",
-                    hex(report.chip_id()),
-                    report.reported_tcb()
-                )),
+                Err(CheckFailure::NoVekFor {
+                    vek: vek_name,
+                    chip_id: hex(report.chip_id()),
+                    tcb: report.reported_tcb(),
+                }),
             ));
         }
         Some(v) => {
@@ -383,12 +461,16 @@ pub fn verify(
                     "vcek-signed-by-ask",
                     signed_by(&ca.ask, v)
                         .map(|()| format!("the {vek_name} is signed by the {src} ASK"))
-                        .map_err(|e| format!("the {vek_name} is not signed by the {src} ASK: {e}")),
+                        .map_err(|source| CheckFailure::VekNotSignedByAsk {
+                            vek: vek_name,
+                            src: src.clone(),
+                            source,
+                        }),
                 ));
             } else {
                 checks.push(check(
                     "vcek-signed-by-ask",
-                    Err(format!("no AMD chain signed this {vek_name}")),
+                    Err(CheckFailure::NoChainSignedVek { vek: vek_name }),
                 ));
             }
         }
@@ -397,13 +479,13 @@ pub fn verify(
         "report-signature",
         match vek {
             Some(v) => report_signature(report, v),
-            None => Err(format!("no {vek_name} given (--vcek)")),
+            None => Err(CheckFailure::NoVek { vek: vek_name }),
         },
     ));
     checks.push(check(
         "tcb-matches-vcek",
         match vek {
-            None => Err(format!("no {vek_name} given (--vcek)")),
+            None => Err(CheckFailure::NoVek { vek: vek_name }),
             Some(v) => vek_tcb(v).and_then(|vt| {
                 let rt = report.reported_tcb();
                 // FMC exists only on Turin and later; compare it when both have it.
@@ -417,9 +499,11 @@ pub fn verify(
                 {
                     Ok(format!("reported TCB {rt}"))
                 } else {
-                    Err(format!(
-                        "report's reported TCB is {rt} but the {vek_name} is for {vt}"
-                    ))
+                    Err(CheckFailure::TcbMismatch {
+                        reported: rt,
+                        vek: vek_name,
+                        vek_tcb: vt,
+                    })
                 }
             }),
         },
@@ -430,15 +514,20 @@ pub fn verify(
             checks.push(check(
                 "chip-id-matches-vcek",
                 match hwid(v) {
-                    None => Err("the VCEK has no hwID extension".into()),
+                    None => Err(CheckFailure::NoHwid),
                     // Turin VCEKs carry the 8 significant bytes only.
-                    Some(h) if !h.is_empty() && chip.starts_with(&h) && chip[h.len()..].iter().all(|b| *b == 0) => {
+                    Some(h)
+                        if !h.is_empty()
+                            && chip.starts_with(&h)
+                            && chip[h.len()..].iter().all(|b| *b == 0) =>
+                    {
                         Ok(format!("chip id {}…", hex(&chip[..8])))
                     }
-                    Some(_) if chip.iter().all(|b| *b == 0) => {
-                        Err("the report's chip id is masked (MASK_CHIP_ID); it cannot be matched to the VCEK".into())
-                    }
-                    Some(h) => Err(format!("report chip id {} differs from the VCEK's hwID {}", hex(chip), hex(&h))),
+                    Some(_) if chip.iter().all(|b| *b == 0) => Err(CheckFailure::ChipIdMasked),
+                    Some(h) => Err(CheckFailure::ChipIdMismatch {
+                        chip_id: hex(chip),
+                        hwid: hex(&h),
+                    }),
                 },
             ));
         }
@@ -462,4 +551,50 @@ pub fn verify(
         ));
     }
     Verification { checks }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The details `kata-cc attest verify` prints for failed checks.
+    #[test]
+    fn failure_details_read_as_before() {
+        let d = |e: CheckFailure| check("x", Err(e)).detail;
+        assert_eq!(
+            d(CheckFailure::DebugPolicy { policy: 0xb0000 }),
+            "policy 0xb0000 allows debugging (bit 19): the host can read and change the guest's \
+             memory (--allow-debug to accept)"
+        );
+        assert_eq!(
+            d(CheckFailure::NoBuiltinChain),
+            "no built-in AMD chain (Milan, Genoa, Turin) signed this VCEK; for a VLEK pass \
+             --chain with the ASVK and ARK"
+        );
+        assert_eq!(
+            d(CheckFailure::Mismatch {
+                what: "host_data",
+                got: "00".into(),
+                want: "01".into()
+            }),
+            "host_data is 00 but 01 was expected"
+        );
+        assert_eq!(
+            d(CheckFailure::ChainSignature {
+                src: "built-in Milan".into(),
+                cert: "ASK",
+                source: std::io::Error::other("bad signature"),
+            }),
+            "built-in Milan ASK: bad signature"
+        );
+        assert_eq!(
+            d(CheckFailure::MissingExtension {
+                name: "blSPL",
+                oid: OID_BL_SPL
+            }),
+            "VCEK has no blSPL extension (1.3.6.1.4.1.3704.1.3.1)"
+        );
+        let ok = check("y", compare("measurement", &[1], &[1]));
+        assert!(ok.ok && ok.detail == "01");
+    }
 }

@@ -7,9 +7,12 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::sync::mpsc;
 use std::time::Duration;
+
+use thiserror::Error;
 
 use crate::config::AccelChoice;
 
@@ -60,20 +63,22 @@ pub async fn choose(choice: AccelChoice, qemu: &Path, kernel: &Path) -> Accel {
                         // A cached yes is re-checked cheaply: KVM can go away.
                         Some(Ok(())) => match tokio::task::spawn_blocking(probe_kvm).await {
                             Ok(Ok(())) => (Ok(()), "cached verdict, test VM ran"),
-                            Ok(Err(why)) => (Err(why), "cached yes, but the test VM failed now"),
-                            Err(e) => (Err(e.to_string()), "probe task failed"),
+                            Ok(Err(why)) => {
+                                (Err(why.into()), "cached yes, but the test VM failed now")
+                            }
+                            Err(e) => (Err(ProbeError::Task(e)), "cached yes, re-check"),
                         },
                         Some(Err(why)) => (Err(why), "cached verdict"),
                         None => {
                             let v = probe(qemu, kernel).await;
                             // Only verdicts that would come out the same again: not a timeout
                             // or a QEMU that could not start on a loaded host.
-                            if let (Some(k), Ok(()) | Err(ProbeError { definite: true, .. })) =
-                                (&key, &v)
-                            {
-                                write_cache(cache, k, &v.clone().map_err(|e| e.why));
+                            if let Some(k) = &key {
+                                if v.as_ref().err().is_none_or(ProbeError::definite) {
+                                    write_cache(cache, k, &v);
+                                }
                             }
-                            (v.map_err(|e| e.why), "probed")
+                            (v, "probed")
                         }
                     };
                     match verdict {
@@ -102,39 +107,86 @@ pub async fn choose(choice: AccelChoice, qemu: &Path, kernel: &Path) -> Accel {
 /// "KVM internal error ... emulation failure" in the kernel's decompressor; QEMU then pauses
 /// forever instead of exiting).
 pub async fn probe(qemu: &Path, kernel: &Path) -> Result<(), ProbeError> {
-    match tokio::task::spawn_blocking(probe_kvm).await {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) => {
-            return Err(ProbeError {
-                why,
-                definite: true,
-            })
-        }
-        Err(e) => return Err(ProbeError::transient(format!("probe task failed: {e}"))),
-    }
+    tokio::task::spawn_blocking(probe_kvm)
+        .await
+        .map_err(ProbeError::Task)??;
     probe_guest_kernel(qemu, kernel).await
 }
 
-/// Why KVM is not used; `definite` when probing again would say the same (worth remembering).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeError {
-    pub why: String,
-    pub definite: bool,
+/// Why KVM is not used. Its text is what a later shim reads back from [`PROBE_CACHE`].
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    /// The test VM of [`probe_kvm`] did not halt in KVM.
+    #[error(transparent)]
+    TestVm(#[from] KvmTestError),
+    #[error("probe task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("cannot run {qemu}: {source}")]
+    Spawn {
+        qemu: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QEMU probe: no pipes")]
+    NoPipes,
+    /// QEMU showed a KVM internal error (`first_error`, its line) and stays paused.
+    #[error("the guest kernel stops under KVM: {first_error}")]
+    KernelStops { first_error: String },
+    #[error("QEMU KVM probe: {0}")]
+    Wait(#[source] std::io::Error),
+    #[error(
+        "the guest kernel did not reach its end under KVM within {}s",
+        KERNEL_PROBE_TIMEOUT.as_secs()
+    )]
+    KernelTimeout,
+    #[error("QEMU with -accel kvm -cpu host: {status} {first_error}")]
+    QemuFailed {
+        status: ExitStatus,
+        first_error: String,
+    },
+    #[error(
+        "QEMU ended without the guest kernel's panic line on the console (kernel {kernel} under \
+         KVM; console: {last_line:?})"
+    )]
+    NoPanicLine { kernel: PathBuf, last_line: String },
+    /// A verdict an earlier shim recorded in [`PROBE_CACHE`]: its reason as written there.
+    #[error("{0}")]
+    Cached(String),
 }
 
 impl ProbeError {
-    fn transient(why: String) -> Self {
-        ProbeError {
-            why,
-            definite: false,
-        }
+    /// Probing again would say the same (worth remembering): not a timeout or a QEMU that
+    /// could not start on a loaded host.
+    pub fn definite(&self) -> bool {
+        matches!(
+            self,
+            ProbeError::TestVm(_) | ProbeError::KernelStops { .. } | ProbeError::Cached(_)
+        )
     }
 }
 
-impl std::fmt::Display for ProbeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.why)
-    }
+/// Why the test VM of [`probe_kvm`] did not halt in KVM.
+#[derive(Debug, Error)]
+pub enum KvmTestError {
+    #[error("cannot start probe thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("test guest did not halt within 3 s")]
+    Timeout,
+    #[error("open /dev/kvm: {0}")]
+    Open(#[source] std::io::Error),
+    #[error("{ioctl}: {source}")]
+    Ioctl {
+        ioctl: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unexpected KVM API version {0}")]
+    ApiVersion(libc::c_int),
+    /// `what`: "guest page" or "kvm_run".
+    #[error("mmap {what} failed")]
+    Mmap { what: &'static str },
+    #[error("test guest exited with reason {0}, not HLT")]
+    ExitReason(u32),
 }
 
 /// An exclusive lock next to the cache file, held until dropped; `None` if it cannot be had
@@ -194,9 +246,12 @@ async fn probe_guest_kernel(qemu: &Path, kernel: &Path) -> Result<(), ProbeError
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| ProbeError::transient(format!("cannot run {}: {e}", qemu.display())))?;
+        .map_err(|source| ProbeError::Spawn {
+            qemu: qemu.to_path_buf(),
+            source,
+        })?;
     let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(ProbeError::transient("QEMU probe: no pipes".into()));
+        return Err(ProbeError::NoPipes);
     };
     let console = tokio::spawn(async move {
         let mut v = Vec::new();
@@ -230,41 +285,30 @@ async fn probe_guest_kernel(qemu: &Path, kernel: &Path) -> Result<(), ProbeError
     let run = async {
         let (text, internal) = watch_err.await;
         if internal {
-            return Err(ProbeError {
-                why: format!("the guest kernel stops under KVM: {}", first_error(&text)),
-                definite: true,
+            return Err(ProbeError::KernelStops {
+                first_error: first_error(&text),
             });
         }
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| ProbeError::transient(format!("QEMU KVM probe: {e}")))?;
+        let status = child.wait().await.map_err(ProbeError::Wait)?;
         Ok((text, status))
     };
     let (stderr_seen, status) = tokio::select! {
         r = run => r?,
-        _ = tokio::time::sleep(KERNEL_PROBE_TIMEOUT) => {
-            return Err(ProbeError::transient(format!(
-                "the guest kernel did not reach its end under KVM within {}s",
-                KERNEL_PROBE_TIMEOUT.as_secs()
-            )));
-        }
+        _ = tokio::time::sleep(KERNEL_PROBE_TIMEOUT) => return Err(ProbeError::KernelTimeout),
     };
     let console = console.await.unwrap_or_default();
     let console = String::from_utf8_lossy(&console);
     if !status.success() {
-        return Err(ProbeError::transient(format!(
-            "QEMU with -accel kvm -cpu host: {status} {}",
-            first_error(&stderr_seen)
-        )));
+        return Err(ProbeError::QemuFailed {
+            status,
+            first_error: first_error(&stderr_seen),
+        });
     }
     if !console.contains("Kernel panic") && !console.contains("Unable to mount root") {
-        return Err(ProbeError::transient(format!(
-            "QEMU ended without the guest kernel's panic line on the console (kernel {} under \
-             KVM; console: {:?})",
-            kernel.display(),
-            console.lines().last().unwrap_or("")
-        )));
+        return Err(ProbeError::NoPanicLine {
+            kernel: kernel.to_path_buf(),
+            last_line: console.lines().last().unwrap_or("").to_string(),
+        });
     }
     Ok(())
 }
@@ -282,7 +326,7 @@ fn cache_key(qemu: &Path, kernel: &Path) -> Option<String> {
 }
 
 /// The cached verdict for `key`: line 1 the key, line 2 `kvm` or `tcg <why>`.
-fn read_cache(path: &Path, key: &str) -> Option<Result<(), String>> {
+fn read_cache(path: &Path, key: &str) -> Option<Result<(), ProbeError>> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut lines = text.lines();
     if lines.next()? != key {
@@ -290,14 +334,16 @@ fn read_cache(path: &Path, key: &str) -> Option<Result<(), String>> {
     }
     match lines.next()? {
         "kvm" => Some(Ok(())),
-        v => v.strip_prefix("tcg ").map(|why| Err(why.to_string())),
+        v => v
+            .strip_prefix("tcg ")
+            .map(|why| Err(ProbeError::Cached(why.to_string()))),
     }
 }
 
-fn write_cache(path: &Path, key: &str, verdict: &Result<(), String>) {
+fn write_cache(path: &Path, key: &str, verdict: &Result<(), ProbeError>) {
     let line = match verdict {
         Ok(()) => "kvm".to_string(),
-        Err(why) => format!("tcg {}", why.replace('\n', " ")),
+        Err(why) => format!("tcg {}", why.to_string().replace('\n', " ")),
     };
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let r = path
@@ -339,16 +385,16 @@ struct KvmUserspaceMemoryRegion {
 }
 
 /// Runs the probe on its own thread so that a KVM_RUN that never returns cannot block us.
-pub fn probe_kvm() -> Result<(), String> {
+pub fn probe_kvm() -> Result<(), KvmTestError> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("kvm-probe".into())
         .spawn(move || {
             let _ = tx.send(probe_kvm_inner());
         })
-        .map_err(|e| format!("cannot start probe thread: {e}"))?;
+        .map_err(KvmTestError::Thread)?;
     rx.recv_timeout(Duration::from_secs(3))
-        .unwrap_or_else(|_| Err("test guest did not halt within 3 s".into()))
+        .unwrap_or(Err(KvmTestError::Timeout))
 }
 
 fn ioctl(fd: &OwnedFd, req: u64, arg: libc::c_ulong) -> std::io::Result<libc::c_int> {
@@ -362,18 +408,23 @@ fn ioctl(fd: &OwnedFd, req: u64, arg: libc::c_ulong) -> std::io::Result<libc::c_
     }
 }
 
-fn probe_kvm_inner() -> Result<(), String> {
+/// `ioctl`'s error, naming the request.
+fn named(ioctl: &'static str) -> impl FnOnce(std::io::Error) -> KvmTestError {
+    move |source| KvmTestError::Ioctl { ioctl, source }
+}
+
+fn probe_kvm_inner() -> Result<(), KvmTestError> {
     let kvm: OwnedFd = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .map_err(|e| format!("open /dev/kvm: {e}"))?
+        .map_err(KvmTestError::Open)?
         .into();
-    let v = ioctl(&kvm, KVM_GET_API_VERSION, 0).map_err(|e| format!("KVM_GET_API_VERSION: {e}"))?;
+    let v = ioctl(&kvm, KVM_GET_API_VERSION, 0).map_err(named("KVM_GET_API_VERSION"))?;
     if v != 12 {
-        return Err(format!("unexpected KVM API version {v}"));
+        return Err(KvmTestError::ApiVersion(v));
     }
-    let vm = ioctl(&kvm, KVM_CREATE_VM, 0).map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
+    let vm = ioctl(&kvm, KVM_CREATE_VM, 0).map_err(named("KVM_CREATE_VM"))?;
     // SAFETY: KVM_CREATE_VM returned a new fd that nothing else owns.
     let vm = unsafe { OwnedFd::from_raw_fd(vm) };
 
@@ -391,7 +442,7 @@ fn probe_kvm_inner() -> Result<(), String> {
         )
     };
     if mem == libc::MAP_FAILED {
-        return Err("mmap guest page failed".into());
+        return Err(KvmTestError::Mmap { what: "guest page" });
     }
     let result = (|| {
         // SAFETY: `mem` is a PAGE-sized writable mapping; 0xff0 < PAGE.
@@ -408,12 +459,12 @@ fn probe_kvm_inner() -> Result<(), String> {
             KVM_SET_USER_MEMORY_REGION,
             &region as *const _ as libc::c_ulong,
         )
-        .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
-        let vcpu = ioctl(&vm, KVM_CREATE_VCPU, 0).map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
+        .map_err(named("KVM_SET_USER_MEMORY_REGION"))?;
+        let vcpu = ioctl(&vm, KVM_CREATE_VCPU, 0).map_err(named("KVM_CREATE_VCPU"))?;
         // SAFETY: new fd owned by nobody else.
         let vcpu = unsafe { OwnedFd::from_raw_fd(vcpu) };
         let run_size = ioctl(&kvm, KVM_GET_VCPU_MMAP_SIZE, 0)
-            .map_err(|e| format!("KVM_GET_VCPU_MMAP_SIZE: {e}"))? as usize;
+            .map_err(named("KVM_GET_VCPU_MMAP_SIZE"))? as usize;
         // SAFETY: shared mapping of the vcpu's kvm_run area, checked and unmapped below.
         let run = unsafe {
             libc::mmap(
@@ -426,18 +477,16 @@ fn probe_kvm_inner() -> Result<(), String> {
             )
         };
         if run == libc::MAP_FAILED {
-            return Err("mmap kvm_run failed".into());
+            return Err(KvmTestError::Mmap { what: "kvm_run" });
         }
-        let r = ioctl(&vcpu, KVM_RUN, 0).map_err(|e| format!("KVM_RUN: {e}"));
+        let r = ioctl(&vcpu, KVM_RUN, 0).map_err(named("KVM_RUN"));
         // SAFETY: kvm_run.exit_reason is a u32 at offset 8 of the mapping.
         let exit_reason = unsafe { *((run as *const u8).add(8) as *const u32) };
         // SAFETY: unmapping what we mapped.
         unsafe { libc::munmap(run, run_size) };
         r?;
         if exit_reason != KVM_EXIT_HLT {
-            return Err(format!(
-                "test guest exited with reason {exit_reason}, not HLT"
-            ));
+            return Err(KvmTestError::ExitReason(exit_reason));
         }
         Ok(())
     })();
@@ -464,9 +513,9 @@ mod tests {
         let e = probe_guest_kernel(Path::new("/nonexistent/qemu"), Path::new("/k"))
             .await
             .unwrap_err();
-        assert!(e.why.contains("/nonexistent/qemu"), "{e}");
+        assert!(e.to_string().contains("/nonexistent/qemu"), "{e}");
         // Not a verdict about KVM: never remembered.
-        assert!(!e.definite);
+        assert!(!e.definite());
     }
 
     /// A "QEMU" that behaves like one on a nested KVM that cannot run the kernel: prints the
@@ -481,9 +530,9 @@ mod tests {
         );
         let t = std::time::Instant::now();
         let e = probe_guest_kernel(&q, Path::new("/k")).await.unwrap_err();
-        assert!(e.why.contains("stops under KVM"), "{e}");
-        assert!(e.why.contains("KVM internal error"), "{e}");
-        assert!(e.definite);
+        assert!(e.to_string().contains("stops under KVM"), "{e}");
+        assert!(e.to_string().contains("KVM internal error"), "{e}");
+        assert!(e.definite());
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 
@@ -495,16 +544,18 @@ mod tests {
         script(&q, "echo SeaBIOS\nexit 0");
         let e = probe_guest_kernel(&q, Path::new("/k")).await.unwrap_err();
         assert!(
-            e.why.contains("without the guest kernel's panic line"),
+            e.to_string()
+                .contains("without the guest kernel's panic line"),
             "{e}"
         );
-        assert!(!e.definite);
+        assert!(!e.definite());
         let q = dir.path().join("qemu2");
         script(
             &q,
             "echo 'Kernel panic - not syncing: VFS: Unable to mount root fs'\nexit 0",
         );
-        assert_eq!(probe_guest_kernel(&q, Path::new("/k")).await, Ok(()));
+        let r = probe_guest_kernel(&q, Path::new("/k")).await;
+        assert!(r.is_ok(), "{r:?}");
     }
 
     /// Probes of concurrent shims take turns: the lock is exclusive until dropped.
@@ -532,11 +583,54 @@ mod tests {
     fn cache_round_trip_and_key_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/accel-probe");
-        write_cache(&p, "k1", &Err("no\nway".into()));
-        assert_eq!(read_cache(&p, "k1"), Some(Err("no way".into())));
-        assert_eq!(read_cache(&p, "k2"), None);
+        // The reason of a cached tcg verdict, None for kvm.
+        let why = |r: Result<(), ProbeError>| r.err().map(|e| e.to_string());
+        write_cache(&p, "k1", &Err(ProbeError::Cached("no\nway".into())));
+        assert_eq!(read_cache(&p, "k1").map(why), Some(Some("no way".into())));
+        assert!(read_cache(&p, "k2").is_none());
         write_cache(&p, "k1", &Ok(()));
-        assert_eq!(read_cache(&p, "k1"), Some(Ok(())));
+        assert_eq!(read_cache(&p, "k1").map(why), Some(None));
+    }
+
+    /// The cache file's second line as earlier shims wrote it, for the definite verdicts.
+    #[test]
+    fn cached_reasons_read_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("accel-probe");
+        let cases = [
+            (
+                ProbeError::KernelStops {
+                    first_error: "KVM internal error. Suberror: 1".into(),
+                },
+                "tcg the guest kernel stops under KVM: KVM internal error. Suberror: 1",
+            ),
+            (
+                KvmTestError::Ioctl {
+                    ioctl: "KVM_RUN",
+                    source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                }
+                .into(),
+                "tcg KVM_RUN: Invalid argument (os error 22)",
+            ),
+            (
+                KvmTestError::ExitReason(8).into(),
+                "tcg test guest exited with reason 8, not HLT",
+            ),
+            (
+                KvmTestError::Timeout.into(),
+                "tcg test guest did not halt within 3 s",
+            ),
+        ];
+        for (e, line) in cases {
+            assert!(e.definite(), "{e}");
+            write_cache(&p, "k", &Err(e));
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("k\n{line}\n"));
+        }
+        assert!(!ProbeError::KernelTimeout.definite());
+        assert_eq!(
+            ProbeError::KernelTimeout.to_string(),
+            "the guest kernel did not reach its end under KVM within 15s"
+        );
     }
 
     #[test]
@@ -546,7 +640,7 @@ mod tests {
             Ok(()) => eprintln!("KVM ran the test guest"),
             Err(why) => {
                 eprintln!("KVM unusable: {why}");
-                assert!(!why.is_empty())
+                assert!(!why.to_string().is_empty())
             }
         }
     }

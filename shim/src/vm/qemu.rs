@@ -122,29 +122,9 @@ pub fn qemu_args(l: &QemuLaunch<'_>) -> Vec<String> {
     a
 }
 
-/// The `host-data` option of QEMU's `sev-snp-guest` object: the 32 HOST_DATA bytes in
-/// standard base64, which the SNP firmware copies into every attestation report.
-pub fn snp_host_data_option(host_data: &[u8; 32]) -> String {
-    use base64::Engine as _;
-    format!(
-        "host-data={}",
-        base64::engine::general_purpose::STANDARD.encode(host_data)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn snp_host_data_golden() {
-        // base64 of 0x00..=0x1f, from `printf` of those bytes piped to `base64`.
-        let bytes: [u8; 32] = std::array::from_fn(|i| i as u8);
-        assert_eq!(
-            snp_host_data_option(&bytes),
-            "host-data=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
-        );
-    }
 
     fn qemu_cfg() -> QemuConfig {
         QemuConfig {
