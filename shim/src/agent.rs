@@ -46,6 +46,16 @@ pub fn context(timeout: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64)
 }
 
+/// The status code and text containerd should see for a failed agent call: the agent's own
+/// for a status it returned (its message, not ttrpc's `Debug` of the status), else INTERNAL
+/// with the transport error.
+pub fn status_of(e: &ttrpc::Error) -> (ttrpc::Code, String) {
+    match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
+        other => (ttrpc::Code::INTERNAL, other.to_string()),
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum AgentConnectError {
     #[error("agent at {uds} port {port}: no connection within {timeout:?} (last error: {last})")]

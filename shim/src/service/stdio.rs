@@ -62,6 +62,23 @@ pub struct OpenedStdio {
     pub logger: Option<Logger>,
 }
 
+impl OpenedStdio {
+    /// Closes stdio that no copier took over (the process never started); a logging binary
+    /// gets its EOF and the time to flush.
+    pub async fn close(self) {
+        let OpenedStdio {
+            stdin,
+            stdout,
+            stderr,
+            logger,
+        } = self;
+        drop((stdin, stdout, stderr));
+        if let Some(l) = logger {
+            l.finish().await;
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
     None,
@@ -308,7 +325,7 @@ impl Logger {
         drop(fds);
         // Wait for readiness: a byte or EOF on the ready pipe.
         let ready = pipe::Receiver::from_owned_fd(ready_r).map_err(|e| lerr(format!("{e}")));
-        let mut logger = Logger {
+        let logger = Logger {
             path: name.clone(),
             child,
         };
@@ -319,16 +336,11 @@ impl Logger {
                 .await
                 .map_err(|e| lerr(format!("reading readiness: {e}")))
         };
+        // On failure `logger` is dropped, which kills and reaps the binary.
         match tokio::time::timeout(LOGGER_TIMEOUT, wait_ready).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                logger.kill().await;
-                return Err(e);
-            }
-            Err(_) => {
-                logger.kill().await;
-                return Err(lerr(format!("not ready within {LOGGER_TIMEOUT:?}")));
-            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(lerr(format!("not ready within {LOGGER_TIMEOUT:?}"))),
         }
         let set_nb = |fd: OwnedFd| -> Result<Sink, StdioError> {
             let tx = pipe::Sender::from_owned_fd(fd).map_err(|e| lerr(format!("{e}")))?;
@@ -343,6 +355,7 @@ impl Logger {
     }
 
     /// After the pipes are closed: let the logger flush and exit, kill it if it does not.
+    /// (Dropping a `Logger` instead kills it at once.)
     pub async fn finish(mut self) {
         match tokio::time::timeout(LOGGER_TIMEOUT, self.child.wait()).await {
             Ok(_) => {}
@@ -357,6 +370,38 @@ impl Logger {
         }
     }
 }
+
+impl Drop for Logger {
+    /// A logger nobody finished (an error path, a process that never started): SIGKILL by
+    /// PID and reap it, so no logging binary outlives its process or stays a zombie.
+    fn drop(&mut self) {
+        // None: already waited for by `finish`/`kill`.
+        let Some(pid) = self.child.id() else {
+            return;
+        };
+        let _ = self.child.start_kill();
+        // SIGKILL ends it at once; bounded all the same (an uninterruptible sleep).
+        let deadline = std::time::Instant::now() + REAP_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(None) => {
+                    log::warn!(
+                        "logging binary {} (pid {pid}) still there {REAP_TIMEOUT:?} after SIGKILL",
+                        self.path
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Bound on reaping a killed logging binary in `Drop` (which cannot await).
+const REAP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug)]
 pub enum Stream {
@@ -604,6 +649,31 @@ mod tests {
             std::fs::read_to_string(&out).unwrap(),
             "hello\nc1 ns1 flag\n"
         );
+    }
+
+    #[tokio::test]
+    async fn dropped_logger_is_killed_and_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("logger.sh");
+        let pidfile = dir.path().join("pid");
+        // Ready at once, then never exits on its own (holds its input open).
+        crate::vm::test_util::script(
+            &script,
+            &format!("echo $$ > {}\nexec 5>&-\nexec sleep 100", pidfile.display()),
+        );
+        let paths = StdioPaths {
+            stdout: format!("binary://{}", script.display()),
+            ..Default::default()
+        };
+        let io = open(&paths, "c1", "ns").await.unwrap();
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+        assert!(proc_dir.exists());
+        // The sinks stay open: only the drop ends it.
+        drop(io.logger);
+        // Gone, not a zombie (a zombie keeps its /proc entry until reaped).
+        assert!(!proc_dir.exists(), "{} still there", proc_dir.display());
+        drop((io.stdout, io.stderr));
     }
 
     #[tokio::test]
