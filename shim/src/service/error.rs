@@ -384,7 +384,8 @@ mod tests {
         );
         let r: Result<(), StdioError> = Err(StdioError::Logger {
             path: "/bin/log".into(),
-            reason: "start: nope".into(),
+            step: "start: ",
+            source: io("nope"),
         });
         let e = r.with_context(|| "exec e1".into()).unwrap_err();
         assert_eq!(

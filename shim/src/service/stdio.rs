@@ -38,8 +38,15 @@ pub enum StdioError {
     },
     #[error("stdio URI {uri}: {reason}")]
     Uri { uri: String, reason: String },
-    #[error("logging binary {path}: {reason}")]
-    Logger { path: String, reason: String },
+    /// `step` is what failed ("pipe: ", "start: ", ...; empty for setting up a pipe end).
+    #[error("logging binary {path}: {step}{source}")]
+    Logger {
+        path: String,
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("logging binary {path}: not ready within {timeout:?}")]
+    LoggerNotReady { path: String, timeout: Duration },
 }
 
 /// What containerd asked for.
@@ -288,17 +295,17 @@ impl Logger {
         namespace: &str,
     ) -> Result<(Logger, Sink, Sink), StdioError> {
         let name = path.display().to_string();
-        let lerr = |reason: String| StdioError::Logger {
-            path: name.clone(),
-            reason,
+        let lerr = |step: &'static str| {
+            let path = name.clone();
+            move |source| StdioError::Logger { path, step, source }
         };
-        let (out_r, out_w) = cloexec_pipe().map_err(|e| lerr(format!("pipe: {e}")))?;
-        let (err_r, err_w) = cloexec_pipe().map_err(|e| lerr(format!("pipe: {e}")))?;
-        let (ready_r, ready_w) = cloexec_pipe().map_err(|e| lerr(format!("pipe: {e}")))?;
+        let (out_r, out_w) = cloexec_pipe().map_err(lerr("pipe: "))?;
+        let (err_r, err_w) = cloexec_pipe().map_err(lerr("pipe: "))?;
+        let (ready_r, ready_w) = cloexec_pipe().map_err(lerr("pipe: "))?;
         let fds = [
-            dup_high(&out_r).map_err(|e| lerr(format!("dup: {e}")))?,
-            dup_high(&err_r).map_err(|e| lerr(format!("dup: {e}")))?,
-            dup_high(&ready_w).map_err(|e| lerr(format!("dup: {e}")))?,
+            dup_high(&out_r).map_err(lerr("dup: "))?,
+            dup_high(&err_r).map_err(lerr("dup: "))?,
+            dup_high(&ready_w).map_err(lerr("dup: "))?,
         ];
         drop((out_r, err_r, ready_w));
         let raw: [i32; 3] = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
@@ -321,10 +328,10 @@ impl Logger {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| lerr(format!("start: {e}")))?;
+        let child = cmd.spawn().map_err(lerr("start: "))?;
         drop(fds);
         // Wait for readiness: a byte or EOF on the ready pipe.
-        let ready = pipe::Receiver::from_owned_fd(ready_r).map_err(|e| lerr(format!("{e}")));
+        let ready = pipe::Receiver::from_owned_fd(ready_r).map_err(lerr(""));
         let logger = Logger {
             path: name.clone(),
             child,
@@ -332,18 +339,21 @@ impl Logger {
         let wait_ready = async {
             let mut rx = ready?;
             let mut b = [0u8; 1];
-            rx.read(&mut b)
-                .await
-                .map_err(|e| lerr(format!("reading readiness: {e}")))
+            rx.read(&mut b).await.map_err(lerr("reading readiness: "))
         };
         // On failure `logger` is dropped, which kills and reaps the binary.
         match tokio::time::timeout(LOGGER_TIMEOUT, wait_ready).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(lerr(format!("not ready within {LOGGER_TIMEOUT:?}"))),
+            Err(_) => {
+                return Err(StdioError::LoggerNotReady {
+                    path: name.clone(),
+                    timeout: LOGGER_TIMEOUT,
+                })
+            }
         }
         let set_nb = |fd: OwnedFd| -> Result<Sink, StdioError> {
-            let tx = pipe::Sender::from_owned_fd(fd).map_err(|e| lerr(format!("{e}")))?;
+            let tx = pipe::Sender::from_owned_fd(fd).map_err(lerr(""))?;
             Ok(Box::pin(tx))
         };
         Ok((logger, set_nb(out_w)?, set_nb(err_w)?))
