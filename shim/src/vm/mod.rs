@@ -148,6 +148,13 @@ pub struct Vm {
 /// Removes the state dir unless disarmed (on every early return of `start`).
 struct DirGuard(Option<PathBuf>);
 
+impl DirGuard {
+    /// Someone else (the `Vm`) removes the dir from now on.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
 impl Drop for DirGuard {
     fn drop(&mut self) {
         if let Some(d) = self.0.take() {
@@ -365,7 +372,7 @@ impl Vm {
         let qemu_proc = spawn_qemu(cfg, &spec, accel, vsock.device, snp.as_ref())?;
         let vm = Vm::assemble(cfg, &spec, qemu_proc, vsock.backend, vsock.channel, accel);
         // From here on `vm`'s Drop cleans up (processes first, then the dir).
-        dir_guard.0 = None;
+        dir_guard.disarm();
         vm.boot(cfg, spec.size, started).await
     }
 
