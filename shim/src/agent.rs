@@ -13,7 +13,7 @@ use ttrpc::r#async::transport::Socket;
 use ttrpc::r#async::Client;
 
 /// The agent's vsock port in the guest.
-pub const AGENT_VSOCK_PORT: u32 = 1024;
+pub use agent_proto::contract::AGENT_VSOCK_PORT;
 
 /// Longest accepted handshake reply line (`OK <u32>\n`).
 const MAX_REPLY: usize = 64;
@@ -44,6 +44,16 @@ impl AgentClient {
 /// A ttrpc context whose deadline travels to the agent.
 pub fn context(timeout: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+/// The status code and text containerd should see for a failed agent call: the agent's own
+/// for a status it returned (its message, not ttrpc's `Debug` of the status), else INTERNAL
+/// with the transport error.
+pub fn status_of(e: &ttrpc::Error) -> (ttrpc::Code, String) {
+    match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
+        other => (ttrpc::Code::INTERNAL, other.to_string()),
+    }
 }
 
 #[derive(Debug, Error)]

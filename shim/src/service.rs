@@ -1,12 +1,17 @@
 //! The containerd shim (`containerd-shim-kata-cc-v2`, runtime `io.containerd.kata-cc.v2`):
 //! shim lifecycle (start/delete/serve) here, the Task API in `task`.
 
+mod container;
+mod error;
+mod events;
+mod pod;
 mod process;
 mod sandbox;
 mod spec;
 mod stats;
 mod stdio;
 mod task;
+mod watch;
 
 use std::io::Read;
 use std::path::Path;
@@ -19,8 +24,9 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api::DeleteResponse, spawn, ExitSignal, Flags, Shim, StartOpts};
 
-pub use sandbox::{COPY_CHUNK, GUEST_LAYER_DIR};
-pub use task::{TaskService, LAYER_DRIVER, VM_GONE_STATUS};
+pub use sandbox::COPY_CHUNK;
+pub use task::TaskService;
+pub use watch::VM_GONE_STATUS;
 
 use crate::config::{Config, CONFIG_PATH_ENV};
 

@@ -5,7 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The log line's marker word.
-pub const MARKER: &str = "timeline";
+pub use agent_proto::contract::timeline::*;
 
 /// Logs that `id` reached `phase` now.
 pub fn mark(id: &str, phase: &str) {

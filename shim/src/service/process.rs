@@ -123,6 +123,14 @@ impl Process {
         self.io.lock().ok().and_then(|mut g| g.take())
     }
 
+    /// Closes the stdio no copier took over (the process never started); a no-op once the
+    /// copiers have it.
+    pub async fn close_unstarted_io(&self) {
+        if let Some(io) = self.take_io() {
+            io.close().await;
+        }
+    }
+
     /// Hand over the stdin copier's close trigger; a CloseIO that came first fires it at once.
     pub fn set_stdin_closer(&self, tx: oneshot::Sender<()>) {
         if let Ok(mut g) = self.stdin_close.lock() {

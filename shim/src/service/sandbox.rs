@@ -6,22 +6,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use agent_proto::agent::{CopyFileRequest, CreateSandboxRequest, SetPolicyRequest};
+use agent_proto::contract;
 use tokio::sync::{watch, Mutex};
 
-use crate::agent::{context, AgentClient};
+use crate::agent::{context, status_of, AgentClient};
 use crate::config::Config;
 use crate::image::{digest_hex, ImageStore, Layer};
 use crate::policy_source::{self, PodPolicy, PolicyState};
 use crate::sizing::size_for;
+use crate::timeline;
 use crate::vm::{Vm, VmSpec};
 
 /// Largest CopyFile payload (the ttrpc default message limit is 4 MiB).
 pub const COPY_CHUNK: usize = 1 << 20;
 /// Guest directory the layer blobs are copied to (guest tmpfs).
-pub const GUEST_LAYER_DIR: &str = "/run/kata-cc/layers";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -46,28 +47,19 @@ pub enum SandboxError {
     #[error("layer {digest}: containerd sent {got} bytes, manifest says {want}")]
     LayerSize { digest: String, got: i64, want: i64 },
     /// The agent refused the pod's policy (current policy denies SetPolicy, or the text does
-    /// not parse); `code` is the agent's status code, kept for containerd.
-    #[error("policy from annotation {annotation}: agent SetPolicy: {message}")]
+    /// not parse); containerd gets the agent's status code (service::error). `step` names a
+    /// part of sending it other than SetPolicy itself.
+    #[error("policy from annotation {annotation}: agent SetPolicy: {step}{}", status_of(.source).1)]
     SetPolicy {
         annotation: &'static str,
-        code: ttrpc::Code,
-        message: String,
+        step: &'static str,
+        source: ttrpc::Error,
     },
     #[error("cannot record the policy in {path}: {source}")]
     PolicyState {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-impl SandboxError {
-    /// The ttrpc status code containerd should see (the agent's own for a policy refusal).
-    pub fn code(&self) -> ttrpc::Code {
-        match self {
-            SandboxError::SetPolicy { code, .. } => *code,
-            _ => ttrpc::Code::INTERNAL,
-        }
-    }
 }
 
 pub struct Sandbox {
@@ -110,16 +102,10 @@ async fn set_policy(
         .set_policy(context(timeout), &req)
         .await
         .map(|_| ())
-        .map_err(|e| {
-            let (code, message) = match e {
-                ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
-                other => (ttrpc::Code::INTERNAL, other.to_string()),
-            };
-            SandboxError::SetPolicy {
-                annotation: p.source.annotation(),
-                code,
-                message,
-            }
+        .map_err(|source| SandboxError::SetPolicy {
+            annotation: p.source.annotation(),
+            step: "",
+            source,
         })
 }
 
@@ -148,16 +134,10 @@ async fn copy_initdata(
             .agent
             .copy_file(context(timeout), &req)
             .await
-            .map_err(|e| {
-                let (code, message) = match e {
-                    ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
-                    other => (ttrpc::Code::INTERNAL, other.to_string()),
-                };
-                SandboxError::SetPolicy {
-                    annotation,
-                    code,
-                    message: format!("copying the init-data document: {message}"),
-                }
+            .map_err(|source| SandboxError::SetPolicy {
+                annotation,
+                step: "copying the init-data document: ",
+                source,
             })?;
         offset = end;
         if offset >= bytes.len() {
@@ -203,58 +183,27 @@ impl Sandbox {
             },
         )
         .await?;
-        let agent = match vm.agent().await {
-            Ok(a) => a,
+        // The one place a failed start stops the VM: every step after the boot reports here.
+        let agent = match Self::prepare_guest(
+            &vm,
+            cfg,
+            id,
+            hostname,
+            policy.as_ref(),
+            &state_dir,
+            rpc_timeout,
+        )
+        .await
+        {
+            Ok(agent) => agent,
             Err(e) => {
-                let _ = vm.stop().await;
-                return Err(e.into());
-            }
-        };
-        // The policy goes first: CreateSandbox and everything after are checked against it.
-        let state = match &policy {
-            Some(p) => {
-                if let Err(e) = set_policy(
-                    &agent,
-                    rpc_timeout,
-                    p,
-                    cfg.hypervisor.qemu.confidential_guest,
-                )
-                .await
-                {
-                    let _ = vm.stop().await;
-                    return Err(e);
+                if let Err(stop) = vm.stop().await {
+                    log::error!("sandbox {id}: stopping VM: {stop}");
                 }
-                log::info!(
-                    "sandbox {id}: policy from {} set ({:?} digest {})",
-                    p.source.annotation(),
-                    p.algorithm,
-                    p.digest_hex()
-                );
-                p.state(Some(p.host_data()))
+                return Err(e);
             }
-            None => PolicyState::baked_default(),
         };
-        let state = PolicyState {
-            snp_launch: state.host_data.is_some() && cfg.hypervisor.qemu.confidential_guest,
-            ..state
-        };
-        if let Err(e) = record_policy(&state_dir, &state) {
-            let _ = vm.stop().await;
-            return Err(e);
-        }
-        let req = CreateSandboxRequest {
-            hostname: hostname.to_string(),
-            sandbox_id: id.to_string(),
-            ..Default::default()
-        };
-        if let Err(source) = agent.agent.create_sandbox(context(rpc_timeout), &req).await {
-            let _ = vm.stop().await;
-            return Err(SandboxError::Agent {
-                rpc: "CreateSandbox",
-                source,
-            });
-        }
-        crate::timeline::mark(id, "sandbox_created");
+        crate::timeline::mark(id, timeline::SANDBOX_CREATED);
         log::info!(
             "sandbox {id}: VM up in {:?} ({:?})",
             vm.boot_time(),
@@ -294,6 +243,71 @@ impl Sandbox {
             }
         });
         Ok(sandbox)
+    }
+
+    /// The steps between a booted VM and a usable sandbox: connect to the agent, send the
+    /// pod's policy, record it, announce the sandbox. The caller stops the VM on failure.
+    async fn prepare_guest(
+        vm: &Vm,
+        cfg: &Config,
+        id: &str,
+        hostname: &str,
+        policy: Option<&PodPolicy>,
+        state_dir: &Path,
+        rpc_timeout: Duration,
+    ) -> Result<AgentClient, SandboxError> {
+        let agent = vm.agent().await?;
+        // The policy goes first: CreateSandbox and everything after are checked against it.
+        let state = Self::apply_policy(&agent, cfg, id, policy, rpc_timeout).await?;
+        record_policy(state_dir, &state)?;
+        let req = CreateSandboxRequest {
+            hostname: hostname.to_string(),
+            sandbox_id: id.to_string(),
+            ..Default::default()
+        };
+        agent
+            .agent
+            .create_sandbox(context(rpc_timeout), &req)
+            .await
+            .map_err(|source| SandboxError::Agent {
+                rpc: "CreateSandbox",
+                source,
+            })?;
+        Ok(agent)
+    }
+
+    /// Sends the pod's policy (if it has one: otherwise the agent keeps its baked default);
+    /// returns what to record about the policy in force.
+    async fn apply_policy(
+        agent: &AgentClient,
+        cfg: &Config,
+        id: &str,
+        policy: Option<&PodPolicy>,
+        rpc_timeout: Duration,
+    ) -> Result<PolicyState, SandboxError> {
+        let state = match policy {
+            Some(p) => {
+                set_policy(
+                    agent,
+                    rpc_timeout,
+                    p,
+                    cfg.hypervisor.qemu.confidential_guest,
+                )
+                .await?;
+                log::info!(
+                    "sandbox {id}: policy from {} set ({:?} digest {})",
+                    p.source.annotation(),
+                    p.algorithm,
+                    p.digest_hex()
+                );
+                p.state(Some(p.host_data()))
+            }
+            None => PolicyState::baked_default(),
+        };
+        Ok(PolicyState {
+            snp_launch: state.host_data.is_some() && cfg.hypervisor.qemu.confidential_guest,
+            ..state
+        })
     }
 
     /// The PID reported to containerd for the pod's processes (QEMU's: the process that
@@ -352,7 +366,7 @@ impl Sandbox {
 
     /// Guest path of a layer blob.
     pub fn guest_layer_path(digest: &str) -> String {
-        format!("{GUEST_LAYER_DIR}/{}", digest_hex(digest))
+        format!("{}/{}", contract::GUEST_LAYER_DIR, digest_hex(digest))
     }
 
     /// Copy a container's layer blobs to the guest, streaming from containerd's content store

@@ -29,6 +29,9 @@ pub enum SpecError {
     },
 }
 
+/// Annotations, sysctls and the like.
+type StringMap = HashMap<String, String>;
+
 /// A parsed config.json with its origin (for error messages).
 pub struct BundleSpec {
     pub path: String,
@@ -205,7 +208,7 @@ impl<'a> Obj<'a> {
             Some(_) => Err(self.err(k, "expected an array")),
         }
     }
-    fn string_map(&self, k: &str) -> Result<HashMap<String, String>, SpecError> {
+    fn string_map(&self, k: &str) -> Result<StringMap, SpecError> {
         match self.get(k) {
             None => Ok(HashMap::new()),
             Some(Value::Object(m)) => m

@@ -38,8 +38,15 @@ pub enum StdioError {
     },
     #[error("stdio URI {uri}: {reason}")]
     Uri { uri: String, reason: String },
-    #[error("logging binary {path}: {reason}")]
-    Logger { path: String, reason: String },
+    /// `step` is what failed ("pipe: ", "start: ", ...; empty for setting up a pipe end).
+    #[error("logging binary {path}: {step}{source}")]
+    Logger {
+        path: String,
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("logging binary {path}: not ready within {timeout:?}")]
+    LoggerNotReady { path: String, timeout: Duration },
 }
 
 /// What containerd asked for.
@@ -60,6 +67,23 @@ pub struct OpenedStdio {
     pub stdout: Option<Sink>,
     pub stderr: Option<Sink>,
     pub logger: Option<Logger>,
+}
+
+impl OpenedStdio {
+    /// Closes stdio that no copier took over (the process never started); a logging binary
+    /// gets its EOF and the time to flush.
+    pub async fn close(self) {
+        let OpenedStdio {
+            stdin,
+            stdout,
+            stderr,
+            logger,
+        } = self;
+        drop((stdin, stdout, stderr));
+        if let Some(l) = logger {
+            l.finish().await;
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -271,17 +295,17 @@ impl Logger {
         namespace: &str,
     ) -> Result<(Logger, Sink, Sink), StdioError> {
         let name = path.display().to_string();
-        let lerr = |reason: String| StdioError::Logger {
-            path: name.clone(),
-            reason,
+        let lerr = |step: &'static str| {
+            let path = name.clone();
+            move |source| StdioError::Logger { path, step, source }
         };
-        let (out_r, out_w) = cloexec_pipe().map_err(|e| lerr(format!("pipe: {e}")))?;
-        let (err_r, err_w) = cloexec_pipe().map_err(|e| lerr(format!("pipe: {e}")))?;
-        let (ready_r, ready_w) = cloexec_pipe().map_err(|e| lerr(format!("pipe: {e}")))?;
+        let (out_r, out_w) = cloexec_pipe().map_err(lerr("pipe: "))?;
+        let (err_r, err_w) = cloexec_pipe().map_err(lerr("pipe: "))?;
+        let (ready_r, ready_w) = cloexec_pipe().map_err(lerr("pipe: "))?;
         let fds = [
-            dup_high(&out_r).map_err(|e| lerr(format!("dup: {e}")))?,
-            dup_high(&err_r).map_err(|e| lerr(format!("dup: {e}")))?,
-            dup_high(&ready_w).map_err(|e| lerr(format!("dup: {e}")))?,
+            dup_high(&out_r).map_err(lerr("dup: "))?,
+            dup_high(&err_r).map_err(lerr("dup: "))?,
+            dup_high(&ready_w).map_err(lerr("dup: "))?,
         ];
         drop((out_r, err_r, ready_w));
         let raw: [i32; 3] = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
@@ -304,34 +328,32 @@ impl Logger {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| lerr(format!("start: {e}")))?;
+        let child = cmd.spawn().map_err(lerr("start: "))?;
         drop(fds);
         // Wait for readiness: a byte or EOF on the ready pipe.
-        let ready = pipe::Receiver::from_owned_fd(ready_r).map_err(|e| lerr(format!("{e}")));
-        let mut logger = Logger {
+        let ready = pipe::Receiver::from_owned_fd(ready_r).map_err(lerr(""));
+        let logger = Logger {
             path: name.clone(),
             child,
         };
         let wait_ready = async {
             let mut rx = ready?;
             let mut b = [0u8; 1];
-            rx.read(&mut b)
-                .await
-                .map_err(|e| lerr(format!("reading readiness: {e}")))
+            rx.read(&mut b).await.map_err(lerr("reading readiness: "))
         };
+        // On failure `logger` is dropped, which kills and reaps the binary.
         match tokio::time::timeout(LOGGER_TIMEOUT, wait_ready).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                logger.kill().await;
-                return Err(e);
-            }
+            Ok(Err(e)) => return Err(e),
             Err(_) => {
-                logger.kill().await;
-                return Err(lerr(format!("not ready within {LOGGER_TIMEOUT:?}")));
+                return Err(StdioError::LoggerNotReady {
+                    path: name.clone(),
+                    timeout: LOGGER_TIMEOUT,
+                })
             }
         }
         let set_nb = |fd: OwnedFd| -> Result<Sink, StdioError> {
-            let tx = pipe::Sender::from_owned_fd(fd).map_err(|e| lerr(format!("{e}")))?;
+            let tx = pipe::Sender::from_owned_fd(fd).map_err(lerr(""))?;
             Ok(Box::pin(tx))
         };
         Ok((logger, set_nb(out_w)?, set_nb(err_w)?))
@@ -343,6 +365,7 @@ impl Logger {
     }
 
     /// After the pipes are closed: let the logger flush and exit, kill it if it does not.
+    /// (Dropping a `Logger` instead kills it at once.)
     pub async fn finish(mut self) {
         match tokio::time::timeout(LOGGER_TIMEOUT, self.child.wait()).await {
             Ok(_) => {}
@@ -357,6 +380,38 @@ impl Logger {
         }
     }
 }
+
+impl Drop for Logger {
+    /// A logger nobody finished (an error path, a process that never started): SIGKILL by
+    /// PID and reap it, so no logging binary outlives its process or stays a zombie.
+    fn drop(&mut self) {
+        // None: already waited for by `finish`/`kill`.
+        let Some(pid) = self.child.id() else {
+            return;
+        };
+        let _ = self.child.start_kill();
+        // SIGKILL ends it at once; bounded all the same (an uninterruptible sleep).
+        let deadline = std::time::Instant::now() + REAP_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(None) => {
+                    log::warn!(
+                        "logging binary {} (pid {pid}) still there {REAP_TIMEOUT:?} after SIGKILL",
+                        self.path
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Bound on reaping a killed logging binary in `Drop` (which cannot await).
+const REAP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug)]
 pub enum Stream {
@@ -604,6 +659,31 @@ mod tests {
             std::fs::read_to_string(&out).unwrap(),
             "hello\nc1 ns1 flag\n"
         );
+    }
+
+    #[tokio::test]
+    async fn dropped_logger_is_killed_and_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("logger.sh");
+        let pidfile = dir.path().join("pid");
+        // Ready at once, then never exits on its own (holds its input open).
+        crate::vm::test_util::script(
+            &script,
+            &format!("echo $$ > {}\nexec 5>&-\nexec sleep 100", pidfile.display()),
+        );
+        let paths = StdioPaths {
+            stdout: format!("binary://{}", script.display()),
+            ..Default::default()
+        };
+        let io = open(&paths, "c1", "ns").await.unwrap();
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+        assert!(proc_dir.exists());
+        // The sinks stay open: only the drop ends it.
+        drop(io.logger);
+        // Gone, not a zombie (a zombie keeps its /proc entry until reaped).
+        assert!(!proc_dir.exists(), "{} still there", proc_dir.display());
+        drop((io.stdout, io.stderr));
     }
 
     #[tokio::test]

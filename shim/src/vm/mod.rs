@@ -21,6 +21,8 @@ use tokio::sync::watch;
 use crate::agent::{self, AgentClient, AgentConnectError, AGENT_VSOCK_PORT};
 use crate::config::{Config, ConfigError};
 use crate::sizing::VmSize;
+use crate::snp::qemu::SnpLaunch;
+use crate::timeline;
 use accel::Accel;
 use process::OwnedProcess;
 pub use process::ProcessExit;
@@ -95,7 +97,8 @@ pub enum VmError {
     BootTimeout {
         id: String,
         timeout: Duration,
-        last: String,
+        #[source]
+        last: Box<AgentWaitError>,
         console: Vec<String>,
     },
     #[error(transparent)]
@@ -104,6 +107,23 @@ pub enum VmError {
     NotRunning { id: String, exit: String },
     #[error("VM {id}: QEMU (pid {pid}) did not exit after SIGKILL")]
     Unkillable { id: String, pid: i32 },
+}
+
+/// Why the agent has not answered (yet) during boot: the last attempt's error.
+#[derive(Debug, Error)]
+pub enum AgentWaitError {
+    /// Hybrid vsock: the agent's ready line did not appear on the console in time.
+    #[error("{0}")]
+    NoReadyLine(String),
+    /// The deadline passed before a first attempt.
+    #[error("none")]
+    NoAttempt,
+    #[error(transparent)]
+    Connect(AgentConnectError),
+    #[error("Health.Check: {0}")]
+    Health(#[source] ttrpc::Error),
+    #[error("QEMU exited ({0})")]
+    QemuExited(VmExit),
 }
 
 /// How the host reaches the agent.
@@ -128,6 +148,13 @@ pub struct Vm {
 
 /// Removes the state dir unless disarmed (on every early return of `start`).
 struct DirGuard(Option<PathBuf>);
+
+impl DirGuard {
+    /// Someone else (the `Vm`) removes the dir from now on.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for DirGuard {
     fn drop(&mut self) {
@@ -173,194 +200,276 @@ fn guest_cid_for(id: &str) -> u32 {
     3 + (h.finish() % 0x7fff_0000) as u32
 }
 
+/// The vsock device QEMU gets, the process serving it (vhost-user only) and how the host then
+/// reaches the agent.
+struct VsockSetup {
+    backend: Option<VsockBackend>,
+    device: VsockDevice,
+    channel: AgentChannel,
+}
+
+/// SEV-SNP launch parameters, checked before anything is started: a confidential guest never
+/// falls back to a non-confidential VM.
+fn snp_launch(cfg: &Config, spec: &VmSpec) -> Result<Option<SnpLaunch>, VmError> {
+    let q = &cfg.hypervisor.qemu;
+    if !q.confidential_guest {
+        return Ok(None);
+    }
+    let (cbitpos, reduced) = crate::snp::host::require_snp(
+        &crate::snp::host::HostPaths::default(),
+        &q.firmware,
+        &cfg.source,
+    )?;
+    let mut l = SnpLaunch::new(cbitpos, reduced);
+    l.host_data = spec.host_data;
+    l.policy = q.snp_guest_policy;
+    let nonempty = |s: &String| Some(s.clone()).filter(|s| !s.is_empty());
+    l.id_block = nonempty(&q.snp_id_block);
+    l.id_auth = nonempty(&q.snp_id_auth);
+    Ok(Some(l))
+}
+
+/// The sandbox id names the state dir: it must stay one path component.
+fn check_id(id: &str) -> Result<(), VmError> {
+    if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+        return Err(VmError::BadId(id.to_string()));
+    }
+    Ok(())
+}
+
+/// The configured files exist and the VM's sockets fit in `sun_path`. Returns whether the
+/// kernel's vhost-vsock is used (else the vhost-user backend must be there too).
+fn check_host(cfg: &Config, state_dir: &Path) -> Result<bool, VmError> {
+    cfg.check_paths()?;
+    let use_kernel_vsock = kernel_vsock_usable(cfg);
+    if !use_kernel_vsock {
+        cfg.check_vsock_backend()?;
+    }
+    for name in [
+        qemu::QMP_SOCK,
+        qemu::VHOST_USER_SOCK,
+        qemu::HYBRID_VSOCK_SOCK,
+    ] {
+        check_socket_path(&state_dir.join(name))?;
+    }
+    Ok(use_kernel_vsock)
+}
+
+/// Creates the sandbox state dir (never reusing one); it is removed again when the returned
+/// guard drops armed.
+fn create_state_dir(sd: &Path) -> Result<DirGuard, VmError> {
+    if sd.exists() {
+        return Err(VmError::StateDirExists(sd.to_path_buf()));
+    }
+    if let Some(parent) = sd.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| VmError::StateDir {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o750)
+        .create(sd)
+        .map_err(|source| VmError::StateDir {
+            path: sd.to_path_buf(),
+            source,
+        })?;
+    Ok(DirGuard(Some(sd.to_path_buf())))
+}
+
+/// Kernel vhost-vsock needs nothing started; otherwise the vhost-user backend is started and
+/// waited for.
+async fn start_vsock(
+    cfg: &Config,
+    id: &str,
+    sd: &Path,
+    use_kernel_vsock: bool,
+) -> Result<VsockSetup, VmError> {
+    if use_kernel_vsock {
+        let cid = guest_cid_for(id);
+        log::info!("vsock: kernel vhost-vsock, guest cid {cid}");
+        return Ok(VsockSetup {
+            backend: None,
+            device: VsockDevice::Kernel { guest_cid: cid },
+            channel: AgentChannel::Vsock { cid },
+        });
+    }
+    let q = &cfg.hypervisor.qemu;
+    let vhost = sd.join(qemu::VHOST_USER_SOCK);
+    let uds = sd.join(qemu::HYBRID_VSOCK_SOCK);
+    log::info!(
+        "vsock: vhost-user backend {} (no usable /dev/vhost-vsock)",
+        q.vsock_backend.display()
+    );
+    let b = VsockBackend::start(
+        &q.vsock_backend,
+        &vhost,
+        &uds,
+        &sd.join(qemu::BACKEND_LOG),
+        BACKEND_SOCKET_TIMEOUT,
+    )
+    .await?;
+    Ok(VsockSetup {
+        backend: Some(b),
+        device: VsockDevice::VhostUser { socket: vhost },
+        channel: AgentChannel::Hybrid { uds },
+    })
+}
+
+/// An SNP launch needs KVM; otherwise the configured choice (or the probe) decides.
+async fn choose_accel(cfg: &Config, snp: Option<&SnpLaunch>) -> Accel {
+    let q = &cfg.hypervisor.qemu;
+    match snp {
+        Some(_) => Accel::Kvm,
+        None => accel::choose(q.accel, &q.path, &q.kernel).await,
+    }
+}
+
+/// Builds QEMU's command line and starts it (its output to the state dir's QEMU log).
+fn spawn_qemu(
+    cfg: &Config,
+    spec: &VmSpec,
+    accel: Accel,
+    vsock: VsockDevice,
+    snp: Option<&SnpLaunch>,
+) -> Result<OwnedProcess, VmError> {
+    let q = &cfg.hypervisor.qemu;
+    let sd = &spec.state_dir;
+    let args = qemu::qemu_args(&QemuLaunch {
+        id: &spec.id,
+        qemu: q,
+        size: spec.size,
+        accel,
+        vsock,
+        state_dir: sd,
+        free_page_reporting: snp.is_none(),
+    });
+    let args = match snp {
+        Some(l) => crate::snp::qemu::snp_qemu_args(&args, l)?,
+        None => args,
+    };
+    log::info!("starting {} {}", q.path.display(), args.join(" "));
+    let mut cmd = Command::new(&q.path);
+    cmd.args(&args);
+    crate::timeline::mark(&spec.id, timeline::QEMU_SPAWN);
+    OwnedProcess::spawn("qemu", cmd, &sd.join(qemu::QEMU_LOG)).map_err(|source| VmError::Spawn {
+        path: q.path.clone(),
+        source,
+    })
+}
+
 impl Vm {
     /// Creates the state dir, starts the vsock backend and QEMU, and waits until the agent answers
-    /// Health.Check. On any failure everything started is killed and the state dir removed.
+    /// Health.Check. On any failure everything started is killed and the state dir removed
+    /// (each step's resources release on drop).
     pub async fn start(cfg: &Config, spec: VmSpec) -> Result<Vm, VmError> {
-        let q = &cfg.hypervisor.qemu;
-        // SNP: checked before anything is started; never falls back to a non-confidential VM.
-        let snp = if q.confidential_guest {
-            let (cbitpos, reduced) = crate::snp::host::require_snp(
-                &crate::snp::host::HostPaths::default(),
-                &q.firmware,
-                &cfg.source,
-            )?;
-            let mut l = crate::snp::qemu::SnpLaunch::new(cbitpos, reduced);
-            l.host_data = spec.host_data;
-            l.policy = q.snp_guest_policy;
-            let nonempty = |s: &String| Some(s.clone()).filter(|s| !s.is_empty());
-            l.id_block = nonempty(&q.snp_id_block);
-            l.id_auth = nonempty(&q.snp_id_auth);
-            Some(l)
-        } else {
-            None
-        };
-        if spec.id.is_empty() || spec.id.contains('/') || spec.id == "." || spec.id == ".." {
-            return Err(VmError::BadId(spec.id));
-        }
-        cfg.check_paths()?;
-        let use_kernel_vsock = kernel_vsock_usable(cfg);
-        if !use_kernel_vsock {
-            cfg.check_vsock_backend()?;
-        }
-        let sd = spec.state_dir.clone();
-        for name in [
-            qemu::QMP_SOCK,
-            qemu::VHOST_USER_SOCK,
-            qemu::HYBRID_VSOCK_SOCK,
-        ] {
-            check_socket_path(&sd.join(name))?;
-        }
-        if sd.exists() {
-            return Err(VmError::StateDirExists(sd));
-        }
-        if let Some(parent) = sd.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| VmError::StateDir {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        std::fs::DirBuilder::new()
-            .mode(0o750)
-            .create(&sd)
-            .map_err(|source| VmError::StateDir {
-                path: sd.clone(),
-                source,
-            })?;
-        let mut dir_guard = DirGuard(Some(sd.clone()));
+        let snp = snp_launch(cfg, &spec)?;
+        check_id(&spec.id)?;
+        let use_kernel_vsock = check_host(cfg, &spec.state_dir)?;
+        let mut dir_guard = create_state_dir(&spec.state_dir)?;
         let started = Instant::now();
+        let vsock = start_vsock(cfg, &spec.id, &spec.state_dir, use_kernel_vsock).await?;
+        let accel = choose_accel(cfg, snp.as_ref()).await;
+        let qemu_proc = spawn_qemu(cfg, &spec, accel, vsock.device, snp.as_ref())?;
+        let vm = Vm::assemble(cfg, &spec, qemu_proc, vsock.backend, vsock.channel, accel);
+        // From here on `vm`'s Drop cleans up (processes first, then the dir).
+        dir_guard.disarm();
+        vm.boot(cfg, spec.size, started).await
+    }
 
-        let (backend, vsock, channel) = if use_kernel_vsock {
-            let cid = guest_cid_for(&spec.id);
-            log::info!("vsock: kernel vhost-vsock, guest cid {cid}");
-            (
-                None,
-                VsockDevice::Kernel { guest_cid: cid },
-                AgentChannel::Vsock { cid },
-            )
-        } else {
-            let vhost = sd.join(qemu::VHOST_USER_SOCK);
-            let uds = sd.join(qemu::HYBRID_VSOCK_SOCK);
-            log::info!(
-                "vsock: vhost-user backend {} (no usable /dev/vhost-vsock)",
-                q.vsock_backend.display()
-            );
-            let b = VsockBackend::start(
-                &q.vsock_backend,
-                &vhost,
-                &uds,
-                &sd.join(qemu::BACKEND_LOG),
-                BACKEND_SOCKET_TIMEOUT,
-            )
-            .await?;
-            (
-                Some(b),
-                VsockDevice::VhostUser { socket: vhost },
-                AgentChannel::Hybrid { uds },
-            )
-        };
-
-        let accel = match snp {
-            Some(_) => Accel::Kvm,
-            None => accel::choose(q.accel, &q.path, &q.kernel).await,
-        };
-        let args = qemu::qemu_args(&QemuLaunch {
-            id: &spec.id,
-            qemu: q,
-            size: spec.size,
-            accel,
-            vsock,
-            state_dir: &sd,
-            free_page_reporting: snp.is_none(),
-        });
-        let args = match &snp {
-            Some(l) => crate::snp::qemu::snp_qemu_args(&args, l)?,
-            None => args,
-        };
-        log::info!("starting {} {}", q.path.display(), args.join(" "));
-        let mut cmd = Command::new(&q.path);
-        cmd.args(&args);
-        crate::timeline::mark(&spec.id, "qemu_spawn");
-        let qemu_proc =
-            OwnedProcess::spawn("qemu", cmd, &sd.join(qemu::QEMU_LOG)).map_err(|source| {
-                VmError::Spawn {
-                    path: q.path.clone(),
-                    source,
-                }
-            })?;
-        let qemu_exit = qemu_proc.exit_watch();
-
-        let mut vm = Vm {
+    /// The `Vm` that owns the started processes.
+    fn assemble(
+        cfg: &Config,
+        spec: &VmSpec,
+        qemu_proc: OwnedProcess,
+        backend: Option<VsockBackend>,
+        channel: AgentChannel,
+        accel: Accel,
+    ) -> Vm {
+        let q = &cfg.hypervisor.qemu;
+        Vm {
             id: spec.id.clone(),
-            state_dir: sd.clone(),
+            state_dir: spec.state_dir.clone(),
+            qemu_exit: qemu_proc.exit_watch(),
             qemu: Some(qemu_proc),
             backend,
-            qemu_exit,
             channel,
             dial_timeout: cfg.agent.kata.dial_timeout(),
             shutdown_timeout: q.shutdown_timeout(),
             boot_time: Duration::ZERO,
             accel,
-        };
-        // From here on `vm`'s Drop cleans up (processes first, then the dir).
-        dir_guard.0 = None;
-
-        let boot_timeout = q.boot_timeout();
-        match vm.wait_for_agent(started + boot_timeout).await {
-            Ok(()) => {
-                vm.boot_time = started.elapsed();
-                crate::timeline::mark(&vm.id, "agent_ready");
-                if let Some(ms) = std::fs::read_to_string(vm.console_log())
-                    .ok()
-                    .and_then(|c| crate::timeline::agent_uptime_ms(&c))
-                {
-                    log::info!(
-                        "{} {} guest_uptime_at_agent_ms {ms}",
-                        crate::timeline::MARKER,
-                        vm.id
-                    );
-                }
-                log::info!(
-                    "VM {} ready in {:.1} s ({}, {} vCPUs, {} MiB)",
-                    vm.id,
-                    vm.boot_time.as_secs_f64(),
-                    accel.as_qemu(),
-                    spec.size.vcpus,
-                    spec.size.memory_mib
-                );
-                Ok(vm)
-            }
-            Err(last) => {
-                let exited = vm.qemu.as_ref().and_then(|p| p.exit());
-                // Kill first so the console log is complete and nothing outlives the error.
-                vm.kill_all();
-                let console = console::relevant_lines_of(&vm.console_log(), CONSOLE_LINES);
-                let err = match exited {
-                    Some(exit) => VmError::BootFailed {
-                        id: vm.id.clone(),
-                        exit: exit.to_string(),
-                        console,
-                        qemu_log: console::relevant_lines_of(
-                            &sd.join(qemu::QEMU_LOG),
-                            CONSOLE_LINES,
-                        ),
-                    },
-                    None => VmError::BootTimeout {
-                        id: vm.id.clone(),
-                        timeout: boot_timeout,
-                        last,
-                        console,
-                    },
-                };
-                log::error!("{err}");
-                drop(vm);
-                Err(err)
-            }
         }
     }
 
+    /// Waits for the agent (bounded by `hypervisor.qemu.boot_timeout` from `started`); on
+    /// failure kills everything and explains from the console and QEMU's log.
+    async fn boot(mut self, cfg: &Config, size: VmSize, started: Instant) -> Result<Vm, VmError> {
+        let boot_timeout = cfg.hypervisor.qemu.boot_timeout();
+        match self.wait_for_agent(started + boot_timeout).await {
+            Ok(()) => {
+                self.boot_time = started.elapsed();
+                self.report_ready(size);
+                Ok(self)
+            }
+            Err(last) => Err(self.boot_failed(boot_timeout, last)),
+        }
+    }
+
+    /// Timeline and log lines of a booted VM (the bench reads both).
+    fn report_ready(&self, size: VmSize) {
+        crate::timeline::mark(&self.id, timeline::AGENT_READY);
+        if let Some(ms) = std::fs::read_to_string(self.console_log())
+            .ok()
+            .and_then(|c| crate::timeline::agent_uptime_ms(&c))
+        {
+            log::info!(
+                "{} {} {} {ms}",
+                timeline::MARKER,
+                self.id,
+                timeline::GUEST_UPTIME_AT_AGENT_MS
+            );
+        }
+        log::info!(
+            "VM {} ready in {:.1} s ({}, {} vCPUs, {} MiB)",
+            self.id,
+            self.boot_time.as_secs_f64(),
+            self.accel.as_qemu(),
+            size.vcpus,
+            size.memory_mib
+        );
+    }
+
+    /// Kills everything and builds the boot error: QEMU's exit with the console and QEMU's log
+    /// if it died, else the timeout with the console and the last connection error.
+    fn boot_failed(mut self, timeout: Duration, last: AgentWaitError) -> VmError {
+        let exited = self.qemu.as_ref().and_then(|p| p.exit());
+        // Kill first so the console log is complete and nothing outlives the error.
+        self.kill_all();
+        let console = console::relevant_lines_of(&self.console_log(), CONSOLE_LINES);
+        let err = match exited {
+            Some(exit) => VmError::BootFailed {
+                id: self.id.clone(),
+                exit: exit.to_string(),
+                console,
+                qemu_log: console::relevant_lines_of(
+                    &self.state_dir.join(qemu::QEMU_LOG),
+                    CONSOLE_LINES,
+                ),
+            },
+            None => VmError::BootTimeout {
+                id: self.id.clone(),
+                timeout,
+                last: Box::new(last),
+                console,
+            },
+        };
+        log::error!("{err}");
+        drop(self);
+        err
+    }
+
     /// Polls Health.Check until it answers, QEMU exits, or `deadline` passes. Err = why not.
-    async fn wait_for_agent(&self, deadline: Instant) -> Result<(), String> {
+    async fn wait_for_agent(&self, deadline: Instant) -> Result<(), AgentWaitError> {
         let exited = self.wait_exited();
         let probe = async {
             // vhost-device-vsock: a CONNECT sent while the guest's vsock driver is not ready can
@@ -374,16 +483,16 @@ impl Vm {
                         break;
                     }
                     if Instant::now() >= deadline {
-                        return Err(format!(
+                        return Err(AgentWaitError::NoReadyLine(format!(
                             "the agent never printed {:?} on the console",
                             agent_proto::contract::READY_LINE
-                        ));
+                        )));
                     }
                     // Every millisecond here is pod start time; the file is small.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            let mut last = String::from("none");
+            let mut last = AgentWaitError::NoAttempt;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -395,16 +504,16 @@ impl Vm {
                         let req = agent_proto::health::CheckRequest::new();
                         match c.health.check(ctx, &req).await {
                             Ok(_) => return Ok(()),
-                            Err(e) => last = format!("Health.Check: {e}"),
+                            Err(e) => last = AgentWaitError::Health(e),
                         }
                     }
-                    Err(e) => last = e.to_string(),
+                    Err(e) => last = AgentWaitError::Connect(e),
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         };
         tokio::select! {
-            e = exited => Err(format!("QEMU exited ({e})")),
+            e = exited => Err(AgentWaitError::QemuExited(e)),
             r = probe => r,
         }
     }
