@@ -375,6 +375,26 @@ enum KvmCheckError {
     Runtime(#[source] std::io::Error),
 }
 
+/// One line of `kata-cc check`: what was checked, whether it holds, the detail, and whether the
+/// configured mode needs it.
+struct Row {
+    name: String,
+    ok: bool,
+    detail: String,
+    needed: bool,
+}
+
+impl Row {
+    fn new(name: impl Into<String>, ok: bool, detail: impl Into<String>, needed: bool) -> Row {
+        Row {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+            needed,
+        }
+    }
+}
+
 pub fn check(args: &[String]) -> ExitCode {
     let explicit = match args {
         [] => None,
@@ -382,41 +402,65 @@ pub fn check(args: &[String]) -> ExitCode {
         _ => return usage_error("kata-cc check: expected [--config PATH]"),
     };
     let path = Config::locate(explicit);
-    // (row, ok, detail, needed for the configured mode)
-    let mut rows: Vec<(String, bool, String, bool)> = Vec::new();
-    let cfg = match Config::load(&path) {
-        Ok(c) => {
-            rows.push(("config".into(), true, path.display().to_string(), true));
-            c
-        }
-        Err(e) => {
-            rows.push(("config".into(), false, e.to_string(), true));
-            Config::default()
-        }
+    let (cfg, config_row) = match Config::load(&path) {
+        Ok(c) => (
+            c,
+            Row::new("config", true, path.display().to_string(), true),
+        ),
+        Err(e) => (
+            Config::default(),
+            Row::new("config", false, e.to_string(), true),
+        ),
     };
     let q = &cfg.hypervisor.qemu;
     let snp_mode = q.confidential_guest;
-    rows.push((
-        "mode".into(),
+    let mut rows = vec![
+        config_row,
+        mode_row(snp_mode),
+        guest_files_row(&cfg),
+        kvm_row(q),
+    ];
+    rows.extend(vsock_rows(q));
+    rows.push(qemu_version_row(q));
+    for c in host::snp_capabilities(&host::HostPaths::default(), &q.firmware) {
+        rows.push(Row::new(
+            format!("SNP: {}", c.name),
+            c.ok,
+            c.detail,
+            snp_mode,
+        ));
+    }
+    print_verdict(&rows, snp_mode)
+}
+
+fn mode_row(snp_mode: bool) -> Row {
+    Row::new(
+        "mode",
         true,
         if snp_mode {
-            "SEV-SNP (hypervisor.qemu.confidential_guest = true)".into()
+            "SEV-SNP (hypervisor.qemu.confidential_guest = true)"
         } else {
-            "no TEE (hypervisor.qemu.confidential_guest = false): development only".into()
+            "no TEE (hypervisor.qemu.confidential_guest = false): development only"
         },
         false,
-    ));
+    )
+}
+
+fn guest_files_row(cfg: &Config) -> Row {
     let paths = cfg.check_paths();
-    rows.push((
-        "guest files".into(),
+    Row::new(
+        "guest files",
         paths.is_ok(),
         match &paths {
             Ok(()) => "qemu, kernel, initrd, image present".into(),
             Err(e) => e.to_string(),
         },
         true,
-    ));
-    // The shim's own probe: a test VM in KVM, then the guest kernel booting under KVM.
+    )
+}
+
+/// The shim's own probe: a test VM in KVM, then the guest kernel booting under KVM.
+fn kvm_row(q: &kata_cc_shim::config::QemuConfig) -> Row {
     let kvm = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -426,9 +470,9 @@ pub fn check(args: &[String]) -> ExitCode {
             .map_err(KvmCheckError::from),
         Err(e) => Err(KvmCheckError::Runtime(e)),
     };
-    let kvm_needed = snp_mode || q.accel == kata_cc_shim::config::AccelChoice::Kvm;
-    rows.push((
-        "KVM usable".into(),
+    let kvm_needed = q.confidential_guest || q.accel == kata_cc_shim::config::AccelChoice::Kvm;
+    Row::new(
+        "KVM usable",
         kvm.is_ok(),
         match &kvm {
             Ok(()) => "a test VM ran and the guest kernel boots under KVM".into(),
@@ -436,38 +480,47 @@ pub fn check(args: &[String]) -> ExitCode {
             Err(e) => format!("{e} (TCG software emulation will be used)"),
         },
         kvm_needed,
-    ));
+    )
+}
+
+/// The kernel's vhost-vsock, or else the vhost-user backend the shim falls back to.
+fn vsock_rows(q: &kata_cc_shim::config::QemuConfig) -> [Row; 2] {
     let vhost = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/vhost-vsock");
-    rows.push((
-        "/dev/vhost-vsock".into(),
-        vhost.is_ok(),
-        match &vhost {
-            Ok(_) => "usable".into(),
-            Err(e) => format!("{e} (vhost-device-vsock is used instead)"),
-        },
-        false,
-    ));
     let backend = &q.vsock_backend;
     let backend_ok = backend.is_file();
-    rows.push((
-        "vhost-device-vsock".into(),
-        backend_ok,
-        if backend_ok {
-            backend.display().to_string()
-        } else {
-            format!(
-                "{} does not exist (hypervisor.qemu.vsock_backend)",
-                backend.display()
-            )
-        },
-        vhost.is_err() || q.force_vhost_user_vsock,
-    ));
+    [
+        Row::new(
+            "/dev/vhost-vsock",
+            vhost.is_ok(),
+            match &vhost {
+                Ok(_) => "usable".into(),
+                Err(e) => format!("{e} (vhost-device-vsock is used instead)"),
+            },
+            false,
+        ),
+        Row::new(
+            "vhost-device-vsock",
+            backend_ok,
+            if backend_ok {
+                backend.display().to_string()
+            } else {
+                format!(
+                    "{} does not exist (hypervisor.qemu.vsock_backend)",
+                    backend.display()
+                )
+            },
+            vhost.is_err() || q.force_vhost_user_vsock,
+        ),
+    ]
+}
+
+fn qemu_version_row(q: &kata_cc_shim::config::QemuConfig) -> Row {
     let qv = qemu_version(&q.path);
-    rows.push((
-        "QEMU version".into(),
+    Row::new(
+        "QEMU version",
         matches!(qv, Ok((a, b, _)) if (a, b) >= (9, 1)),
         match &qv {
             Ok((a, b, v)) if (*a, *b) >= (9, 1) => format!("{v} ({})", q.path.display()),
@@ -475,33 +528,29 @@ pub fn check(args: &[String]) -> ExitCode {
             Err(e) => e.to_string(),
         },
         true,
-    ));
-    for c in host::snp_capabilities(&host::HostPaths::default(), &q.firmware) {
-        rows.push((format!("SNP: {}", c.name), c.ok, c.detail, snp_mode));
-    }
+    )
+}
+
+/// Prints the rows and whether every row the configured mode needs holds.
+fn print_verdict(rows: &[Row], snp_mode: bool) -> ExitCode {
     let mut can_run = true;
-    for (name, ok, detail, needed) in &rows {
-        let status = match (ok, needed) {
+    for r in rows {
+        let status = match (r.ok, r.needed) {
             (true, _) => "ok",
             (false, true) => "MISSING",
             (false, false) => "no",
         };
-        if !ok && *needed {
+        if !r.ok && r.needed {
             can_run = false;
         }
-        println!("{name:<24} {status:<8} {detail}");
+        println!("{:<24} {status:<8} {}", r.name, r.detail);
     }
+    let mode = if snp_mode { "SEV-SNP" } else { "no TEE" };
     if can_run {
-        println!(
-            "this host can run the configured mode ({})",
-            if snp_mode { "SEV-SNP" } else { "no TEE" }
-        );
+        println!("this host can run the configured mode ({mode})");
         ExitCode::SUCCESS
     } else {
-        println!(
-            "this host cannot run the configured mode ({}): see the MISSING rows",
-            if snp_mode { "SEV-SNP" } else { "no TEE" }
-        );
+        println!("this host cannot run the configured mode ({mode}): see the MISSING rows");
         ExitCode::FAILURE
     }
 }

@@ -328,28 +328,8 @@ fn main() {
         std::process::exit(2);
     }
     let t0 = Instant::now();
-    let _ = std::fs::create_dir_all("/proc");
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mnt("proc", "/proc", "proc", nosuid_nodev_noexec, None);
-    mnt("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, None);
-    mnt(
-        "devtmpfs",
-        "/dev",
-        "devtmpfs",
-        MsFlags::MS_NOSUID,
-        Some("mode=0755"),
-    );
-    // The console for our output and, after exec, the agent's.
-    if let Ok(c) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/console")
-    {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors.
-            unsafe { libc::dup2(c.as_raw_fd(), fd) };
-        }
-    }
+    mount_kernel_filesystems();
+    console_as_stdio();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let p = params(&cmdline).unwrap_or_else(|why| not_verified(&why.to_string()));
     let debug = p.debug;
@@ -363,20 +343,73 @@ fn main() {
     };
 
     load_modules(&step);
-
-    // virtio_blk probes asynchronously; devtmpfs creates the node.
-    step(&format!("waiting for {}", p.disk));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::metadata(&p.disk).is_ok_and(|m| m.file_type().is_block_device()) {
-        if Instant::now() >= deadline {
-            fatal(&format!(
-                "rootfs disk {} did not appear within 10 s",
-                p.disk
+    wait_for_disk(&p.disk, &step);
+    let dev = open_verity(&p, &step);
+    if p.verify_full {
+        step(&format!("reading all of {dev}"));
+        if let Err(e) = read_all(&dev) {
+            not_verified(&format!(
+                "reading {dev} failed (a block does not match the hash tree): {e}"
             ));
+        }
+    }
+    mount_rootfs(&dev, &step);
+    prepare_new_root();
+    step(&format!(
+        "switch_root after {} ms",
+        t0.elapsed().as_millis()
+    ));
+    say(&format!(
+        "kata-cc: rootfs verified (root hash {}), starting {AGENT}",
+        p.roothash
+    ));
+    switch_root_and_exec_agent(&step);
+}
+
+/// /proc, /sys and /dev of the initramfs (moved into the new root later).
+fn mount_kernel_filesystems() {
+    let _ = std::fs::create_dir_all("/proc");
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mnt("proc", "/proc", "proc", nosuid_nodev_noexec, None);
+    mnt("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, None);
+    mnt(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    );
+}
+
+/// The console for our output and, after exec, the agent's.
+fn console_as_stdio() {
+    if let Ok(c) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe { libc::dup2(c.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// virtio_blk probes asynchronously; devtmpfs creates the node.
+fn wait_for_disk(disk: &str, step: &dyn Fn(&str)) {
+    step(&format!("waiting for {disk}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device()) {
+        if Instant::now() >= deadline {
+            fatal(&format!("rootfs disk {disk} did not appear within 10 s"));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
 
+/// The rootfs disk opened as a dm-verity device with the command line's root hash; returns its
+/// device node.
+fn open_verity(p: &Params, step: &dyn Fn(&str)) -> String {
     let data_blocks = p.hashoffset / BLOCK;
     // veritysetup format wrote its superblock at the hash offset; the tree starts one block later.
     let hash_start = data_blocks + 1;
@@ -402,20 +435,15 @@ fn main() {
             not_verified(&format!("device node {dev}: {e}"));
         }
     }
+    dev
+}
 
-    if p.verify_full {
-        step(&format!("reading all of {dev}"));
-        if let Err(e) = read_all(&dev) {
-            not_verified(&format!(
-                "reading {dev} failed (a block does not match the hash tree): {e}"
-            ));
-        }
-    }
-
+/// The verified erofs at NEWROOT, which must carry the agent.
+fn mount_rootfs(dev: &str, step: &dyn Fn(&str)) {
     let _ = std::fs::create_dir_all(NEWROOT);
     step("mount erofs");
     if let Err(e) = mount(
-        Some(dev.as_str()),
+        Some(dev),
         NEWROOT,
         Some("erofs"),
         MsFlags::MS_RDONLY,
@@ -427,9 +455,11 @@ fn main() {
     if !std::fs::metadata(&agent).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0) {
         not_verified(&format!("{AGENT} missing or not executable in the rootfs"));
     }
+}
 
-    // The rootfs is read-only: writable tmpfs for /run and /tmp, the kernel file systems
-    // mounted here moved over, plus the ones runc expects.
+/// The rootfs is read-only: writable tmpfs for /run and /tmp, the kernel file systems mounted
+/// here moved over, plus the ones runc expects.
+fn prepare_new_root() {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mnt(
         "tmpfs",
@@ -477,20 +507,14 @@ fn main() {
         "cgroup2",
         &format!("{NEWROOT}/sys/fs/cgroup"),
         "cgroup2",
-        nosuid_nodev_noexec,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     );
+}
 
-    step(&format!(
-        "switch_root after {} ms",
-        t0.elapsed().as_millis()
-    ));
-    say(&format!(
-        "kata-cc: rootfs verified (root hash {}), starting {AGENT}",
-        p.roothash
-    ));
-    // switch_root: free the initramfs, make the new root "/", and exec the agent. If the exec
-    // fails, PID 1 exits, the kernel panics and panic=1 ends the VM.
+/// switch_root: frees the initramfs, makes the new root "/", and execs the agent. If the exec
+/// fails, PID 1 exits, the kernel panics and panic=1 ends the VM.
+fn switch_root_and_exec_agent(step: &dyn Fn(&str)) -> ! {
     let root_dev = std::fs::symlink_metadata("/").map(|m| m.dev()).unwrap_or(0);
     delete_contents(Path::new("/"), root_dev);
     if let Err(e) = std::env::set_current_dir(NEWROOT) {

@@ -348,13 +348,51 @@ pub fn verify(
     chain: Option<&CaChain>,
     expected: &Expected,
 ) -> Verification {
-    let mut checks = Vec::new();
-    let key_kind = report.signing_key();
-    // The signed POLICY field (offset 0x08): a debuggable guest protects nothing from the host.
-    let policy = u64::from_le_bytes(report.raw[0x08..0x10].try_into().unwrap_or([0; 8]));
+    let vek_name = if report.signing_key() == SigningKey::Vlek {
+        "VLEK"
+    } else {
+        "VCEK"
+    };
+    let mut checks = vec![
+        guest_policy_check(report, expected.allow_debug),
+        check(
+            "report-format",
+            Ok(format!(
+                "version {}, signed by {}",
+                report.version(),
+                report.signing_key()
+            )),
+        ),
+        signature_algorithm_check(report),
+    ];
+    let ca = ca_chain(chain, vek, &mut checks);
+    if let Some((src, ca)) = &ca {
+        checks.extend(chain_signature_checks(src, ca));
+    }
+    checks.push(vek_signed_check(report, vek, ca.as_ref(), vek_name));
     checks.push(check(
+        "report-signature",
+        match vek {
+            Some(v) => report_signature(report, v),
+            None => Err(CheckFailure::NoVek { vek: vek_name }),
+        },
+    ));
+    checks.push(tcb_check(report, vek, vek_name));
+    if report.signing_key() != SigningKey::Vlek {
+        if let Some(v) = vek {
+            checks.push(chip_id_check(report, v));
+        }
+    }
+    checks.extend(expected_value_checks(report, expected));
+    Verification { checks }
+}
+
+/// The signed POLICY field (offset 0x08): a debuggable guest protects nothing from the host.
+fn guest_policy_check(report: &Report, allow_debug: bool) -> Check {
+    let policy = u64::from_le_bytes(report.raw[0x08..0x10].try_into().unwrap_or([0; 8]));
+    check(
         "guest-policy",
-        if policy & POLICY_DEBUG == 0 || expected.allow_debug {
+        if policy & POLICY_DEBUG == 0 || allow_debug {
             Ok(format!(
                 "policy {policy:#x}{}",
                 if policy & POLICY_DEBUG != 0 {
@@ -366,26 +404,29 @@ pub fn verify(
         } else {
             Err(CheckFailure::DebugPolicy { policy })
         },
-    ));
-    checks.push(check(
-        "report-format",
-        Ok(format!(
-            "version {}, signed by {key_kind}",
-            report.version()
-        )),
-    ));
-    checks.push(check(
+    )
+}
+
+fn signature_algorithm_check(report: &Report) -> Check {
+    check(
         "signature-algorithm",
         if report.sig_algo() == SIG_ALGO_ECDSA_P384_SHA384 {
             Ok("ECDSA P-384 with SHA-384".into())
         } else {
             Err(CheckFailure::SignatureAlgorithm(report.sig_algo()))
         },
-    ));
+    )
+}
 
+/// The CA chain to verify against, with where it came from: the caller's (its ARK must be an
+/// AMD root, checked here) or the built-in one whose ASK signed the VCEK.
+fn ca_chain(
+    chain: Option<&CaChain>,
+    vek: Option<&x509_cert::Certificate>,
+    checks: &mut Vec<Check>,
+) -> Option<(String, CaChain)> {
     let builtins = builtin_chains();
-    // The CA chain: the caller's (its ARK must be an AMD root) or a built-in one.
-    let ca: Option<(String, CaChain)> = match chain {
+    match chain {
         Some(c) => {
             let root = builtins
                 .iter()
@@ -399,7 +440,7 @@ pub fn verify(
             Some(("given".into(), c.clone()))
         }
         None => {
-            // Pick the product whose ASK signed the VCEK (the ARK is the crate's, so trusted).
+            // The ARK is the crate's, so trusted; the product is the one whose ASK signed.
             let found = vek.and_then(|v| {
                 builtins
                     .iter()
@@ -416,122 +457,118 @@ pub fn verify(
             ));
             found
         }
-    };
-    if let Some((src, ca)) = &ca {
-        checks.push(check(
+    }
+}
+
+fn chain_signature_checks(src: &str, ca: &CaChain) -> [Check; 2] {
+    [
+        check(
             "ark-self-signed",
             signed_by(&ca.ark, &ca.ark)
                 .map(|()| format!("{src} ARK signs itself"))
                 .map_err(|source| CheckFailure::ChainSignature {
-                    src: src.clone(),
+                    src: src.to_string(),
                     cert: "ARK",
                     source,
                 }),
-        ));
-        checks.push(check(
+        ),
+        check(
             "ask-signed-by-ark",
             signed_by(&ca.ark, &ca.ask)
                 .map(|()| format!("{src} ASK is signed by the ARK"))
                 .map_err(|source| CheckFailure::ChainSignature {
-                    src: src.clone(),
+                    src: src.to_string(),
                     cert: "ASK",
                     source,
                 }),
-        ));
-    }
-    let vek_name = if key_kind == SigningKey::Vlek {
-        "VLEK"
-    } else {
-        "VCEK"
+        ),
+    ]
+}
+
+fn vek_signed_check(
+    report: &Report,
+    vek: Option<&x509_cert::Certificate>,
+    ca: Option<&(String, CaChain)>,
+    vek_name: &'static str,
+) -> Check {
+    let result = match (vek, ca) {
+        (None, _) => Err(CheckFailure::NoVekFor {
+            vek: vek_name,
+            chip_id: hex(report.chip_id()),
+            tcb: report.reported_tcb(),
+        }),
+        (Some(v), Some((src, ca))) => signed_by(&ca.ask, v)
+            .map(|()| format!("the {vek_name} is signed by the {src} ASK"))
+            .map_err(|source| CheckFailure::VekNotSignedByAsk {
+                vek: vek_name,
+                src: src.clone(),
+                source,
+            }),
+        (Some(_), None) => Err(CheckFailure::NoChainSignedVek { vek: vek_name }),
     };
-    match vek {
-        None => {
-            checks.push(check(
-                "vcek-signed-by-ask",
-                Err(CheckFailure::NoVekFor {
-                    vek: vek_name,
-                    chip_id: hex(report.chip_id()),
-                    tcb: report.reported_tcb(),
-                }),
-            ));
+    check("vcek-signed-by-ask", result)
+}
+
+fn tcb_check(
+    report: &Report,
+    vek: Option<&x509_cert::Certificate>,
+    vek_name: &'static str,
+) -> Check {
+    let Some(v) = vek else {
+        return check(
+            "tcb-matches-vcek",
+            Err(CheckFailure::NoVek { vek: vek_name }),
+        );
+    };
+    let result = vek_tcb(v).and_then(|vt| {
+        let rt = report.reported_tcb();
+        // FMC exists only on Turin and later; compare it when both have it.
+        let fmc_ok = match (rt.fmc, vt.fmc) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        if fmc_ok
+            && (rt.bootloader, rt.tee, rt.snp, rt.microcode)
+                == (vt.bootloader, vt.tee, vt.snp, vt.microcode)
+        {
+            Ok(format!("reported TCB {rt}"))
+        } else {
+            Err(CheckFailure::TcbMismatch {
+                reported: rt,
+                vek: vek_name,
+                vek_tcb: vt,
+            })
         }
-        Some(v) => {
-            if let Some((src, ca)) = &ca {
-                checks.push(check(
-                    "vcek-signed-by-ask",
-                    signed_by(&ca.ask, v)
-                        .map(|()| format!("the {vek_name} is signed by the {src} ASK"))
-                        .map_err(|source| CheckFailure::VekNotSignedByAsk {
-                            vek: vek_name,
-                            src: src.clone(),
-                            source,
-                        }),
-                ));
-            } else {
-                checks.push(check(
-                    "vcek-signed-by-ask",
-                    Err(CheckFailure::NoChainSignedVek { vek: vek_name }),
-                ));
+    });
+    check("tcb-matches-vcek", result)
+}
+
+fn chip_id_check(report: &Report, vek: &x509_cert::Certificate) -> Check {
+    let chip = report.chip_id();
+    check(
+        "chip-id-matches-vcek",
+        match hwid(vek) {
+            None => Err(CheckFailure::NoHwid),
+            // Turin VCEKs carry the 8 significant bytes only.
+            Some(h)
+                if !h.is_empty()
+                    && chip.starts_with(&h)
+                    && chip[h.len()..].iter().all(|b| *b == 0) =>
+            {
+                Ok(format!("chip id {}…", hex(&chip[..8])))
             }
-        }
-    }
-    checks.push(check(
-        "report-signature",
-        match vek {
-            Some(v) => report_signature(report, v),
-            None => Err(CheckFailure::NoVek { vek: vek_name }),
-        },
-    ));
-    checks.push(check(
-        "tcb-matches-vcek",
-        match vek {
-            None => Err(CheckFailure::NoVek { vek: vek_name }),
-            Some(v) => vek_tcb(v).and_then(|vt| {
-                let rt = report.reported_tcb();
-                // FMC exists only on Turin and later; compare it when both have it.
-                let fmc_ok = match (rt.fmc, vt.fmc) {
-                    (Some(a), Some(b)) => a == b,
-                    _ => true,
-                };
-                if fmc_ok
-                    && (rt.bootloader, rt.tee, rt.snp, rt.microcode)
-                        == (vt.bootloader, vt.tee, vt.snp, vt.microcode)
-                {
-                    Ok(format!("reported TCB {rt}"))
-                } else {
-                    Err(CheckFailure::TcbMismatch {
-                        reported: rt,
-                        vek: vek_name,
-                        vek_tcb: vt,
-                    })
-                }
+            Some(_) if chip.iter().all(|b| *b == 0) => Err(CheckFailure::ChipIdMasked),
+            Some(h) => Err(CheckFailure::ChipIdMismatch {
+                chip_id: hex(chip),
+                hwid: hex(&h),
             }),
         },
-    ));
-    if key_kind != SigningKey::Vlek {
-        if let Some(v) = vek {
-            let chip = report.chip_id();
-            checks.push(check(
-                "chip-id-matches-vcek",
-                match hwid(v) {
-                    None => Err(CheckFailure::NoHwid),
-                    // Turin VCEKs carry the 8 significant bytes only.
-                    Some(h)
-                        if !h.is_empty()
-                            && chip.starts_with(&h)
-                            && chip[h.len()..].iter().all(|b| *b == 0) =>
-                    {
-                        Ok(format!("chip id {}…", hex(&chip[..8])))
-                    }
-                    Some(_) if chip.iter().all(|b| *b == 0) => Err(CheckFailure::ChipIdMasked),
-                    Some(h) => Err(CheckFailure::ChipIdMismatch {
-                        chip_id: hex(chip),
-                        hwid: hex(&h),
-                    }),
-                },
-            ));
-        }
-    }
+    )
+}
+
+/// The values the caller expects (measurement, HOST_DATA, REPORT_DATA), those given only.
+fn expected_value_checks(report: &Report, expected: &Expected) -> Vec<Check> {
+    let mut checks = Vec::new();
     if let Some(m) = &expected.measurement {
         checks.push(check(
             "measurement",
@@ -550,7 +587,7 @@ pub fn verify(
             compare("report_data", report.report_data(), d),
         ));
     }
-    Verification { checks }
+    checks
 }
 
 #[cfg(test)]
