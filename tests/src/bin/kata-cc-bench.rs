@@ -324,7 +324,7 @@ fn bare_boot(qemu: &str, args: &[String]) -> f64 {
 
 /// `kata-cc agent --sandbox ID ARGS..`'s stdout; panics if it fails.
 fn kata_cc_agent(id: &str, args: &[&str]) -> String {
-    let mut c = Command::new(paths::release_dir().join("kata-cc"));
+    let mut c = Command::new(paths::bin_dir().join("kata-cc"));
     c.args(["agent", "--sandbox", id]).args(args);
     let out = cmd::run(c, None, paths::ctr_timeout());
     out.assert_success();
@@ -426,7 +426,7 @@ fn main() {
     let blast_img = TestImage::busybox_with(
         "blast",
         &[(
-            paths::release_dir().join("kata-cc-vsock-blast"),
+            paths::bin_dir().join("kata-cc-vsock-blast"),
             "/bin/kata-cc-vsock-blast",
         )],
     );
