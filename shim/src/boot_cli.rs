@@ -252,11 +252,12 @@ pub struct BootReport {
 }
 
 impl BootReport {
+    /// The first console line with `needle`, from `needle` on (firmware escape sequences may
+    /// precede it on the same line).
     fn console_line(&self, needle: &str) -> Option<&str> {
         self.console
             .lines()
-            .map(|l| l.trim_end_matches('\r'))
-            .find(|l| l.contains(needle))
+            .find_map(|l| l.find(needle).map(|i| l[i..].trim_end_matches('\r')))
     }
 
     /// The root hash of a `kata-cc: rootfs verified (root hash H)` console line.
@@ -642,6 +643,9 @@ mod tests {
         let r = report(exited(), refused);
         assert_eq!(r.verdict(), Verdict::Refused);
         assert!(r.refusal().unwrap().contains("block 5"));
+        // SeaBIOS's screen clearing before the line is not part of it.
+        let r = report(exited(), &format!("\u{1b}c\u{1b}[2J{refused}"));
+        assert_eq!(r.refusal(), Some(refused.trim_end()));
         // A refusal line with the payload or the agent started anyway is not a refusal.
         assert_eq!(
             report(exited(), &format!("{refused}{payload}")).verdict(),
