@@ -36,15 +36,18 @@ image: build
 demo: deps build image
 	bash hack/demo.sh
 
+# --all-features: the host tier's tests (kata-cc-tests/e2e) are linted too.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
-# Unit tests and the end-to-end tests (real containerd, QEMU and guest). The e2e tests serialize
-# themselves (a lock in the harness); --test-threads=1 keeps their output readable too.
-e2e:
-	bash hack/test-image.sh
-	$(CARGO) test --release --workspace --no-fail-fast -- --test-threads=1
+# Unit tests and the host tier: the tests compiled only with the feature kata-cc-tests/e2e
+# (root, real containerd, QEMU, the guest image and its checks in tests/tests/image.rs, the
+# host tools of `make deps`). A plain `cargo test --workspace` runs the unit tier only. The e2e
+# tests serialize themselves (locks in the harness); --test-threads=1 keeps their output
+# readable too. They run the workspace's binaries of the same profile: `make build`'s.
+e2e: image
+	$(CARGO) test --release --workspace --no-fail-fast --features kata-cc-tests/e2e -- --test-threads=1
 
 test: deps build image lint e2e
 

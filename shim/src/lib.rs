@@ -2,6 +2,8 @@
 
 // VM side (config, sizing, QEMU, vsock backend, agent connection).
 pub mod agent;
+// `kata-cc boot-check`: boots the guest through `vm::Vm` and reports its console.
+pub mod boot_cli;
 pub mod config;
 pub mod sizing;
 pub mod snp;
@@ -10,5 +12,7 @@ pub mod vm;
 
 // containerd side (task service, containers, stdio, images).
 pub mod image;
+// The guest image's manifest.json (hack/bake-image.sh).
+pub mod manifest;
 pub mod policy_source;
 pub mod service;

@@ -83,6 +83,12 @@ impl Containerd {
             .arg(&dir)
             .env("KATA_CC_CONFIG_PATH", &config)
             .env("CONTAINERD_LOG_LEVEL", "info");
+        if opts.kata {
+            // The shim of the tests' own build first (containerd.sh puts the default release
+            // dir before it, which is the same dir under `make e2e`).
+            let path = std::env::var("PATH").unwrap_or_default();
+            c.env("PATH", format!("{}:{path}", paths::bin_dir().display()));
+        }
         let out = cmd::run(c, None, paths::ctr_timeout());
         let pid = std::fs::read_to_string(dir.join("containerd.pid"))
             .ok()

@@ -2,10 +2,12 @@
 //! locally built OCI images, and a leak checker that proves nothing of a test survives it.
 //!
 //! Every test runs against real parts (containerd, the shim, QEMU, the guest image); the harness
-//! never skips: a missing build product is a panic telling which `make` target to run.
+//! never skips: a missing build product is a panic telling which `make` target to run. Those
+//! tests are the host tier (feature `e2e`, see Cargo.toml); the lib itself builds anywhere.
 
 pub mod cmd;
 pub mod containerd;
+/// Test data from crate packages (and ../shared/conformance for the rest): `package_dir`.
 pub mod image;
 pub mod leak;
 pub mod paths;

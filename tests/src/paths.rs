@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kata_cc_shim::manifest::Manifest;
+
 /// The repository root (the workspace).
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -11,26 +13,63 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-pub fn release_dir() -> PathBuf {
-    repo().join("target/x86_64-unknown-linux-gnu/release")
+/// The directory of the workspace's binaries for the profile these tests were built with: the
+/// running test's own (`<target>/<profile>/deps/<test>` or `<target>/<profile>/<bin>`). `make
+/// e2e` runs `--release` after `make build`, so that is target/x86_64-unknown-linux-gnu/release.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe.parent().expect("the test binary has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps/ has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// A workspace binary (`kata-cc`, `kata-cc-agent`, ...) of the same profile as the running
+/// test; panics naming it when it was not built (cargo builds another package's binaries only
+/// with that package: `make build` or `cargo build --workspace`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace's binaries first (`make build`, or `cargo build \
+         --workspace` with the same profile as the tests)",
+        p.display()
+    );
+    p
 }
 
 /// The guest binaries (kata-cc-agent, kata-cc-init), built with the `guest` profile by
-/// `make image`.
+/// `make image`: beside the tests' profile dir (KATA_CC_GUEST_BIN_DIR to use another build's).
 pub fn guest_bin_dir() -> PathBuf {
-    repo().join("target/x86_64-unknown-linux-gnu/guest")
+    match std::env::var_os("KATA_CC_GUEST_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => bin_dir()
+            .parent()
+            .expect("the profile dir has a parent")
+            .join("guest"),
+    }
+}
+
+/// The build products of `make image` (`build/`; KATA_CC_BUILD_DIR to test another checkout's).
+pub fn build_dir() -> PathBuf {
+    match std::env::var_os("KATA_CC_BUILD_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => repo().join("build"),
+    }
 }
 
 pub fn guest_dir() -> PathBuf {
-    repo().join("build/guest")
+    build_dir().join("guest")
 }
 
 /// The runtime config `make image` writes.
 pub fn baked_config() -> PathBuf {
-    repo().join("build/configuration.toml")
+    build_dir().join("configuration.toml")
 }
 
-/// Where each test's private containerd and scratch files go.
+/// Where each test's private containerd and scratch files go (always this checkout's build/).
 pub fn e2e_dir() -> PathBuf {
     repo().join("build/e2e")
 }
@@ -42,7 +81,7 @@ pub fn sandbox_dir(id: &str) -> PathBuf {
 
 /// Panics (never skips) unless the shim binary, the guest image and its config exist.
 pub fn require_built() {
-    let shim = release_dir().join("containerd-shim-kata-cc-v2");
+    let shim = bin_dir().join("containerd-shim-kata-cc-v2");
     assert!(
         shim.is_file(),
         "{} is missing: run `make build` (or `make test`)",
@@ -63,17 +102,20 @@ pub fn require_built() {
     );
 }
 
+/// The baked guest's manifest (build/guest/manifest.json).
+pub fn guest_manifest() -> Manifest {
+    Manifest::load_dir(&guest_dir()).unwrap_or_else(|e| panic!("{e}: run `make image`"))
+}
+
 /// The guest kernel release recorded by the image bake (manifest.json `kernel.version`).
 pub fn guest_kernel_release() -> String {
-    let p = guest_dir().join("manifest.json");
-    let text = std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("{}: {e}: run `make image`", p.display()));
-    let v: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", p.display()));
-    match v.pointer("/kernel/version").and_then(|v| v.as_str()) {
-        Some(s) if !s.is_empty() => s.to_string(),
-        _ => panic!("{}: no string at kernel.version", p.display()),
-    }
+    let v = guest_manifest().kernel.version;
+    assert!(
+        !v.is_empty(),
+        "{}: empty kernel.version",
+        guest_dir().display()
+    );
+    v
 }
 
 /// The host's kernel release (uname(2)).

@@ -345,11 +345,9 @@ fn use_no_exec_no_logs_image(cd: &Containerd) {
         .arg("--no-config")
         .args(["--default-policy", "no-exec-no-logs"]);
     kata_cc_tests::cmd::run(bake, None, paths::run_timeout()).assert_success();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out_dir.join("manifest.json")).expect("manifest.json"),
-    )
-    .expect("manifest.json");
-    assert_eq!(manifest["default_policy"]["name"], "no-exec-no-logs");
+    let manifest =
+        kata_cc_shim::manifest::Manifest::load_dir(&out_dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(manifest.default_policy.name, "no-exec-no-logs");
     let cmdline = std::fs::read_to_string(out_dir.join("cmdline")).expect("cmdline");
     let image = out_dir.join("rootfs.img");
     cd.edit_config(|t| {

@@ -283,7 +283,7 @@ mod tests {
 
     /// A real Milan report, from the `sev` crate's package (hex text).
     fn real_report() -> Vec<u8> {
-        let path = kata_cc_fixtures::sev_file("certs_data/report_milan.hex");
+        let path = kata_cc_fixtures::sev_file("report_milan.hex");
         let text = std::fs::read_to_string(&path).expect("sev package report");
         let text = text.trim();
         (0..text.len())

@@ -1,5 +1,6 @@
 //! `kata-cc`: the host tool: `config` (validate the runtime configuration), `policy`
-//! (replay/check/bench with the agent's own engine), `measure`, `attest`, `check`.
+//! (replay/check/bench with the agent's own engine), `measure`, `attest`, `check`,
+//! `boot-check` (boot the guest through the shim's VM builder and report its console).
 
 use std::process::ExitCode;
 
@@ -27,12 +28,14 @@ fn main() -> ExitCode {
         Some("measure") => snp_cli::measure(&args[1..]),
         Some("attest") => snp_cli::attest(&args[1..]),
         Some("check") => snp_cli::check(&args[1..]),
+        Some("boot-check") => kata_cc_shim::boot_cli::main(&args[1..]),
         Some("help") | Some("--help") | Some("-h") => {
             print!(
-                "{USAGE}{}{}{}",
+                "{USAGE}{}{}{}{}",
                 policy_cli::USAGE,
                 agent_cli::USAGE,
-                snp_cli::USAGE
+                snp_cli::USAGE,
+                kata_cc_shim::boot_cli::USAGE
             );
             ExitCode::SUCCESS
         }

@@ -35,14 +35,21 @@ mod tests {
     }
 }
 
+// kata-cc-tests' fixture helper, for tests_support; the shim cannot depend on that crate (it
+// depends on the shim), so the same file is included.
 #[cfg(test)]
 pub(crate) mod tests_support {
     use std::path::PathBuf;
 
-    /// A file of `../shared/conformance/snp/` (beside the repository).
+    use kata_cc_fixtures as fixtures;
+
+    /// An SNP test vector by its conformance name: `virtee-<file>` comes from the `sev` package
+    /// (tests/certs_data/, tests/measurement/), anything else from ../shared/conformance/snp/
+    /// (only what no package ships); a missing file panics naming it.
     pub fn conformance(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/conformance/snp")
-            .join(name)
+        match name.strip_prefix("virtee-") {
+            Some(file) => fixtures::sev_file(file),
+            None => fixtures::conformance_file(&format!("snp/{name}")),
+        }
     }
 }

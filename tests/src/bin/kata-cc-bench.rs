@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use agent_proto::contract::timeline;
 use kata_cc_tests::{cmd, paths, procs, Containerd, TestImage};
 use serde_json::{json, Value};
 
@@ -68,9 +69,9 @@ fn now_ms() -> u64 {
 
 /// The shim's `timeline <id> <phase> <value>` lines of pod `id` (see shim/src/timeline.rs),
 /// from containerd's log (which carries the shims' logs).
-fn timeline(cd: &Containerd, id: &str) -> std::collections::BTreeMap<String, u64> {
+fn timeline_marks(cd: &Containerd, id: &str) -> std::collections::BTreeMap<String, u64> {
     let log = std::fs::read_to_string(cd.dir.join("containerd.log")).unwrap_or_default();
-    let marker = format!("timeline {id} ");
+    let marker = format!("{} {id} ", timeline::MARKER);
     let mut out = std::collections::BTreeMap::new();
     for line in log.lines() {
         let Some(at) = line.find(&marker) else {
@@ -97,17 +98,17 @@ fn phases(
 ) -> Option<Vec<(&'static str, f64)>> {
     let g = |k: &str| t.get(k).copied();
     let (spawn, ready, uptime) = (
-        g("qemu_spawn")?,
-        g("agent_ready")?,
-        g("guest_uptime_at_agent_ms")?,
+        g(timeline::QEMU_SPAWN)?,
+        g(timeline::AGENT_READY)?,
+        g(timeline::GUEST_UPTIME_AT_AGENT_MS)?,
     );
     let (sandbox, sent, created, started) = (
-        g("sandbox_created")?,
-        g("layers_sent")?,
-        g("container_created")?,
-        g("started")?,
+        g(timeline::SANDBOX_CREATED)?,
+        g(timeline::LAYERS_SENT)?,
+        g(timeline::CONTAINER_CREATED)?,
+        g(timeline::STARTED)?,
     );
-    let (exit, stopped) = (g("exit")?, g("vm_stopped")?);
+    let (exit, stopped) = (g(timeline::EXIT)?, g(timeline::VM_STOPPED)?);
     let d = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0;
     Some(vec![
         ("containerd + shim until QEMU spawn", d(begin, spawn)),
@@ -324,7 +325,7 @@ fn bare_boot(qemu: &str, args: &[String]) -> f64 {
 
 /// `kata-cc agent --sandbox ID ARGS..`'s stdout; panics if it fails.
 fn kata_cc_agent(id: &str, args: &[&str]) -> String {
-    let mut c = Command::new(paths::release_dir().join("kata-cc"));
+    let mut c = Command::new(paths::bin_dir().join("kata-cc"));
     c.args(["agent", "--sandbox", id]).args(args);
     let out = cmd::run(c, None, paths::ctr_timeout());
     out.assert_success();
@@ -344,13 +345,9 @@ fn agent_rss_mib(id: &str) -> f64 {
 /// The largest policy of the conformance corpus, with AllowRequestsFailingPolicy on so that the
 /// bench's busybox pod (not the pod it was generated for) runs under it.
 fn largest_corpus_policy() -> (String, String) {
-    let dir = paths::repo().join("../shared/conformance/kata-policy");
     let mut best: Option<(u64, PathBuf)> = None;
-    for e in std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-    {
-        let p = e.path().join("policy.rego");
+    for case in kata_cc_fixtures::kata_policy_cases() {
+        let p = case.join("policy.rego");
         if let Ok(md) = std::fs::metadata(&p) {
             if best.as_ref().is_none_or(|(n, _)| md.len() > *n) {
                 best = Some((md.len(), p));
@@ -426,7 +423,7 @@ fn main() {
     let blast_img = TestImage::busybox_with(
         "blast",
         &[(
-            paths::release_dir().join("kata-cc-vsock-blast"),
+            paths::bin_dir().join("kata-cc-vsock-blast"),
             "/bin/kata-cc-vsock-blast",
         )],
     );
@@ -566,7 +563,7 @@ fn main() {
         let begin = now_ms();
         kata.push(timed_run(&cd, kata_cc_tests::RUNTIME, &id, &img));
         let end = now_ms();
-        match phases(&timeline(&cd, &id), begin, end) {
+        match phases(&timeline_marks(&cd, &id), begin, end) {
             Some(p) => split.push(p),
             None => eprintln!("bench: {id}: timeline incomplete in containerd.log"),
         }

@@ -1,43 +1,32 @@
 //! Boots the baked guest (build/guest, config build/configuration.toml) with real QEMU and the
 //! real agent through `Vm`, and checks that nothing outlives the VM. These tests fail (never
-//! skip) when the image is missing: `make test` bakes it first with `make image`.
+//! skip) when the image is missing: `make test` bakes it first with `make image`. A tampered
+//! rootfs is tests/image.rs's (one check for the whole tier).
+//! (Moved from shim/tests/vm_boot.rs: host tier.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kata_cc_shim::agent::context;
 use kata_cc_shim::config::Config;
 use kata_cc_shim::sizing::VmSize;
 use kata_cc_shim::vm::{Vm, VmSpec};
+use kata_cc_tests::paths;
 
 /// One VM at a time: two TCG guests on two cores would only slow each other into timeouts.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("shim has a parent dir")
-        .to_path_buf()
-}
-
 /// The baked config, with sandbox state under a short temp dir (unix socket paths are short).
 fn load_config(state_root: &Path) -> Config {
-    let root = repo_root();
-    let guest = root.join("build/guest");
-    // KATA_CC_TEST_CONFIG: another baked image (e.g. hack/boot-smoke.sh's) for debugging.
-    let cfg_path = match std::env::var_os("KATA_CC_TEST_CONFIG") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            for f in ["vmlinuz", "initrd.img", "rootfs.img"] {
-                assert!(
-                    guest.join(f).is_file(),
-                    "build/guest missing: run make image ({} not found)",
-                    guest.join(f).display()
-                );
-            }
-            root.join("build/configuration.toml")
-        }
-    };
+    let guest = paths::guest_dir();
+    for f in ["vmlinuz", "initrd.img", "rootfs.img"] {
+        assert!(
+            guest.join(f).is_file(),
+            "build/guest missing: run make image ({} not found)",
+            guest.join(f).display()
+        );
+    }
+    let cfg_path = paths::baked_config();
     assert!(
         cfg_path.is_file(),
         "build/guest missing: run make image ({} not found)",
@@ -196,43 +185,6 @@ async fn qemu_killed_from_outside_is_seen_and_drop_cleans_up() {
         assert!(!alive(b), "vsock backend pid {b} still exists after drop");
     }
     assert!(!state_dir.exists());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tampered_rootfs_fails_with_the_console_line() {
-    let _one = SERIAL.lock().await;
-    let tmp = tempfile::Builder::new()
-        .prefix("kcvm")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let mut cfg = load_config(tmp.path());
-    let img = tmp.path().join("rootfs-tampered.img");
-    std::fs::copy(&cfg.hypervisor.qemu.image, &img).unwrap();
-    // Flip one byte in the data area: in the middle of the erofs image, before the hash tree.
-    let hashoffset: u64 = cfg
-        .hypervisor
-        .qemu
-        .kernel_params
-        .split_whitespace()
-        .find_map(|p| p.strip_prefix("kata_cc.hashoffset="))
-        .expect("kata_cc.hashoffset in kernel_params")
-        .parse()
-        .unwrap();
-    let mut bytes = std::fs::read(&img).unwrap();
-    let at = (hashoffset / 2) as usize;
-    bytes[at] ^= 0xff;
-    std::fs::write(&img, bytes).unwrap();
-    cfg.hypervisor.qemu.image = img.clone();
-
-    let state_root = tmp.path().join("s");
-    cfg.runtime.state_root = state_root.clone();
-    let err = match Vm::start(&cfg, spec(&cfg, "tamper1")).await {
-        Ok(_) => panic!("a VM with a tampered rootfs started"),
-        Err(e) => e.to_string(),
-    };
-    eprintln!("expected failure: {err}");
-    assert!(err.contains("kata-cc: rootfs did not verify"), "{err}");
-    assert!(!state_root.join("tamper1").exists());
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The real agent binary, driven over ttrpc on a unix socket, running busybox containers with the
-//! host's runc (the same code path as in the guest, minus PID 1 and vsock). Needs root and runc.
+//! host's runc (the same code path as in the guest, minus PID 1 and vsock). Needs root and runc:
+//! host tier (moved from guest/tests/agent_runc.rs).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,9 @@ impl AgentProc {
         let sock = dir.path().join("agent.sock");
         // Without a policy the agent allows only SetPolicy; these tests exercise the data path.
         let policy = dir.path().join("policy.rego");
-        std::fs::write(&policy, kata_cc_policy::allow_all()).expect("write policy");
-        let child = Command::new(env!("CARGO_BIN_EXE_kata-cc-agent"))
+        std::fs::write(&policy, kata_cc_tests::policy::allow_all()).expect("write policy");
+        // Not this package's binary (no CARGO_BIN_EXE): the workspace build's, same profile.
+        let child = Command::new(kata_cc_tests::paths::workspace_bin("kata-cc-agent"))
             .env("KATA_CC_AGENT_LISTEN", format!("unix://{}", sock.display()))
             .env("KATA_CC_CONTAINERS_DIR", dir.path().join("containers"))
             .env("KATA_CC_LAYERS_DIR", dir.path().join("layers"))
