@@ -430,7 +430,22 @@ struct Args {
     timeout: Option<u64>,
 }
 
-fn parse_args(args: &[String]) -> Result<Args, String> {
+/// A bad `kata-cc boot-check` command line, naming the argument.
+#[derive(Debug, thiserror::Error)]
+enum UsageError {
+    #[error("{0} needs a value")]
+    NoValue(String),
+    #[error("--tamper {0:?}: expected data, hash-tree, wrong-root-hash or no-root-hash")]
+    Tamper(String),
+    #[error("--expect {0:?}: expected agent, payload or refused")]
+    Expect(String),
+    #[error("--timeout {0:?}: expected whole seconds")]
+    Timeout(String),
+    #[error("unknown argument {0:?}")]
+    Unknown(String),
+}
+
+fn parse_args(args: &[String]) -> Result<Args, UsageError> {
     let mut a = Args {
         config: None,
         guest: None,
@@ -443,34 +458,24 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         let mut value = || {
             it.next()
                 .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
+                .ok_or_else(|| UsageError::NoValue(flag.clone()))
         };
         match flag.as_str() {
             "--config" => a.config = Some(value()?),
             "--guest" => a.guest = Some(PathBuf::from(value()?)),
             "--tamper" => {
                 let v = value()?;
-                a.tamper = Some(Tamper::parse(&v).ok_or_else(|| {
-                    format!(
-                        "--tamper {v:?}: expected data, hash-tree, wrong-root-hash or no-root-hash"
-                    )
-                })?)
+                a.tamper = Some(Tamper::parse(&v).ok_or(UsageError::Tamper(v))?)
             }
             "--expect" => {
                 let v = value()?;
-                a.expect =
-                    Some(Verdict::parse_expect(&v).ok_or_else(|| {
-                        format!("--expect {v:?}: expected agent, payload or refused")
-                    })?)
+                a.expect = Some(Verdict::parse_expect(&v).ok_or(UsageError::Expect(v))?)
             }
             "--timeout" => {
                 let v = value()?;
-                a.timeout = Some(
-                    v.parse()
-                        .map_err(|_| format!("--timeout {v:?}: expected whole seconds"))?,
-                )
+                a.timeout = Some(v.parse().map_err(|_| UsageError::Timeout(v))?)
             }
-            other => return Err(format!("unknown argument {other:?}")),
+            other => return Err(UsageError::Unknown(other.into())),
         }
     }
     Ok(a)

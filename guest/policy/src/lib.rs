@@ -435,7 +435,7 @@ impl PolicyEngine {
             serde_json::to_value(self.engine.get_data()).map_err(|e| err(0, e.to_string()))?;
         for (index, op) in ops.iter().enumerate() {
             let op = serde_json::to_value(op).map_err(|e| err(index, e.to_string()))?;
-            patch::apply(&mut data, &op).map_err(|m| err(index, m))?;
+            patch::apply(&mut data, &op).map_err(|e| err(index, e.to_string()))?;
         }
         let data = Value::deserialize(&data).map_err(|e| err(ops.len(), e.to_string()))?;
         if let Some(fast) = &mut self.fast {

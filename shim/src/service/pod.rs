@@ -8,10 +8,11 @@ use std::time::Duration;
 use containerd_shim::api::CreateTaskRequest;
 use tokio::sync::Mutex;
 
+use super::annotations::{ANNOTATION_CONTAINER_TYPE, ANNOTATION_SANDBOX_ID};
 use super::error::{Error, Result, WithContext};
+use super::runtime_options::runtime_options_config_path;
 use super::sandbox::Sandbox;
 use super::spec::BundleSpec;
-use super::{runtime_options_config_path, ANNOTATION_CONTAINER_TYPE, ANNOTATION_SANDBOX_ID};
 use crate::config::Config;
 use crate::policy_source;
 use crate::timeline;
