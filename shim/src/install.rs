@@ -204,68 +204,67 @@ pub fn add_handler(path: &Path, text: Option<&str>, h: &Handler) -> Result<Edit,
     let style = Style::of(doc);
     let (runtimes, indent) = tables_to(path, doc.as_table_mut(), &RUNTIMES, style)?;
     let handler_key = format!("{}.{HANDLER}", key_path(&RUNTIMES));
-    let not_table = |key: String| InstallError::NotTable {
-        path: path.into(),
-        key,
-    };
-    if !runtimes.contains_key(HANDLER) {
-        // A sibling's indentation, else one step under the nearest [header] above.
-        let header = runtimes
-            .iter()
-            .find_map(|(_, i)| i.as_table().and_then(|t| header_indent(t.decor())))
-            .unwrap_or(indent.map_or(0, |i| i + style.step));
-        let mut t = new_table(header);
-        set_keys(&mut t, &h.keys(), header + style.step, "", &mut Vec::new());
-        let mut o = new_table(header + style.step);
-        set_keys(
-            &mut o,
-            &h.options(),
-            header + 2 * style.step,
-            "",
-            &mut Vec::new(),
-        );
-        t.insert("options", Item::Table(o));
-        runtimes.insert(HANDLER, Item::Table(t));
-        changes.push(format!("added [{handler_key}]"));
-        return Ok(Edit {
-            text: file.text(),
-            changes,
-        });
-    }
-    let Some(t) = runtimes
-        .get_mut(HANDLER)
-        .and_then(Item::as_table_mut)
-        .filter(|t| !t.is_dotted())
-    else {
-        return Err(not_table(handler_key));
-    };
-    let header = header_indent(t.decor()).unwrap_or(0);
-    let keys = key_indent(t).unwrap_or(header + style.step);
-    let mut changed = Vec::new();
-    set_keys(t, &h.keys(), keys, "", &mut changed);
-    match t.get_mut("options") {
+    match runtimes.get_mut(HANDLER) {
         None => {
-            let mut o = new_table(keys);
-            set_keys(
-                &mut o,
-                &h.options(),
-                keys + style.step,
-                "options.",
-                &mut changed,
-            );
-            t.insert("options", Item::Table(o));
+            // A sibling's indentation, else one step under the nearest [header] above.
+            let header = runtimes
+                .iter()
+                .find_map(|(_, i)| i.as_table().and_then(|t| header_indent(t.decor())))
+                .unwrap_or(indent.map_or(0, |i| i + style.step));
+            runtimes.insert(HANDLER, Item::Table(new_handler(h, header, style.step)));
+            changes.push(format!("added [{handler_key}]"));
         }
-        Some(Item::Table(o)) if !o.is_dotted() => {
-            let keys = key_indent(o).unwrap_or(keys + style.step);
-            set_keys(o, &h.options(), keys, "options.", &mut changed);
+        Some(Item::Table(t)) if !t.is_dotted() => {
+            let changed =
+                update_handler(t, h, style.step).map_err(|key| InstallError::NotTable {
+                    path: path.into(),
+                    key: format!("{handler_key}.{key}"),
+                })?;
+            changes.extend(changed.into_iter().map(|c| format!("[{handler_key}] {c}")));
         }
-        Some(_) => return Err(not_table(format!("{handler_key}.options"))),
+        Some(_) => {
+            return Err(InstallError::NotTable {
+                path: path.into(),
+                key: handler_key,
+            })
+        }
     }
-    changes.extend(changed.into_iter().map(|c| format!("[{handler_key}] {c}")));
     Ok(Edit {
         text: file.text(),
         changes,
     })
+}
+
+/// The handler table, its [header] at column `header`.
+fn new_handler(h: &Handler, header: usize, step: usize) -> Table {
+    let mut t = new_table(header);
+    set_keys(&mut t, &h.keys(), header + step, "", &mut Vec::new());
+    let mut o = new_table(header + step);
+    set_keys(&mut o, &h.options(), header + 2 * step, "", &mut Vec::new());
+    t.insert("options", Item::Table(o));
+    t
+}
+
+/// An existing handler table brought to `h`'s values; the changes in words, or Err: the key
+/// under the handler that is not a [table].
+fn update_handler(t: &mut Table, h: &Handler, step: usize) -> Result<Vec<String>, &'static str> {
+    let header = header_indent(t.decor()).unwrap_or(0);
+    let keys = key_indent(t).unwrap_or(header + step);
+    let mut changes = Vec::new();
+    set_keys(t, &h.keys(), keys, "", &mut changes);
+    match t.get_mut("options") {
+        None => {
+            let mut o = new_table(keys);
+            set_keys(&mut o, &h.options(), keys + step, "options.", &mut changes);
+            t.insert("options", Item::Table(o));
+        }
+        Some(Item::Table(o)) if !o.is_dotted() => {
+            let keys = key_indent(o).unwrap_or(keys + step);
+            set_keys(o, &h.options(), keys, "options.", &mut changes);
+        }
+        Some(_) => return Err("options"),
+    }
+    Ok(changes)
 }
 
 /// `text` without the handler (None: there was none); parents that only held it go too, and so
@@ -797,7 +796,10 @@ mod tests {
             let installed = add(Some(original)).unwrap().text;
             assert!(!installed.ends_with('\n') || original.ends_with('\n'));
             if original.contains('\r') {
-                assert!(!installed.replace("\r\n", "").contains('\n'), "{installed:?}");
+                assert!(
+                    !installed.replace("\r\n", "").contains('\n'),
+                    "{installed:?}"
+                );
             }
             assert_eq!(remove(&installed).as_deref(), Some(original));
         }

@@ -21,8 +21,8 @@ pub const USAGE: &str =
   install --print-runtimeclass
                            print the RuntimeClass only
   uninstall [--containerd-config PATH]
-                           remove the handler again; the file is then as it was before install
-                           (the backup is removed when it matches)
+                           remove the handler again: where install added it, the file is then as
+                           it was before (and the backup, now the same, is removed)
 ";
 
 pub fn install(args: &[String]) -> ExitCode {

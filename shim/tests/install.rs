@@ -42,7 +42,11 @@ fn install_twice_then_uninstall_gives_back_the_file() {
 
     let first = kata_cc(&["install", "--containerd-config", c, "--config", kc]);
     assert!(first.status.success(), "{}", text(&first.stderr));
-    assert_eq!(text(&first.stdout), RUNTIME_CLASS, "stdout is the manifest only");
+    assert_eq!(
+        text(&first.stdout),
+        RUNTIME_CLASS,
+        "stdout is the manifest only"
+    );
     let stderr = text(&first.stderr);
     assert!(
         stderr.contains(&format!(
