@@ -18,6 +18,9 @@ BINDIR ?= $(PREFIX)/bin
 CONFDIR ?= /etc/kata-cc
 SHAREDIR ?= /usr/share/kata-cc
 DESTDIR ?=
+# `make install` adds the kata-cc runtime handler (Kubernetes, CRI) to this containerd config;
+# `kata-cc install` keeps the file as it was in <file>.kata-cc.bak.
+CONTAINERD_CONFIG ?= /etc/containerd/config.toml
 
 .PHONY: all deps build image demo test lint e2e bench install uninstall clean
 
@@ -66,8 +69,21 @@ install:
 	sed -e 's|$(CURDIR)/$(GUEST)/|$(SHAREDIR)/|g' $(CONFIG) > $(DESTDIR)$(CONFDIR)/configuration.toml.tmp
 	mv -f $(DESTDIR)$(CONFDIR)/configuration.toml.tmp $(DESTDIR)$(CONFDIR)/configuration.toml
 	chmod 0644 $(DESTDIR)$(CONFDIR)/configuration.toml
+	@# Not for a staging DESTDIR: its containerd config is not this machine's.
+	@if [ -n "$(DESTDIR)" ]; then \
+		echo "install: DESTDIR is set: containerd's config left alone; on the node run: $(BINDIR)/kata-cc install --containerd-config $(CONTAINERD_CONFIG) --config $(CONFDIR)/configuration.toml --shim $(BINDIR)/containerd-shim-kata-cc-v2"; \
+	else \
+		$(BINDIR)/kata-cc install --containerd-config $(CONTAINERD_CONFIG) --config $(CONFDIR)/configuration.toml --shim $(BINDIR)/containerd-shim-kata-cc-v2; \
+	fi
 
 uninstall:
+	@if [ -n "$(DESTDIR)" ]; then \
+		echo "uninstall: DESTDIR is set: containerd's config left alone"; \
+	elif [ -x $(BINDIR)/kata-cc ]; then \
+		$(BINDIR)/kata-cc uninstall --containerd-config $(CONTAINERD_CONFIG); \
+	else \
+		echo "uninstall: no $(BINDIR)/kata-cc: containerd's config left alone"; \
+	fi
 	rm -f $(DESTDIR)$(BINDIR)/containerd-shim-kata-cc-v2 $(DESTDIR)$(BINDIR)/kata-cc
 	rm -f $(DESTDIR)$(CONFDIR)/configuration.toml
 	rm -rf $(DESTDIR)$(SHAREDIR)

@@ -12,6 +12,8 @@ pub mod vm;
 
 // containerd side (task service, containers, stdio, images).
 pub mod image;
+// `kata-cc install|uninstall`: the runtime handler in containerd's config.
+pub mod install;
 // The guest image's manifest.json (hack/bake-image.sh).
 pub mod manifest;
 pub mod policy_source;

@@ -1,6 +1,7 @@
 //! `kata-cc`: the host tool: `config` (validate the runtime configuration), `policy`
 //! (replay/check/bench with the agent's own engine), `measure`, `attest`, `check`,
-//! `boot-check` (boot the guest through the shim's VM builder and report its console).
+//! `boot-check` (boot the guest through the shim's VM builder and report its console),
+//! `install`/`uninstall` (the runtime handler in containerd's config).
 
 use std::process::ExitCode;
 
@@ -8,6 +9,8 @@ use kata_cc_shim::config::Config;
 
 #[path = "../agent_cli.rs"]
 mod agent_cli;
+#[path = "../install_cli.rs"]
+mod install_cli;
 #[path = "../policy_cli.rs"]
 mod policy_cli;
 #[path = "../snp_cli.rs"]
@@ -29,13 +32,16 @@ fn main() -> ExitCode {
         Some("attest") => snp_cli::attest(&args[1..]),
         Some("check") => snp_cli::check(&args[1..]),
         Some("boot-check") => kata_cc_shim::boot_cli::main(&args[1..]),
+        Some("install") => install_cli::install(&args[1..]),
+        Some("uninstall") => install_cli::uninstall(&args[1..]),
         Some("help") | Some("--help") | Some("-h") => {
             print!(
-                "{USAGE}{}{}{}{}",
+                "{USAGE}{}{}{}{}{}",
                 policy_cli::USAGE,
                 agent_cli::USAGE,
                 snp_cli::USAGE,
-                kata_cc_shim::boot_cli::USAGE
+                kata_cc_shim::boot_cli::USAGE,
+                install_cli::USAGE
             );
             ExitCode::SUCCESS
         }
