@@ -133,10 +133,20 @@ HOSTS
 CFG
 }
 
-# After containerd stopped: the bridge of the CRI network and libcni's cache files of it.
+# The pod sandbox ids CRI still keeps (its per-sandbox dirs).
+cri_sandboxes() {
+  local d
+  for d in "$DIR"/root/io.containerd.grpc.v1.cri/sandboxes/* "$DIR"/state/io.containerd.grpc.v1.cri/sandboxes/*; do
+    if [ -d "$d" ]; then basename "$d"; fi
+  done | sort -u
+}
+
+# After containerd stopped: the bridge of the CRI network and libcni's cache files of it and of
+# the loopback network of pods CRI still had (`cni-loopback-<sandbox id>-lo`). SANDBOXES: the
+# ids cri_sandboxes listed before the stop.
 cri_cleanup() {
   [ -f "$DIR/cri.env" ] || return 0
-  local CNI_BRIDGE CNI_NETWORK f
+  local CNI_BRIDGE CNI_NETWORK f id
   # shellcheck disable=SC1091
   . "$DIR/cri.env"
   if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
@@ -144,6 +154,9 @@ cri_cleanup() {
   fi
   for f in "$CNI_CACHE/$CNI_NETWORK"-*; do
     if [ -e "$f" ]; then rm -f "$f"; fi
+  done
+  for id in ${SANDBOXES:-}; do
+    rm -f "$CNI_CACHE/cni-loopback-$id-lo"
   done
   rm -f "$DIR/cri.env"
 }
@@ -176,7 +189,7 @@ start() {
   local cfg=${KATA_CC_CONFIG_PATH:-$REPO/build/configuration.toml} disabled cri=""
   if [ "${CONTAINERD_CRI:-0}" = 1 ]; then
     # What a killed earlier run of this DIR left first (its bridge, cache files).
-    cri_cleanup
+    SANDBOXES=$(cri_sandboxes) cri_cleanup
     disabled='[]'
     cri=$(cri_config "$cfg")
   else
@@ -265,7 +278,8 @@ descendants() {
 }
 
 stop() {
-  local timeout=${CONTAINERD_STOP_TIMEOUT:-20} pid i
+  local timeout=${CONTAINERD_STOP_TIMEOUT:-20} pid i SANDBOXES
+  SANDBOXES=$(cri_sandboxes)
   if alive && [ -S "$SOCK" ]; then remove_all; fi
   if alive; then
     pid=$(cat "$PIDFILE")

@@ -386,7 +386,7 @@ impl Containerd {
                 }
             }
             if let Some(net) = &self.cri_net {
-                leaks.extend(net.leaks(&self.dir));
+                leaks.extend(net.leaks(&self.dir, &ids));
             }
             if leaks.is_empty() || Instant::now() >= deadline {
                 break leaks;
@@ -412,7 +412,7 @@ impl Containerd {
         };
         let mut after = scope.leaks();
         if let Some(net) = &self.cri_net {
-            after.extend(net.leaks_after_stop());
+            after.extend(net.leaks_after_stop(&ids));
         }
         let containerd_alive = procs::alive(self.pid);
         cleanup(&scope);
@@ -477,13 +477,18 @@ impl CriNet {
         }
     }
 
-    /// While containerd runs, after the test removed its pods.
-    fn leaks(&self, dir: &Path) -> Vec<String> {
+    /// While containerd runs, after the test removed its pods (`ids`: the test's ids).
+    fn leaks(&self, dir: &Path, ids: &[String]) -> Vec<String> {
         let mut out = Vec::new();
-        let cri_state = dir.join("state/io.containerd.grpc.v1.cri");
-        for sub in ["netns", "sandboxes", "containers"] {
-            for name in dir_names(&cri_state.join(sub)) {
-                out.push(format!("CRI state left: {sub}/{name}"));
+        for (base, subs) in [
+            ("state", &["netns", "sandboxes", "containers"][..]),
+            ("root", &["sandboxes", "containers"][..]),
+        ] {
+            let cri_dir = dir.join(base).join("io.containerd.grpc.v1.cri");
+            for sub in subs {
+                for name in dir_names(&cri_dir.join(sub)) {
+                    out.push(format!("CRI {base} left: {sub}/{name}"));
+                }
             }
         }
         // host-local keeps one file per reserved address (and its own bookkeeping files).
@@ -492,26 +497,33 @@ impl CriNet {
                 out.push(format!("IP address still reserved: {name}"));
             }
         }
-        for name in dir_names(Path::new(CNI_CACHE)) {
-            if name.starts_with(&format!("{}-", self.network)) {
-                out.push(format!("libcni cache file left: {CNI_CACHE}/{name}"));
-            }
-        }
+        out.extend(self.cache_leaks(ids));
         out
     }
 
     /// After hack/containerd.sh stop.
-    fn leaks_after_stop(&self) -> Vec<String> {
+    fn leaks_after_stop(&self, ids: &[String]) -> Vec<String> {
         let mut out = Vec::new();
         if Path::new("/sys/class/net").join(&self.bridge).exists() {
             out.push(format!("bridge left: {}", self.bridge));
         }
-        for name in dir_names(Path::new(CNI_CACHE)) {
-            if name.starts_with(&format!("{}-", self.network)) {
-                out.push(format!("libcni cache file left: {CNI_CACHE}/{name}"));
-            }
-        }
+        out.extend(self.cache_leaks(ids));
         out
+    }
+
+    /// libcni's result cache files of this network and of the loopback network of the pods.
+    fn cache_leaks(&self, ids: &[String]) -> Vec<String> {
+        let ours = |name: &str| {
+            name.starts_with(&format!("{}-", self.network))
+                || ids
+                    .iter()
+                    .any(|id| name.starts_with(&format!("cni-loopback-{id}-")))
+        };
+        dir_names(Path::new(CNI_CACHE))
+            .into_iter()
+            .filter(|n| ours(n))
+            .map(|n| format!("libcni cache file left: {CNI_CACHE}/{n}"))
+            .collect()
     }
 }
 

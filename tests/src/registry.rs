@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::image::TestImage;
+use crate::{paths, procs};
 
 /// Debian's registry binary (package docker-registry, `make deps`).
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -36,6 +37,14 @@ pub struct Pushed {
 }
 
 impl Registry {
+    /// Starts a registry for this test process in `<build/e2e>/registry-<pid>`, after ending
+    /// (by PID) registries of earlier test processes that were killed before their drop.
+    pub fn start_for_test() -> Registry {
+        let base = paths::e2e_dir();
+        end_orphans(&base);
+        Self::start(&base.join(format!("registry-{}", std::process::id())))
+    }
+
     /// Starts a registry in `dir` (created; emptied first) and waits until `GET /v2/` answers.
     pub fn start(dir: &Path) -> Registry {
         assert!(
@@ -252,6 +261,33 @@ impl Drop for Registry {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Registries under `base/registry-<pid>` whose test process `<pid>` is gone: ended by PID
+/// (found through /proc by their config path), their dirs removed.
+fn end_orphans(base: &Path) {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix("registry-")
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if owner == std::process::id() as i32 || procs::alive(owner) {
+            continue;
+        }
+        let config = format!("{}/config.yml", e.path().display());
+        for p in procs::all() {
+            if p.argv0 == REGISTRY_BIN && p.cmdline.contains(&config) {
+                procs::kill_pid(p.pid);
+            }
+        }
+        let _ = std::fs::remove_dir_all(e.path());
     }
 }
 

@@ -20,7 +20,7 @@ const KERNEL_RESERVE_MIB: u64 = 256;
 #[test]
 fn one_container_pod_over_cri() {
     let started = Instant::now();
-    let reg = Registry::start(&paths::e2e_dir().join(format!("registry-{}", std::process::id())));
+    let reg = Registry::start_for_test();
     let busybox = reg.push(&TestImage::busybox(), "kata-cc-e2e/busybox", "gzip");
     let pause = reg.push(&TestImage::pause(), "kata-cc/pause", "3.6");
     let cd = Containerd::start_with(
