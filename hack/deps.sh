@@ -46,6 +46,24 @@ SRC
   APT_UPDATED=0
 }
 
+# The Debian docker-registry service: stopped if running, not started at boot.
+registry_service_off() {
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+  else
+    # No systemd running: drop the unit's enablement links, and the sysv links if any.
+    command -v deb-systemd-helper >/dev/null && deb-systemd-helper disable docker-registry.service >/dev/null 2>&1 || true
+    if [ -x /etc/init.d/docker-registry ]; then
+      /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+      update-rc.d docker-registry disable >/dev/null 2>&1 || true
+    fi
+  fi
+}
+
+apt_update_once() {
+  if [ "$APT_UPDATED" != 2 ]; then apt-get update -qq; APT_UPDATED=2; fi
+}
+
 APT_UPDATED=1
 need_root
 export DEBIAN_FRONTEND=noninteractive
@@ -62,13 +80,34 @@ qemu_ok() {
 add_backports
 if ! have_pkgs "${BASE_PKGS[@]}" || ! qemu_ok; then
   if [ "$APT_UPDATED" = 0 ] || [ ! -f /var/lib/apt/lists/lock ] || ! apt-cache policy qemu-system-x86 | grep -q backports; then
-    apt-get update -qq
+    apt-get update -qq; APT_UPDATED=2
   fi
   log "installing ${BASE_PKGS[*]} qemu-system-x86 (backports)"
   apt-get install -y -qq --no-install-recommends "${BASE_PKGS[@]}" >/dev/null
   apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-system-data ovmf >/dev/null
 fi
 qemu_ok || { echo "deps.sh: qemu-system-x86_64 >= 9.1 is required, found $(qemu-system-x86_64 --version | head -n1)" >&2; exit 1; }
+
+# Kubernetes-path test deps: CNI plugins (/usr/lib/cni; pulls iptables) for containerd's CRI
+# plugin, and Debian's docker-registry, which the tests start themselves on a loopback port. The
+# package's own service must not run: a policy-rc.d (unless the machine has one) keeps its
+# postinst from starting it, and it is disabled afterwards.
+K8S_PKGS=(containernetworking-plugins docker-registry)
+if ! have_pkgs "${K8S_PKGS[@]}"; then
+  apt_update_once
+  log "installing ${K8S_PKGS[*]} (the registry service stays stopped and disabled)"
+  OWN_POLICY=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# kata-cc deps.sh: no service starts during this install\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    OWN_POLICY=1
+  fi
+  rc=0
+  apt-get install -y -qq --no-install-recommends "${K8S_PKGS[@]}" >/dev/null || rc=$?
+  [ -n "$OWN_POLICY" ] && rm -f /usr/sbin/policy-rc.d
+  [ "$rc" = 0 ] || { echo "deps.sh: apt-get install ${K8S_PKGS[*]} failed" >&2; exit 1; }
+  registry_service_off
+fi
 
 # vhost-device-vsock: the vsock backend when /dev/vhost-vsock is absent.
 if ! command -v vhost-device-vsock >/dev/null || ! vhost-device-vsock --version 2>/dev/null | grep -q "$VHOST_DEVICE_VSOCK_VERSION"; then

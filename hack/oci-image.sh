@@ -2,19 +2,21 @@
 # Builds a small OCI image archive (oci-layout tar) from the host's busybox-static, without any
 # registry, so demos and tests have an image that is known byte for byte.
 #
-#   hack/oci-image.sh [--compression gzip|zstd|none] [--add SRC=DEST ...] OUT.tar NAME
+#   hack/oci-image.sh [--compression gzip|zstd|none] [--add SRC=DEST ...] [--entrypoint PATH] OUT.tar NAME
 #
 # --add copies the host file SRC into the layer at DEST (absolute, mode 0755), e.g. a static
-# benchmark helper.
+# benchmark helper. --entrypoint makes PATH the image's Entrypoint (no Cmd) instead of Cmd `sh`,
+# e.g. a pod sandbox ("pause") image.
 # NAME is the image reference containerd records on import (e.g. localhost/kata-cc-busybox:latest).
 # The archive is reproducible: fixed mtimes, sorted entries, numeric owners, `gzip -n`.
 # Import with: ctr -n NS images import OUT.tar
 set -euo pipefail
 
-usage() { echo "usage: $0 [--compression gzip|zstd|none] [--add SRC=DEST ...] OUT.tar NAME" >&2; exit 2; }
+usage() { echo "usage: $0 [--compression gzip|zstd|none] [--add SRC=DEST ...] [--entrypoint PATH] OUT.tar NAME" >&2; exit 2; }
 
 COMPRESSION=gzip
 ADD=()
+ENTRYPOINT=
 while [ $# -gt 0 ]; do
   case "$1" in
     --compression) [ $# -ge 2 ] || usage; COMPRESSION=$2; shift 2 ;;
@@ -24,6 +26,9 @@ while [ $# -gt 0 ]; do
              *) echo "oci-image.sh: --add $2: expected SRC=/absolute/dest" >&2; exit 2 ;;
            esac
            ADD+=("$2"); shift 2 ;;
+    --entrypoint) [ $# -ge 2 ] || usage
+           case "$2" in /*) ENTRYPOINT=$2 ;; *) echo "oci-image.sh: --entrypoint $2: expected an absolute path" >&2; exit 2 ;; esac
+           shift 2 ;;
     -h|--help) usage ;;
     --) shift; break ;;
     -*) echo "oci-image.sh: unknown option $1" >&2; usage ;;
@@ -107,15 +112,13 @@ add_blob() {
 
 read -r LAYER_DIGEST LAYER_SIZE < <(add_blob "$WORK/layer.blob")
 
-jq -cn --arg diff "$DIFF_ID" '{
+jq -cn --arg diff "$DIFF_ID" --arg entry "$ENTRYPOINT" '{
   architecture: "amd64",
   os: "linux",
   created: "1970-01-01T00:00:00Z",
-  config: {
-    Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-    Cmd: ["sh"],
-    WorkingDir: "/"
-  },
+  config: ({ Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] }
+           + (if $entry == "" then { Cmd: ["sh"] } else { Entrypoint: [$entry] } end)
+           + { WorkingDir: "/" }),
   rootfs: { type: "layers", diff_ids: [$diff] },
   history: [ { created: "1970-01-01T00:00:00Z", created_by: "kata-cc hack/oci-image.sh (busybox-static)" } ]
 }' >"$WORK/config.json"

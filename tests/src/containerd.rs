@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::cmd::{self, Background, CmdOutput};
+use crate::cri::{Cri, CRI_NAMESPACE};
 use crate::image::TestImage;
 use crate::leak::Scope;
 use crate::{paths, procs, pty, NAMESPACE, RUNTIME};
@@ -26,6 +27,17 @@ pub struct Options {
     /// Whether the kata-cc build products must exist (false only for the harness's own tests,
     /// which use runc).
     pub kata: bool,
+    /// CRI on (hack/containerd.sh CRI mode); then `ctr` and the leak check use CRI's
+    /// containerd namespace `k8s.io`.
+    pub cri: Option<CriSetup>,
+}
+
+/// What CRI mode needs from the test.
+pub struct CriSetup {
+    /// The pause image reference (`sandbox_image`); CRI pulls it when it is not there.
+    pub sandbox_image: String,
+    /// `HOST:PORT` of a plain-HTTP registry (the loopback test registry).
+    pub plain_http_registry: Option<String>,
 }
 
 impl Default for Options {
@@ -33,6 +45,7 @@ impl Default for Options {
         Options {
             images: vec![TestImage::busybox()],
             kata: true,
+            cri: None,
         }
     }
 }
@@ -43,6 +56,10 @@ pub struct Containerd {
     pid: i32,
     /// The runtime `run_args` uses: kata-cc, or runc for the harness's own tests.
     pub runtime: &'static str,
+    /// The containerd namespace of `ctr` and the leak check (CRI's `k8s.io` in CRI mode).
+    pub namespace: &'static str,
+    /// The CRI network's names (hack/containerd.sh `cri.env`) in CRI mode.
+    cri_net: Option<CriNet>,
     ids: Mutex<Vec<String>>,
     tag: String,
     finished: bool,
@@ -83,6 +100,13 @@ impl Containerd {
             .arg(&dir)
             .env("KATA_CC_CONFIG_PATH", &config)
             .env("CONTAINERD_LOG_LEVEL", "info");
+        if let Some(cri) = &opts.cri {
+            c.env("CONTAINERD_CRI", "1")
+                .env("CONTAINERD_SANDBOX_IMAGE", &cri.sandbox_image);
+            if let Some(r) = &cri.plain_http_registry {
+                c.env("CONTAINERD_PLAIN_HTTP_REGISTRY", r);
+            }
+        }
         if opts.kata {
             // The shim of the tests' own build first (containerd.sh puts the default release
             // dir before it, which is the same dir under `make e2e`).
@@ -98,6 +122,12 @@ impl Containerd {
             dir,
             pid: pid.unwrap_or(0),
             runtime: if opts.kata { RUNTIME } else { RUNC_RUNTIME },
+            namespace: if opts.cri.is_some() {
+                CRI_NAMESPACE
+            } else {
+                NAMESPACE
+            },
+            cri_net: None,
             ids: Mutex::new(Vec::new()),
             tag,
             finished: false,
@@ -107,6 +137,9 @@ impl Containerd {
             cd.finished = true;
             stop_script(&cd.dir);
             panic!("private containerd did not start: {}", out.describe());
+        }
+        if opts.cri.is_some() {
+            cd.cri_net = Some(CriNet::read(&cd.dir));
         }
         for img in &opts.images {
             cd.import(img);
@@ -139,6 +172,20 @@ impl Containerd {
         std::fs::write(&p, f(text)).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
 
+    /// A CRI client on this containerd's socket (CRI mode).
+    pub fn cri(&self) -> Cri {
+        assert!(self.cri_net.is_some(), "this containerd runs without CRI");
+        Cri::connect(&self.socket, paths::ctr_timeout())
+    }
+
+    /// Remembers an id made elsewhere (a CRI pod sandbox or container id) for the leak check.
+    pub fn track(&self, id: &str) {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if !ids.iter().any(|i| i == id) {
+            ids.push(id.to_string());
+        }
+    }
+
     /// A fresh container (= sandbox, with ctr) id, remembered for the leak check.
     pub fn id(&self, what: &str) -> String {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
@@ -153,7 +200,7 @@ impl Containerd {
         c.arg("--address")
             .arg(&self.socket)
             .arg("--namespace")
-            .arg(NAMESPACE)
+            .arg(self.namespace)
             .args(args);
         c
     }
@@ -289,7 +336,7 @@ impl Containerd {
         let scope = Scope {
             dir: &self.dir,
             containerd_pid: Some(self.pid),
-            namespace: NAMESPACE,
+            namespace: self.namespace,
             ids: &ids,
         };
         scope
@@ -319,7 +366,7 @@ impl Containerd {
         let scope = Scope {
             dir: &self.dir,
             containerd_pid: Some(self.pid),
-            namespace: NAMESPACE,
+            namespace: self.namespace,
             ids: &ids,
         };
         // Shims and VMs go away asynchronously after the last delete: allow a grace period.
@@ -337,6 +384,9 @@ impl Containerd {
                 for l in out.stdout_str().lines().filter(|l| !l.trim().is_empty()) {
                     leaks.push(format!("{what} left in containerd: {l}"));
                 }
+            }
+            if let Some(net) = &self.cri_net {
+                leaks.extend(net.leaks(&self.dir, &ids));
             }
             if leaks.is_empty() || Instant::now() >= deadline {
                 break leaks;
@@ -357,10 +407,13 @@ impl Containerd {
         let scope = Scope {
             dir: &self.dir,
             containerd_pid: None,
-            namespace: NAMESPACE,
+            namespace: self.namespace,
             ids: &ids,
         };
-        let after = scope.leaks();
+        let mut after = scope.leaks();
+        if let Some(net) = &self.cri_net {
+            after.extend(net.leaks_after_stop(&ids));
+        }
         let containerd_alive = procs::alive(self.pid);
         cleanup(&scope);
         assert!(
@@ -389,7 +442,7 @@ impl Drop for Containerd {
         let scope = Scope {
             dir: &self.dir,
             containerd_pid: None,
-            namespace: NAMESPACE,
+            namespace: self.namespace,
             ids: &ids,
         };
         cleanup(&scope);
@@ -397,6 +450,93 @@ impl Drop for Containerd {
             "kata-cc-tests: cleaned up after a failed test; containerd log kept in {}",
             self.dir.display()
         );
+    }
+}
+
+/// The CRI network of a private containerd (names from hack/containerd.sh's `cri.env`) and
+/// what CRI and CNI may leave of a pod: netns files, the per-sandbox shm dirs, IP reservations,
+/// libcni's result cache files, the bridge.
+struct CriNet {
+    bridge: String,
+    network: String,
+}
+
+impl CriNet {
+    fn read(dir: &Path) -> CriNet {
+        let p = dir.join("cri.env");
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{}: no {k}", p.display()))
+                .to_string()
+        };
+        CriNet {
+            bridge: get("CNI_BRIDGE"),
+            network: get("CNI_NETWORK"),
+        }
+    }
+
+    /// While containerd runs, after the test removed its pods (`ids`: the test's ids).
+    fn leaks(&self, dir: &Path, ids: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (base, subs) in [
+            ("state", &["netns", "sandboxes", "containers"][..]),
+            ("root", &["sandboxes", "containers"][..]),
+        ] {
+            let cri_dir = dir.join(base).join("io.containerd.grpc.v1.cri");
+            for sub in subs {
+                for name in dir_names(&cri_dir.join(sub)) {
+                    out.push(format!("CRI {base} left: {sub}/{name}"));
+                }
+            }
+        }
+        // host-local keeps one file per reserved address (and its own bookkeeping files).
+        for name in dir_names(&dir.join("cni/ipam").join(&self.network)) {
+            if name != "lock" && !name.starts_with("last_reserved_ip") {
+                out.push(format!("IP address still reserved: {name}"));
+            }
+        }
+        out.extend(self.cache_leaks(ids));
+        out
+    }
+
+    /// After hack/containerd.sh stop.
+    fn leaks_after_stop(&self, ids: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        if Path::new("/sys/class/net").join(&self.bridge).exists() {
+            out.push(format!("bridge left: {}", self.bridge));
+        }
+        out.extend(self.cache_leaks(ids));
+        out
+    }
+
+    /// libcni's result cache files of this network and of the loopback network of the pods.
+    fn cache_leaks(&self, ids: &[String]) -> Vec<String> {
+        let ours = |name: &str| {
+            name.starts_with(&format!("{}-", self.network))
+                || ids
+                    .iter()
+                    .any(|id| name.starts_with(&format!("cni-loopback-{id}-")))
+        };
+        dir_names(Path::new(CNI_CACHE))
+            .into_iter()
+            .filter(|n| ours(n))
+            .map(|n| format!("libcni cache file left: {CNI_CACHE}/{n}"))
+            .collect()
+    }
+}
+
+/// libcni's result cache (fixed in go-cni 1.1.6).
+const CNI_CACHE: &str = "/var/lib/cni/results";
+
+fn dir_names(p: &Path) -> Vec<String> {
+    match std::fs::read_dir(p) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 

@@ -45,6 +45,20 @@ impl TestImage {
             "gzip",
             &format!("busybox-{tag}.tar"),
             &adds,
+            None,
+        )
+    }
+
+    /// The pod sandbox image of the CRI tests: the busybox files plus `kata-cc-pause` (this
+    /// workspace's static pause, of the tests' own profile) as `/pause`, the image's Entrypoint.
+    pub fn pause() -> TestImage {
+        let pause = paths::workspace_bin("kata-cc-pause");
+        build_with(
+            "localhost/kata-cc-e2e/pause:latest",
+            "gzip",
+            "pause.tar",
+            &[format!("{}=/pause", pause.display())],
+            Some("/pause"),
         )
     }
 
@@ -63,10 +77,17 @@ fn build(name: &str, compression: &str) -> TestImage {
         compression,
         &format!("busybox-{compression}.tar"),
         &[],
+        None,
     )
 }
 
-fn build_with(name: &str, compression: &str, file: &str, adds: &[String]) -> TestImage {
+fn build_with(
+    name: &str,
+    compression: &str,
+    file: &str,
+    adds: &[String],
+    entrypoint: Option<&str>,
+) -> TestImage {
     static BUILT: OnceLock<Mutex<HashMap<String, TestImage>>> = OnceLock::new();
     let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
@@ -82,6 +103,9 @@ fn build_with(name: &str, compression: &str, file: &str, adds: &[String]) -> Tes
         .arg(compression);
     for a in adds {
         c.arg("--add").arg(a);
+    }
+    if let Some(e) = entrypoint {
+        c.arg("--entrypoint").arg(e);
     }
     c.arg(&archive).arg(name);
     let out = cmd::run(c, None, paths::ctr_timeout());

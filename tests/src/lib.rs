@@ -7,6 +7,8 @@
 
 pub mod cmd;
 pub mod containerd;
+/// The mini-kubelet: CRI clients and kubelet-shaped requests.
+pub mod cri;
 /// Test data from crate packages (and ../shared/conformance for the rest): `package_dir`.
 pub mod image;
 pub mod leak;
@@ -14,10 +16,12 @@ pub mod paths;
 pub mod policy;
 pub mod procs;
 pub mod pty;
+/// The loopback image registry (Debian's docker-registry) and pushes to it.
+pub mod registry;
 pub mod scenarios;
 
 pub use cmd::{Background, CmdOutput};
-pub use containerd::{Containerd, Options};
+pub use containerd::{Containerd, CriSetup, Options};
 pub use image::TestImage;
 
 /// The containerd runtime name of kata-cc's shim.

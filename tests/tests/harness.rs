@@ -11,6 +11,7 @@ fn runc_options() -> Options {
     Options {
         images: vec![TestImage::busybox()],
         kata: false,
+        ..Options::default()
     }
 }
 
