@@ -230,12 +230,14 @@ mod tests {
         assert_eq!(st, ExitStatus::Signaled(libc::SIGTERM));
         assert_eq!(st.code(), 128 + libc::SIGTERM);
 
-        // A grandchild re-parented to us (we are a subreaper), watched after it may have exited.
+        // A grandchild re-parented to us (we are a subreaper), watched after it has exited. It
+        // outlives its parent by a second: one that exits first may be reaped by that shell,
+        // and its status would never be ours to deliver.
         let mark = r.mark();
         let (c, w) = r
             .spawn(
                 Command::new("/bin/sh")
-                    .args(["-c", "sh -c 'exit 5' & echo $!"])
+                    .args(["-c", "sh -c 'sleep 1; exit 5' & echo $!"])
                     .stdout(std::process::Stdio::piped()),
             )
             .expect("spawn sh");
