@@ -581,6 +581,11 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
+/// A path as a TOML string value.
+pub fn toml_quoted(p: &std::path::Path) -> String {
+    format!("\"{}\"", p.display())
+}
+
 /// Sets `key = value` (value as TOML text) in `[section]` of a config text; panics if the key
 /// is not there (the test would otherwise prove nothing).
 pub fn toml_set(text: &str, section: &str, key: &str, value: &str) -> String {

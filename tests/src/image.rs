@@ -125,3 +125,21 @@ fn build_with(
     map.insert(name.to_string(), img.clone());
     img
 }
+
+/// Flips (inverts) one byte of a file in place: a tampered image, blob or layer.
+pub fn flip_byte(path: &std::path::Path, offset: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.read_exact(&mut b)
+        .unwrap_or_else(|e| panic!("{} byte {offset}: {e}", path.display()));
+    b[0] = !b[0];
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.write_all(&b).expect("write");
+    f.sync_all().expect("sync");
+}

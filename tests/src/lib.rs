@@ -9,7 +9,7 @@ pub mod cmd;
 pub mod containerd;
 /// The mini-kubelet: CRI clients and kubelet-shaped requests.
 pub mod cri;
-/// Test data from crate packages (and ../shared/conformance for the rest): `package_dir`.
+/// Locally built OCI images, and tampering with files.
 pub mod image;
 pub mod leak;
 pub mod paths;

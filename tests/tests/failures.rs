@@ -2,32 +2,9 @@
 //! "Done when": bad config, tampered layer blob; the tampered rootfs is image.rs's, the tier's
 //! one tampered-rootfs check).
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
-
-use kata_cc_tests::containerd::{toml_set, Containerd};
+use kata_cc_tests::containerd::{toml_quoted as quoted, toml_set, Containerd};
+use kata_cc_tests::image::flip_byte;
 use kata_cc_tests::{paths, Options, TestImage};
-
-/// Flips (inverts) one byte of a file in place.
-fn flip_byte(path: &Path, offset: u64) {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut b = [0u8; 1];
-    f.seek(SeekFrom::Start(offset)).expect("seek");
-    f.read_exact(&mut b)
-        .unwrap_or_else(|e| panic!("{} byte {offset}: {e}", path.display()));
-    b[0] = !b[0];
-    f.seek(SeekFrom::Start(offset)).expect("seek");
-    f.write_all(&b).expect("write");
-    f.sync_all().expect("sync");
-}
-
-fn quoted(p: &Path) -> String {
-    format!("\"{}\"", p.display())
-}
 
 /// Runs a container with a config changed by `edit`; asserts ctr fails and names `needle`.
 fn run_fails_naming(

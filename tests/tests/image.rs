@@ -5,7 +5,6 @@
 //! and a missing root hash on the command line are all refused by the guest, and the shim names
 //! the reason (to `Vm::start`'s caller and, through containerd, to `ctr`).
 
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -14,7 +13,8 @@ use std::time::{Duration, Instant};
 use kata_cc_shim::boot_cli::{self, BootReport, Tamper, Verdict, VERIFY_FAIL};
 use kata_cc_shim::config::Config;
 use kata_cc_shim::manifest::Manifest;
-use kata_cc_tests::containerd::{toml_set, Containerd};
+use kata_cc_tests::containerd::{toml_quoted as quoted, toml_set, Containerd};
+use kata_cc_tests::image::flip_byte;
 use kata_cc_tests::{cmd, paths, TestImage};
 use sha2::{Digest, Sha256};
 
@@ -191,27 +191,6 @@ fn bake_is_reproducible_and_its_manifest_true_and_it_boots() {
     assert_eq!(r.verified_root_hash(), Some(ha.as_str()));
     assert!(r.refusal().is_none());
     assert!(!r.state_dir.exists(), "{} left", r.state_dir.display());
-}
-
-/// Flips (inverts) one byte of a file in place.
-fn flip_byte(path: &Path, offset: u64) {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut b = [0u8; 1];
-    f.seek(SeekFrom::Start(offset)).expect("seek");
-    f.read_exact(&mut b)
-        .unwrap_or_else(|e| panic!("{} byte {offset}: {e}", path.display()));
-    b[0] = !b[0];
-    f.seek(SeekFrom::Start(offset)).expect("seek");
-    f.write_all(&b).expect("write");
-    f.sync_all().expect("sync");
-}
-
-fn quoted(p: &Path) -> String {
-    format!("\"{}\"", p.display())
 }
 
 /// The tier's one tampered-rootfs check, on the baked image (real init, real agent).
