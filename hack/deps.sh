@@ -131,9 +131,9 @@ if ! ls "$KDIR"/linux-image-${KERNEL_SERIES}*-cloud-amd64_*.deb >/dev/null 2>&1;
 fi
 # sev-snp-measure: the reference the SNP measurement tests compare against (pinned).
 SEV_SNP_MEASURE_VERSION=0.0.13
-# (pip's output is read whole: `| grep -q` would make pip die of SIGPIPE, and pipefail would
-# then call an installed version missing.)
-have_version=$(python3 -m pip show sev-snp-measure 2>/dev/null | awk '$1 == "Version:" {print $2}')
+# (pip show fails when the package is missing, hence `|| true` under pipefail; its output is
+# read whole: `| grep -q` would make pip die of SIGPIPE.)
+have_version=$(python3 -m pip show sev-snp-measure 2>/dev/null | awk '$1 == "Version:" {print $2}') || true
 if [ "$have_version" != "$SEV_SNP_MEASURE_VERSION" ] || ! command -v sev-snp-measure >/dev/null; then
   log "pip install sev-snp-measure==$SEV_SNP_MEASURE_VERSION"
   python3 -m pip install --quiet "sev-snp-measure==$SEV_SNP_MEASURE_VERSION"
