@@ -7,14 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_proto::agent;
-use agent_proto::contract::LAYER_DRIVER;
+use agent_proto::contract::{self, LayerRef};
+use agent_proto::{agent, oci};
 use tokio::sync::{watch, Mutex};
 
+use crate::cgroup::{self, Cgroup};
 use crate::error::{AgentError, Result};
 use crate::layers::{self, Layer};
+use crate::oom::{OomEvents, OomWatch};
+use crate::paths::Paths;
 use crate::reaper::Reaper;
 use crate::runc::{read_pid, Runc, RuncIo};
+use crate::sandbox::{self, SandboxSetup};
 use crate::spec;
 use crate::stdio::{self, ProcessIo};
 
@@ -31,12 +35,18 @@ pub struct Process {
     status: watch::Receiver<Option<i32>>,
 }
 
+/// Runs when a process has exited, before its status is visible.
+type OnExit = Box<dyn FnOnce() + Send>;
+
 impl Process {
-    fn new(pid: i32, since: u64, io: ProcessIo) -> Arc<Process> {
+    fn new(pid: i32, since: u64, io: ProcessIo, on_exit: Option<OnExit>) -> Arc<Process> {
         let (tx, rx) = watch::channel(None);
         let waiter = Reaper::global().watch(pid, since);
         tokio::spawn(async move {
             let st = waiter.wait().await;
+            if let Some(f) = on_exit {
+                f();
+            }
             let _ = tx.send(Some(st.code()));
         });
         Arc::new(Process {
@@ -71,6 +81,8 @@ pub struct Container {
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     started: AtomicBool,
+    cgroup: Cgroup,
+    oom: Arc<OomWatch>,
 }
 
 impl Container {
@@ -81,11 +93,12 @@ impl Container {
 
 pub struct Sandbox {
     pub runc: Runc,
-    pub containers_dir: PathBuf,
-    /// Where CopyFile puts layer blobs; blobs used by CreateContainer are removed from here.
-    pub layers_dir: PathBuf,
+    pub paths: Paths,
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    pub sandbox_id: Mutex<Option<String>>,
+    /// What CreateSandbox set up (none before it, or in host tests that skip it).
+    setup: Mutex<Option<SandboxSetup>>,
+    pub oom_events: Arc<OomEvents>,
+    cgroup_version: cgroup::Version,
 }
 
 fn check_id(kind: &str, id: &str) -> Result<()> {
@@ -209,14 +222,137 @@ fn recv_fd(s: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> {
 }
 
 impl Sandbox {
-    pub fn new(runc: Runc, containers_dir: PathBuf, layers_dir: PathBuf) -> Sandbox {
+    pub fn new(runc: Runc, paths: Paths) -> Sandbox {
         Sandbox {
             runc,
-            containers_dir,
-            layers_dir,
+            paths,
             containers: Mutex::new(HashMap::new()),
-            sandbox_id: Mutex::new(None),
+            setup: Mutex::new(None),
+            oom_events: Arc::new(OomEvents::default()),
+            cgroup_version: cgroup::version(Path::new(CGROUP_ROOT)),
         }
+    }
+
+    /// CreateSandbox: the shared namespaces and storages, once.
+    pub async fn create_sandbox(&self, req: &agent::CreateSandboxRequest) -> Result<()> {
+        let mut slot = self.setup.lock().await;
+        if let Some(s) = slot.as_ref() {
+            return Err(AgentError::AlreadyExists(format!(
+                "CreateSandbox: sandbox {} exists already",
+                s.sandbox_id
+            )));
+        }
+        let (paths, r) = (self.paths.clone(), req.clone());
+        let setup = tokio::task::spawn_blocking(move || sandbox::create(&paths, &r))
+            .await
+            .map_err(|e| AgentError::internal(format!("CreateSandbox: {e}")))??;
+        log::info!(
+            "sandbox {} created: hostname {:?}, {} storage(s), DNS {:?}",
+            setup.sandbox_id,
+            setup.hostname,
+            setup.mounts.len(),
+            setup.dns
+        );
+        *slot = Some(setup);
+        Ok(())
+    }
+
+    /// DestroySandbox (and the agent's end): every container, then what CreateSandbox set up,
+    /// then the copied files.
+    pub async fn destroy(&self) -> Result<()> {
+        let res = self.remove_all().await;
+        if let Some(mut s) = self.setup.lock().await.take() {
+            for e in s.teardown() {
+                log::warn!("DestroySandbox: {e}");
+            }
+            log::info!("sandbox {} destroyed", s.sandbox_id);
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.paths.shared) {
+            for e in rd.flatten() {
+                let _ = remove_any(&e.path());
+            }
+        }
+        res
+    }
+
+    /// The sandbox id CreateSandbox gave.
+    pub async fn sandbox_id(&self) -> Option<String> {
+        self.setup.lock().await.as_ref().map(|s| s.sandbox_id.clone())
+    }
+
+    /// The PID namespace of the sandbox's pause container (the container whose id is the
+    /// sandbox id), for a container created with `sandbox_pidns`.
+    async fn pause_pid_ns(&self, cid: &str) -> Result<Option<PathBuf>> {
+        let Some(sid) = self.sandbox_id().await else {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {cid}: sandbox_pidns: no CreateSandbox named the sandbox (and its \
+                 pause container)"
+            )));
+        };
+        if sid == cid {
+            // The pause container makes the namespace the others join.
+            return Ok(None);
+        }
+        let pause = self.containers.lock().await.get(&sid).cloned();
+        let pause = pause.ok_or_else(|| {
+            AgentError::FailedPrecondition(format!(
+                "container {cid}: sandbox_pidns: the sandbox's pause container {sid} does not \
+                 exist"
+            ))
+        })?;
+        if let Some(code) = pause.init.exit_code() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {cid}: sandbox_pidns: the sandbox's pause container {sid} is not \
+                 running (exit status {code})"
+            )));
+        }
+        let ns = PathBuf::from(format!("/proc/{}/ns/pid", pause.init.pid));
+        if !ns.exists() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {cid}: sandbox_pidns: {} is gone (pause container {sid})",
+                ns.display()
+            )));
+        }
+        Ok(Some(ns))
+    }
+
+    /// Checks every running container's OOM counter (see [`crate::oom`]).
+    pub async fn check_ooms(&self) {
+        let running: Vec<Arc<Container>> = self
+            .containers
+            .lock()
+            .await
+            .values()
+            .filter(|c| c.init.exit_code().is_none())
+            .cloned()
+            .collect();
+        for c in running {
+            c.oom.check();
+        }
+    }
+
+    /// UpdateContainer: the resources applied to the container's cgroup.
+    pub async fn update_container(
+        &self,
+        cid: &str,
+        r: Option<&oci::LinuxResources>,
+    ) -> Result<()> {
+        let c = self.container(cid).await?;
+        let Some(r) = r else {
+            return Ok(());
+        };
+        let ctx = format!("UpdateContainer {cid}");
+        let writes = c.cgroup.plan(r, cgroup::mem_total()).map_err(|e| e.context(&ctx))?;
+        c.cgroup.apply(&writes).map_err(|e| e.context(&ctx))?;
+        log::info!(
+            "container {cid}: updated {}",
+            writes
+                .iter()
+                .map(|w| format!("{}={}", w.field, w.content))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(())
     }
 
     pub async fn container(&self, cid: &str) -> Result<Arc<Container>> {
@@ -243,30 +379,35 @@ impl Sandbox {
     pub async fn create_container(&self, req: agent::CreateContainerRequest) -> Result<()> {
         let cid = req.container_id.clone();
         check_id("container id", &cid)?;
+        if contract::RESERVED_IDS.contains(&cid.as_str()) {
+            return Err(AgentError::invalid(format!(
+                "container id {cid:?} is reserved: {} names the agent's own directory",
+                self.paths.bundle(&cid).display()
+            )));
+        }
         if self.containers.lock().await.contains_key(&cid) {
             return Err(AgentError::AlreadyExists(format!(
                 "container {cid} already exists"
             )));
         }
-        let bundle = self.containers_dir.join(&cid);
+        let bundle = self.paths.bundle(&cid);
         if bundle.exists() {
             return Err(AgentError::AlreadyExists(format!(
                 "container {cid}: bundle {} already exists",
                 bundle.display()
             )));
         }
+        // Layer blobs are consumed by this request either way: guest memory is precious.
         let blobs: Vec<PathBuf> = req
             .storages
             .iter()
-            .filter(|s| s.driver == LAYER_DRIVER)
-            .map(|s| PathBuf::from(&s.source))
+            .flat_map(|s| s.driver_options.iter())
+            .filter_map(|o| LayerRef::parse(o)?.ok())
+            .map(|l| self.paths.blob(&l, &cid))
             .collect();
         let res = self.create_in(&req, &bundle).await;
-        // Layer blobs are consumed by this request either way: guest memory is precious.
         for b in blobs {
-            if b.starts_with(&self.layers_dir) {
-                let _ = std::fs::remove_file(&b);
-            }
+            let _ = std::fs::remove_file(&b);
         }
         match res {
             Ok(c) => {
@@ -288,39 +429,42 @@ impl Sandbox {
         bundle: &Path,
     ) -> Result<Arc<Container>> {
         let cid = req.container_id.as_str();
-        let rootfs = bundle.join("rootfs");
-        std::fs::create_dir_all(&rootfs).map_err(|e| AgentError::io("creating", &rootfs, e))?;
+        let rootfs = self.paths.rootfs(cid);
         let spec_in = req.OCI.as_ref().ok_or_else(|| {
             AgentError::invalid(format!(
                 "container {cid}: CreateContainerRequest.OCI is missing"
             ))
         })?;
-
-        let mut layers_ = Vec::new();
-        for s in &req.storages {
-            if s.driver != LAYER_DRIVER {
-                return Err(AgentError::invalid(format!(
-                    "container {cid}: storage driver {:?} (source {}) is not supported",
-                    s.driver, s.source
-                )));
-            }
-            if Path::new(&s.mount_point) != rootfs {
-                return Err(AgentError::invalid(format!(
-                    "container {cid}: layer storage mount_point {} must be {}",
-                    s.mount_point,
-                    rootfs.display()
-                )));
-            }
-            layers_.push(
-                Layer::from_storage(&s.source, &s.fstype, &s.options)
-                    .map_err(|e| AgentError::invalid(format!("container {cid}: {e}")))?,
-            );
-        }
-        if layers_.is_empty() && spec_in.Root.as_ref().is_none_or(|r| r.Path.is_empty()) {
+        let refs = crate::storage::image_layers(&rootfs, &req.storages)
+            .map_err(|e| AgentError::invalid(format!("container {cid}: {e}")))?;
+        let root_path = spec_in.Root.as_ref().map(|r| r.Path.as_str()).unwrap_or("");
+        if Path::new(root_path) != rootfs {
             return Err(AgentError::invalid(format!(
-                "container {cid}: no kata-cc.layer storages and no root path"
+                "container {cid}: OCI Root.Path {root_path:?} must be {} (the image storage's \
+                 mount point)",
+                rootfs.display()
             )));
         }
+        let layers_ = refs
+            .iter()
+            .map(|r| Layer::from_ref(self.paths.blob(r, cid), r))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| AgentError::invalid(format!("container {cid}: {e}")))?;
+        // The namespaces it joins, checked before the layers are unpacked.
+        let mut g = spec::GuestSetup {
+            shared_dir: self.paths.shared.clone(),
+            shm_dir: self.paths.shm(),
+            ..spec::GuestSetup::default()
+        };
+        if let Some(ns) = self.setup.lock().await.as_ref().and_then(|s| s.ns.clone()) {
+            g.ipc_ns = Some(ns.ipc);
+            g.uts_ns = Some(ns.uts);
+        }
+        if req.sandbox_pidns {
+            g.pid_ns = self.pause_pid_ns(cid).await?;
+        }
+
+        std::fs::create_dir_all(&rootfs).map_err(|e| AgentError::io("creating", &rootfs, e))?;
         let root_dir = rootfs.clone();
         let t_layers = std::time::Instant::now();
         tokio::task::spawn_blocking(move || -> std::result::Result<(), layers::LayerError> {
@@ -338,12 +482,8 @@ impl Sandbox {
         // SAFETY: malloc_trim only releases free heap memory.
         unsafe { libc::malloc_trim(0) };
         let t_runc = std::time::Instant::now();
-        let root_path = if req.storages.is_empty() {
-            PathBuf::from(&spec_in.Root.Path)
-        } else {
-            rootfs.clone()
-        };
-        let config = spec::config_json(cid, spec_in, &root_path);
+        let config = spec::config_json(cid, spec_in, &rootfs, &g)
+            .map_err(|e| AgentError::invalid(format!("container {cid}: {e}")))?;
         let cfg_path = bundle.join("config.json");
         std::fs::write(
             &cfg_path,
@@ -362,7 +502,15 @@ impl Sandbox {
             )
             .await?;
         let pid = read_pid(&pid_file)?;
-        let init = Process::new(pid, mark, io);
+        let cg = Cgroup::new(
+            Path::new(CGROUP_ROOT),
+            &spec::cgroup_path(cid),
+            self.cgroup_version,
+        );
+        let oom = Arc::new(OomWatch::new(cid, cg.clone(), self.oom_events.clone()));
+        // An OOM kill of the init is queued before its exit status can be read.
+        let last_check = oom.clone();
+        let init = Process::new(pid, mark, io, Some(Box::new(move || last_check.check())));
         let init_exec_id = if req.exec_id.is_empty() {
             cid.to_string()
         } else {
@@ -379,6 +527,8 @@ impl Sandbox {
             init,
             execs: Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
+            cgroup: cg,
+            oom,
         }))
     }
 
@@ -435,7 +585,7 @@ impl Sandbox {
             )
             .await?;
         let pid = read_pid(&pid_file)?;
-        execs.insert(exec_id.to_string(), Process::new(pid, mark, io));
+        execs.insert(exec_id.to_string(), Process::new(pid, mark, io, None));
         log::info!("container {cid}: exec {exec_id} started, pid {pid}");
         Ok(())
     }
@@ -484,8 +634,36 @@ impl Sandbox {
             }
         }
         self.containers.lock().await.remove(cid);
+        // Its copied files go with it; the pause container's (the sandbox's, which others may
+        // share) stay until DestroySandbox.
+        if self.sandbox_id().await.as_deref() != Some(cid) {
+            self.remove_copied(cid);
+        }
         log::info!("container {cid} removed");
         Ok(())
+    }
+
+    /// Removes `<shared>/<cid>-<16 hex>-*`, what CopyFile made for the container.
+    fn remove_copied(&self, cid: &str) {
+        let Ok(rd) = std::fs::read_dir(&self.paths.shared) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(cid)) else {
+                continue;
+            };
+            let b = rest.as_bytes();
+            let ours = b.len() > 18
+                && b[0] == b'-'
+                && b[1..17].iter().all(u8::is_ascii_hexdigit)
+                && b[17] == b'-';
+            if ours {
+                if let Err(err) = remove_any(&e.path()) {
+                    log::warn!("removing {}: {err}", e.path().display());
+                }
+            }
+        }
     }
 
     /// Remove every container (DestroySandbox).
@@ -506,5 +684,15 @@ impl Sandbox {
         let mut r = agent::StatsContainerResponse::new();
         r.cgroup_stats = Some(crate::stats::cgroup_stats(&c.cgroup_dir())).into();
         Ok(r)
+    }
+}
+
+/// Removes a file, link or directory tree (not following links).
+fn remove_any(p: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }

@@ -32,6 +32,19 @@ impl AgentError {
         AgentError::Internal(format!("{what} {}: {e}", path.display()))
     }
 
+    /// The same error with `prefix: ` before its message.
+    pub fn context(self, prefix: impl std::fmt::Display) -> Self {
+        let p = |m: String| format!("{prefix}: {m}");
+        match self {
+            AgentError::InvalidArgument(m) => AgentError::InvalidArgument(p(m)),
+            AgentError::NotFound(m) => AgentError::NotFound(p(m)),
+            AgentError::AlreadyExists(m) => AgentError::AlreadyExists(p(m)),
+            AgentError::FailedPrecondition(m) => AgentError::FailedPrecondition(p(m)),
+            AgentError::Internal(m) => AgentError::Internal(p(m)),
+            AgentError::DeadlineExceeded(m) => AgentError::DeadlineExceeded(p(m)),
+        }
+    }
+
     fn code(&self) -> Code {
         match self {
             AgentError::InvalidArgument(_) => Code::INVALID_ARGUMENT,

@@ -1,4 +1,4 @@
-//! The `kata-cc.layer` storage driver: verify an image layer blob against its OCI diff_id and
+//! The layers of a container's image storage: verify an image layer blob against its OCI diff_id and
 //! unpack it into a container rootfs in guest memory, honouring OCI whiteouts.
 //!
 //! A layer is read twice: first to check its digests (nothing is written before the layer is
@@ -8,6 +8,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
+use agent_proto::contract::LayerRef;
 use sha2::{Digest, Sha256};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -27,7 +28,7 @@ pub enum LayerError {
     DigestMismatch { digest: String, got: String },
     #[error("layer {digest}: unsupported media type {media_type:?}")]
     MediaType { digest: String, media_type: String },
-    #[error("layer {digest}: storage option {option}")]
+    #[error("layer {digest}: {option}")]
     Option { digest: String, option: String },
     #[error("layer {digest}: reading {path}: {source}")]
     Read {
@@ -65,49 +66,25 @@ pub struct Layer {
 }
 
 impl Layer {
-    /// From a Storage's source, fstype (media type) and options (`diff_id=`, `digest=`).
-    pub fn from_storage(
-        source: &str,
-        fstype: &str,
-        options: &[String],
-    ) -> Result<Layer, LayerError> {
-        let mut diff_id = None;
-        let mut digest = String::new();
-        for o in options {
-            if let Some(v) = o.strip_prefix("diff_id=") {
-                diff_id = Some(v.to_string());
-            } else if let Some(v) = o.strip_prefix("digest=") {
-                digest = v.to_string();
-            }
-        }
-        let name = if digest.is_empty() {
-            source.to_string()
-        } else {
-            digest.clone()
-        };
-        let diff_id = diff_id.ok_or_else(|| LayerError::Option {
-            digest: name.clone(),
-            option: "diff_id=sha256:<hex> is missing".into(),
-        })?;
-        for (k, v) in [("diff_id", &diff_id), ("digest", &digest)] {
-            if v.is_empty() && k == "digest" {
-                continue;
-            }
+    /// A layer of an image storage ([`LayerRef`]) whose blob was copied to `blob`; both
+    /// digests must be `sha256:<64 hex digits>`.
+    pub fn from_ref(blob: PathBuf, r: &LayerRef) -> Result<Layer, LayerError> {
+        for (k, v) in [("diff_id", &r.diff_id), ("digest", &r.digest)] {
             let ok = v
                 .strip_prefix("sha256:")
                 .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
             if !ok {
                 return Err(LayerError::Option {
-                    digest: name,
-                    option: format!("{k}={v} is not sha256:<64 hex digits>"),
+                    digest: r.digest.clone(),
+                    option: format!("{k} {v} is not sha256:<64 hex digits>"),
                 });
             }
         }
         Ok(Layer {
-            blob: PathBuf::from(source),
-            media_type: fstype.to_string(),
-            diff_id,
-            digest,
+            blob,
+            media_type: r.media_type.clone(),
+            diff_id: r.diff_id.clone(),
+            digest: r.digest.clone(),
         })
     }
 
@@ -657,14 +634,22 @@ mod tests {
     }
 
     #[test]
-    fn storage_options_are_validated() {
-        let e = Layer::from_storage("/x", "tar", &["digest=sha256:00".into()])
-            .expect_err("no diff_id")
-            .to_string();
-        assert!(e.contains("diff_id"), "{e}");
-        let e = Layer::from_storage("/x", "tar", &["diff_id=md5:1".into()])
+    fn layer_refs_are_validated() {
+        let r = |digest: &str, diff_id: &str| LayerRef {
+            digest: digest.into(),
+            diff_id: diff_id.into(),
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        };
+        let good = format!("sha256:{}", "a".repeat(64));
+        let l = Layer::from_ref("/b".into(), &r(&good, &good)).unwrap();
+        assert_eq!(l.blob, Path::new("/b"));
+        let e = Layer::from_ref("/b".into(), &r(&good, "md5:1"))
             .expect_err("bad diff_id")
             .to_string();
-        assert!(e.contains("diff_id=md5:1"), "{e}");
+        assert!(e.contains("diff_id md5:1"), "{e}");
+        let e = Layer::from_ref("/b".into(), &r("sha256:00", &good))
+            .expect_err("short digest")
+            .to_string();
+        assert!(e.contains("digest sha256:00"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! kata-cc-agent: PID 1 of the kata-cc guest. Sets up the guest, reaps children, and serves the
 //! Kata agent API over ttrpc on vsock port 1024.
 
+mod cgroup;
 mod container;
 mod copyfile;
 mod error;
@@ -9,12 +10,17 @@ mod launch;
 mod layers;
 mod logging;
 mod metrics;
+mod net;
+mod oom;
+mod paths;
 mod reaper;
 mod runc;
+mod sandbox;
 mod server;
 mod spec;
 mod stats;
 mod stdio;
+mod storage;
 
 use std::path::PathBuf;
 
@@ -72,6 +78,10 @@ fn main() {
         init::mount_filesystems();
         init::setup_cgroups(std::path::Path::new(container::CGROUP_ROOT));
         let _ = nix::unistd::sethostname("kata-cc");
+        // Containers share the guest's network namespace: its loopback must work.
+        if let Err(e) = net::link_up("lo") {
+            log::warn!("bringing lo up: {e}");
+        }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -81,7 +91,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => fatal(pid1, &StartError::Runtime(e)),
     };
-    if let Err(e) = rt.block_on(run()) {
+    if let Err(e) = rt.block_on(run(pid1)) {
         fatal(pid1, &e);
     }
 }
@@ -130,35 +140,24 @@ fn fatal(pid1: bool, msg: &StartError) -> ! {
     std::process::exit(1);
 }
 
-async fn run() -> Result<(), StartError> {
+async fn run(pid1: bool) -> Result<(), StartError> {
     // Start reaping before anything is spawned.
     let _reaper = reaper::Reaper::global();
     let listen = std::env::var("KATA_CC_AGENT_LISTEN")
         .unwrap_or_else(|_| format!("vsock://-1:{}", contract::AGENT_VSOCK_PORT));
-    let containers_dir = PathBuf::from(
-        std::env::var("KATA_CC_CONTAINERS_DIR")
-            .unwrap_or_else(|_| contract::GUEST_CONTAINERS_DIR.into()),
-    );
-    let layers_dir = PathBuf::from(
-        std::env::var("KATA_CC_LAYERS_DIR").unwrap_or_else(|_| contract::GUEST_LAYER_DIR.into()),
-    );
-    for d in [&containers_dir, &layers_dir] {
+    let paths = paths::Paths::from_env();
+    for d in [&paths.containers, &paths.shared] {
         std::fs::create_dir_all(d).map_err(|source| StartError::CreateDir {
             dir: d.clone(),
             source,
         })?;
     }
-    let sandbox = Arc::new(container::Sandbox::new(
-        runc::Runc::from_env(),
-        containers_dir,
-        layers_dir.clone(),
-    ));
+    let sandbox = Arc::new(container::Sandbox::new(runc::Runc::from_env(), paths));
     let launch = launch::Launch::detect();
     let (policy, fast_path) = load_policy(&launch)?;
     let policy = Arc::new(std::sync::Mutex::new(policy));
     let agent = server::Agent {
-        sandbox,
-        layers_dir,
+        sandbox: sandbox.clone(),
         policy: policy.clone(),
         launch: Arc::new(launch),
     };
@@ -181,7 +180,45 @@ async fn run() -> Result<(), StartError> {
     if let Some(job) = fast_path {
         server::compile_fast_path(policy, job);
     }
-    // Serve until killed (as PID 1: until the VM is stopped by the host).
-    std::future::pending::<()>().await;
+    spawn_oom_poller(sandbox.clone());
+    if pid1 {
+        // Serve until the VM is stopped by the host.
+        std::future::pending::<()>().await;
+    }
+    // Not PID 1 (a host test): serve until SIGTERM/SIGINT, then undo what was set up (mounts,
+    // containers) as DestroySandbox does.
+    wait_for_termination().await;
+    if let Err(e) = sandbox.destroy().await {
+        log::warn!("at exit: {e}");
+    }
+    log::info!("kata-cc-agent: terminated");
     Ok(())
+}
+
+/// Checks the containers' OOM counters every [`oom::POLL_INTERVAL`].
+fn spawn_oom_poller(sandbox: Arc<container::Sandbox>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(oom::POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            sandbox.check_ooms().await;
+        }
+    });
+}
+
+async fn wait_for_termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
 }

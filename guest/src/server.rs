@@ -20,7 +20,6 @@ const MAX_READ: usize = 1024 * 1024;
 
 pub struct Agent {
     pub sandbox: Arc<Sandbox>,
-    pub layers_dir: std::path::PathBuf,
     /// The sandbox's security policy: one engine (and its state) per agent.
     pub policy: Arc<std::sync::Mutex<PolicyEngine>>,
     /// The TEE and the launch's HOST_DATA, which a new policy must match.
@@ -307,23 +306,7 @@ impl agent_ttrpc::AgentService for Agent {
         req: agent::CreateSandboxRequest,
     ) -> TResult<Empty> {
         self.check(&req)?;
-        if !req.hostname.is_empty() && std::process::id() == 1 {
-            if let Err(e) = nix::unistd::sethostname(&req.hostname) {
-                return Err(AgentError::internal(format!(
-                    "setting hostname {:?}: {e}",
-                    req.hostname
-                ))
-                .into());
-            }
-        }
-        if !req.storages.is_empty() {
-            return Err(AgentError::invalid(
-                "CreateSandboxRequest.storages are not supported by kata-cc-agent",
-            )
-            .into());
-        }
-        *self.sandbox.sandbox_id.lock().await = Some(req.sandbox_id.clone());
-        log::info!("sandbox {} created", req.sandbox_id);
+        ok(self.sandbox.create_sandbox(&req).await, "CreateSandbox")?;
         Ok(Empty::new())
     }
 
@@ -333,8 +316,7 @@ impl agent_ttrpc::AgentService for Agent {
         req: agent::DestroySandboxRequest,
     ) -> TResult<Empty> {
         self.check(&req)?;
-        ok(self.sandbox.remove_all().await, "DestroySandbox")?;
-        let _ = std::fs::remove_dir_all(&self.layers_dir);
+        ok(self.sandbox.destroy().await, "DestroySandbox")?;
         Ok(Empty::new())
     }
 
@@ -347,7 +329,10 @@ impl agent_ttrpc::AgentService for Agent {
         let mut d = agent::AgentDetails::new();
         d.version = VERSION.to_string();
         d.init_daemon = std::process::id() == 1;
-        d.storage_handlers = vec![agent_proto::contract::LAYER_DRIVER.to_string()];
+        d.storage_handlers = vec![
+            agent_proto::contract::IMAGE_DRIVER.to_string(),
+            agent_proto::contract::EPHEMERAL_DRIVER.to_string(),
+        ];
         d.extra_features = vec![self.launch.feature()];
         let mut r = agent::GuestDetailsResponse::new();
         r.agent_details = Some(d).into();
@@ -372,28 +357,44 @@ impl agent_ttrpc::AgentService for Agent {
             return Ok(Empty::new());
         }
         ok(
-            copyfile::copy_chunk(
-                &self.layers_dir,
-                &req.path,
-                req.offset,
-                &req.data,
-                req.file_mode,
-                req.dir_mode,
-            ),
+            copyfile::copy(
+                &self.sandbox.paths.shared,
+                &copyfile::Request::from_proto(&req),
+            )
+            .map_err(AgentError::from),
             "CopyFile",
         )?;
         Ok(Empty::new())
     }
 
-    // Everything below is declared by the protocol but not offered by kata-cc-agent.
     async fn update_container(
         &self,
         _ctx: &TtrpcContext,
         req: agent::UpdateContainerRequest,
     ) -> TResult<Empty> {
         self.check(&req)?;
-        Err(unimplemented("UpdateContainerRequest"))
+        ok(
+            self.sandbox
+                .update_container(&req.container_id, req.resources.as_ref())
+                .await,
+            "UpdateContainer",
+        )?;
+        Ok(Empty::new())
     }
+
+    /// Waits for the next OOM kill of a container (the shim asks in a loop).
+    async fn get_oom_event(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GetOOMEventRequest,
+    ) -> TResult<agent::OOMEvent> {
+        self.check(&req)?;
+        let mut r = agent::OOMEvent::new();
+        r.container_id = self.sandbox.oom_events.next().await;
+        Ok(r)
+    }
+
+    // Everything below is declared by the protocol but not offered by kata-cc-agent.
 
     async fn update_ephemeral_mounts(
         &self,
@@ -557,15 +558,6 @@ impl agent_ttrpc::AgentService for Agent {
     ) -> TResult<Empty> {
         self.check(&req)?;
         Err(unimplemented("SetGuestDateTimeRequest"))
-    }
-
-    async fn get_oom_event(
-        &self,
-        _ctx: &TtrpcContext,
-        req: agent::GetOOMEventRequest,
-    ) -> TResult<agent::OOMEvent> {
-        self.check(&req)?;
-        Err(unimplemented("GetOOMEventRequest"))
     }
 
     async fn add_swap(&self, _ctx: &TtrpcContext, req: agent::AddSwapRequest) -> TResult<Empty> {

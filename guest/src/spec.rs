@@ -2,7 +2,7 @@
 //! JSON runc reads, adapted to the guest: host paths, host namespaces and host-only settings are
 //! dropped; what defines the workload (user, env, cwd, args, rlimits, capabilities, limits) is kept.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use agent_proto::oci;
 use serde_json::{json, Map, Value};
@@ -42,8 +42,26 @@ pub fn wants_attestation(spec: &oci::Spec) -> Result<bool, AttestationAnnotation
     }
 }
 
-/// Namespaces every container gets fresh in the guest.
-const NEW_NAMESPACES: &[&str] = &["pid", "mount", "uts", "ipc"];
+/// How a container sits in the guest: the sandbox's namespaces it joins and the guest
+/// directories its mounts may come from.
+#[derive(Debug, Clone, Default)]
+pub struct GuestSetup {
+    /// The sandbox's IPC and UTS namespaces (CreateSandbox); fresh ones without.
+    pub ipc_ns: Option<PathBuf>,
+    pub uts_ns: Option<PathBuf>,
+    /// The pause container's PID namespace (`sandbox_pidns`); a fresh one without.
+    pub pid_ns: Option<PathBuf>,
+    /// Where CopyFile put the host's files: bind sources below it are the container's volumes.
+    pub shared_dir: PathBuf,
+    /// The sandbox's shm tmpfs, which a `/dev/shm` bind names.
+    pub shm_dir: PathBuf,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("mount {destination}: source {src} was not copied into the guest (CopyFile)")]
+    NotCopied { destination: String, src: String },
+}
 
 pub fn cgroup_path(cid: &str) -> String {
     format!("/kata-cc/{cid}")
@@ -170,8 +188,18 @@ fn resources_json(r: &oci::LinuxResources) -> Value {
     Value::Object(out)
 }
 
+/// Whether a mount binds a guest path.
+fn is_bind(m: &oci::Mount) -> bool {
+    m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind")
+}
+
 /// The container's config.json; `rootfs` is the absolute guest path of its root filesystem.
-pub fn config_json(cid: &str, spec: &oci::Spec, rootfs: &Path) -> Value {
+pub fn config_json(
+    cid: &str,
+    spec: &oci::Spec,
+    rootfs: &Path,
+    g: &GuestSetup,
+) -> Result<Value, SpecError> {
     let default_process = oci::Process::default();
     let process = spec.Process.as_ref().unwrap_or(&default_process);
     let mut out = Map::new();
@@ -191,21 +219,46 @@ pub fn config_json(cid: &str, spec: &oci::Spec, rootfs: &Path) -> Value {
             "readonly": spec.Root.as_ref().map(|r| r.Readonly).unwrap_or(false),
         }),
     );
-    if !spec.Hostname.is_empty() {
+    // In the sandbox's UTS namespace the pod's hostname is set already (and runc refuses a
+    // hostname for a namespace it does not create).
+    if !spec.Hostname.is_empty() && g.uts_ns.is_none() {
         out.insert("hostname".into(), json!(spec.Hostname));
     }
 
     let mut mounts = Vec::new();
     let mut has_shm = false;
     for m in &spec.Mounts {
+        let source = Path::new(&m.source);
+        let plain = source
+            .components()
+            .all(|c| !matches!(c, Component::ParentDir | Component::CurDir));
+        let copied = is_bind(m)
+            && plain
+            && g.shared_dir.is_absolute()
+            && source != g.shared_dir
+            && source.starts_with(&g.shared_dir);
+        let shm = is_bind(m) && plain && g.shm_dir.is_absolute() && source == g.shm_dir;
         let standard = GUEST_MOUNT_TYPES.contains(&m.type_.as_str());
-        if !standard && !Path::new(&m.source).exists() {
+        if copied && !source.exists() {
+            return Err(SpecError::NotCopied {
+                destination: m.destination.clone(),
+                src: m.source.clone(),
+            });
+        }
+        if !copied && !standard && !source.exists() {
             log::info!(
                 "container {cid}: dropping mount {} (source {} is not in the guest)",
                 m.destination,
                 m.source
             );
             continue;
+        }
+        if shm && m.destination != "/dev/shm" {
+            log::info!(
+                "container {cid}: mount {} binds the sandbox shm {}",
+                m.destination,
+                m.source
+            );
         }
         if m.destination == "/dev/shm" {
             has_shm = true;
@@ -243,7 +296,18 @@ pub fn config_json(cid: &str, spec: &oci::Spec, rootfs: &Path) -> Value {
     let default_linux = oci::Linux::default();
     let linux = spec.Linux.as_ref().unwrap_or(&default_linux);
     let mut l = Map::new();
-    let mut ns: Vec<Value> = NEW_NAMESPACES.iter().map(|t| json!({"type": t})).collect();
+    // Always a fresh mount namespace; IPC and UTS the sandbox's, PID the pause's when shared;
+    // no network namespace: containers share the guest's (where the pod's interface is).
+    let ns_entry = |t: &str, path: &Option<PathBuf>| match path {
+        Some(p) => json!({"type": t, "path": p.display().to_string()}),
+        None => json!({"type": t}),
+    };
+    let mut ns = vec![
+        ns_entry("pid", &g.pid_ns),
+        json!({"type": "mount"}),
+        ns_entry("ipc", &g.ipc_ns),
+        ns_entry("uts", &g.uts_ns),
+    ];
     if linux.Namespaces.iter().any(|n| n.Type == "cgroup") {
         ns.push(json!({"type": "cgroup"}));
     }
@@ -283,7 +347,7 @@ pub fn config_json(cid: &str, spec: &oci::Spec, rootfs: &Path) -> Value {
         l.insert("rootfsPropagation".into(), json!(linux.RootfsPropagation));
     }
     out.insert("linux".into(), Value::Object(l));
-    Value::Object(out)
+    Ok(Value::Object(out))
 }
 
 #[cfg(test)]
@@ -296,11 +360,11 @@ mod tests {
     fn attestation_annotation_adds_configfs_last() {
         let mut spec = oci::Spec::default();
         assert_eq!(wants_attestation(&spec), Ok(false));
-        let v = config_json("c1", &spec, Path::new("/r"));
+        let v = config_json("c1", &spec, Path::new("/r"), &GuestSetup::default()).unwrap();
         assert!(!v["mounts"].to_string().contains(CONFIGFS));
         spec.Annotations
             .insert(ATTESTATION_ANNOTATION.to_string(), "true".to_string());
-        let v = config_json("c1", &spec, Path::new("/r"));
+        let v = config_json("c1", &spec, Path::new("/r"), &GuestSetup::default()).unwrap();
         let last = v["mounts"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(last["destination"], CONFIGFS);
         assert_eq!(last["type"], "bind");
@@ -364,8 +428,14 @@ mod tests {
         linux.Resources = Some(res).into();
         spec.Linux = Some(linux).into();
 
-        let v = config_json("c1", &spec, Path::new("/run/kata-cc/containers/c1/rootfs"));
-        assert_eq!(v["root"]["path"], "/run/kata-cc/containers/c1/rootfs");
+        let v = config_json(
+            "c1",
+            &spec,
+            Path::new("/run/kata-containers/c1/rootfs"),
+            &GuestSetup::default(),
+        )
+        .unwrap();
+        assert_eq!(v["root"]["path"], "/run/kata-containers/c1/rootfs");
         assert_eq!(v["process"]["user"]["uid"], 1000);
         assert_eq!(v["process"]["user"]["additionalGids"], json!([5, 6]));
         assert_eq!(v["process"]["args"][2], "exit 3");
@@ -379,7 +449,7 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().expect("type"))
             .collect();
-        assert_eq!(ns, ["pid", "mount", "uts", "ipc"]);
+        assert_eq!(ns, ["pid", "mount", "ipc", "uts"]);
         assert_eq!(
             v["linux"]["resources"]["memory"],
             json!({"limit": 512 << 20})
@@ -395,5 +465,101 @@ mod tests {
             .map(|m| m["destination"].as_str().expect("dest"))
             .collect();
         assert_eq!(dests, ["/proc", "/dev/shm"]);
+    }
+
+    fn mount_(dest: &str, typ: &str, source: &str, opts: &[&str]) -> oci::Mount {
+        let mut m = oci::Mount::default();
+        m.destination = dest.into();
+        m.type_ = typ.into();
+        m.source = source.into();
+        m.options = opts.iter().map(|s| s.to_string()).collect();
+        m
+    }
+
+    /// The sandbox's namespaces are joined by path, the pod hostname is not set again; without
+    /// a sandbox every namespace is fresh and the spec's hostname is set.
+    #[test]
+    fn namespaces_follow_the_sandbox() {
+        let mut spec = oci::Spec::default();
+        spec.Hostname = "pod".into();
+        let mut linux = oci::Linux::default();
+        for t in ["ipc", "uts", "mount"] {
+            let mut n = oci::LinuxNamespace::default();
+            n.Type = t.into();
+            linux.Namespaces.push(n);
+        }
+        spec.Linux = Some(linux).into();
+        let alone = config_json("c1", &spec, Path::new("/r"), &GuestSetup::default()).unwrap();
+        assert_eq!(
+            alone["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}])
+        );
+        assert_eq!(alone["hostname"], "pod");
+        let g = GuestSetup {
+            ipc_ns: Some("/run/kata-containers/sandbox/ns/ipc".into()),
+            uts_ns: Some("/run/kata-containers/sandbox/ns/uts".into()),
+            pid_ns: Some("/proc/42/ns/pid".into()),
+            ..GuestSetup::default()
+        };
+        let v = config_json("c1", &spec, Path::new("/r"), &g).unwrap();
+        assert_eq!(
+            v["linux"]["namespaces"],
+            json!([
+                {"type": "pid", "path": "/proc/42/ns/pid"},
+                {"type": "mount"},
+                {"type": "ipc", "path": "/run/kata-containers/sandbox/ns/ipc"},
+                {"type": "uts", "path": "/run/kata-containers/sandbox/ns/uts"},
+            ])
+        );
+        assert!(v.get("hostname").is_none(), "{v}");
+    }
+
+    /// Copied volumes and the sandbox shm are kept with their options (the shm bind replaces
+    /// the agent's own /dev/shm); host paths are dropped; a volume that was never copied fails.
+    #[test]
+    fn copied_volumes_and_shm_are_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = t.path().join("shared/containers");
+        let shm = t.path().join("sandbox/shm");
+        let vol = shared.join("c1-0123456789abcdef-cm");
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::create_dir_all(&shm).unwrap();
+        let g = GuestSetup {
+            shared_dir: shared.clone(),
+            shm_dir: shm.clone(),
+            ..GuestSetup::default()
+        };
+        let vol_s = vol.display().to_string();
+        let shm_s = shm.display().to_string();
+        let mut spec = oci::Spec::default();
+        spec.Mounts = vec![
+            mount_("/proc", "proc", "proc", &[]),
+            mount_("/dev/shm", "bind", &shm_s, &["rbind"]),
+            mount_("/etc/config", "bind", &vol_s, &["rbind", "rprivate", "ro"]),
+            mount_("/host", "bind", "/var/lib/kubelet/pods/x/volumes/y", &["rbind"]),
+        ];
+        let v = config_json("c1", &spec, Path::new("/r"), &g).unwrap();
+        assert_eq!(
+            v["mounts"],
+            json!([
+                {"destination": "/proc", "type": "proc", "source": "proc", "options": []},
+                {"destination": "/dev/shm", "type": "bind", "source": shm_s, "options": ["rbind"]},
+                {"destination": "/etc/config", "type": "bind", "source": vol_s,
+                 "options": ["rbind", "rprivate", "ro"]},
+            ])
+        );
+        let missing = shared.join("c1-0123456789abcdef-hosts").display().to_string();
+        spec.Mounts = vec![mount_("/etc/hosts", "bind", &missing, &["rbind", "ro"])];
+        let e = config_json("c1", &spec, Path::new("/r"), &g).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("mount /etc/hosts: source {missing} was not copied into the guest (CopyFile)")
+        );
+        // A source that climbs out of the shared directory is no copied volume.
+        let sneaky = format!("{}/../../../etc/nowhere", shared.display());
+        spec.Mounts = vec![mount_("/x", "bind", &sneaky, &["rbind"])];
+        let v = config_json("c1", &spec, Path::new("/r"), &g).unwrap();
+        assert_eq!(v["mounts"][0]["destination"], "/dev/shm");
+        assert_eq!(v["mounts"][0]["type"], "tmpfs");
     }
 }

@@ -67,3 +67,28 @@ pub fn cgroup_stats(dir: &Path) -> agent::CgroupStats {
     out.pids_stats = Some(pids).into();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// memory.stat goes over whole: `inactive_file` is there for the shim's working set
+    /// (containerd's total_inactive_file).
+    #[test]
+    fn memory_stat_carries_inactive_file() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(
+            t.path().join("memory.stat"),
+            "anon 4096\nfile 8192\nactive_file 4096\ninactive_file 4096\n",
+        )
+        .unwrap();
+        std::fs::write(t.path().join("memory.current"), "12288\n").unwrap();
+        std::fs::write(t.path().join("memory.max"), "max\n").unwrap();
+        let s = cgroup_stats(t.path());
+        let m = s.memory_stats.as_ref().unwrap();
+        assert_eq!(m.stats.get("inactive_file"), Some(&4096));
+        assert_eq!(m.cache, 8192);
+        assert_eq!(m.usage.usage, 12288);
+        assert_eq!(m.usage.limit, u64::MAX);
+    }
+}
