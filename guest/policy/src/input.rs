@@ -4,8 +4,13 @@
 //! - a message field that is not set is `null`; scalars are always present (proto3 defaults);
 //! - enums are numbers; 64-bit integers are JSON numbers; `bytes` are arrays of numbers;
 //! - maps are objects; a oneof is one key (the oneof's name): `null` or `{"<field>": value}`.
-//! - `CopyFileRequest` is checked without its `data`; instead `symlink_src` carries the link
-//!   target (the data as text) when the request creates a symbolic link, else "".
+//! - `CopyFileRequest` is checked without its `data`; instead, as Kata's agent has given it over
+//!   time: `symlink_src` (AKS-era agents) carries the link target (the data as text) when the
+//!   request creates a symbolic link, else ""; `file_type` ("Regular", "Directory", "Symlink"
+//!   or "Unknown", from `file_mode & S_IFMT`) and `symlink_target` (the target, else null) are
+//!   upstream's (Kata >= 3.29). Each rule generation reads its own keys.
+//! - `Storage.shared` (field 8, newer than AKS-era policies) is always present here; the engine
+//!   leaves it out for a policy that never names it (see `PolicyEngine::evaluate`).
 //!
 //! [`from_json`] is the inverse, used to replay request logs and to test that every logged request
 //! survives JSON -> message -> JSON unchanged.
@@ -17,9 +22,21 @@ use protobuf::reflect::{
 use protobuf::MessageDyn;
 use serde_json::{Map, Number, Value};
 
-/// `S_IFMT` / `S_IFLNK` of a CopyFileRequest's `file_mode`.
+/// The type bits of a CopyFileRequest's `file_mode`.
 const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const S_IFDIR: u32 = 0o040000;
 const S_IFLNK: u32 = 0o120000;
+
+/// Upstream's `file_type` of a CopyFileRequest for its `file_mode`.
+pub fn file_type(file_mode: u32) -> &'static str {
+    match file_mode & S_IFMT {
+        S_IFREG => "Regular",
+        S_IFDIR => "Directory",
+        S_IFLNK => "Symlink",
+        _ => "Unknown",
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
@@ -77,12 +94,16 @@ fn copy_file_to_policy(m: &dyn MessageDyn, v: &mut Value) {
         .unwrap_or_default();
     if let Value::Object(obj) = v {
         obj.remove("data");
-        let link = if mode & S_IFMT == S_IFLNK {
-            String::from_utf8_lossy(&data).into_owned()
-        } else {
-            String::new()
-        };
-        obj.insert("symlink_src".into(), Value::String(link));
+        let link = (mode & S_IFMT == S_IFLNK).then(|| String::from_utf8_lossy(&data).into_owned());
+        obj.insert(
+            "symlink_src".into(),
+            Value::String(link.clone().unwrap_or_default()),
+        );
+        obj.insert("file_type".into(), Value::from(file_type(mode)));
+        obj.insert(
+            "symlink_target".into(),
+            link.map(Value::String).unwrap_or(Value::Null),
+        );
     }
 }
 
@@ -185,12 +206,18 @@ pub fn from_json(name: &str, v: &Value) -> Result<Box<dyn MessageDyn>, InputErro
     let mut v = v.clone();
     if name == "CopyFileRequest" {
         if let Value::Object(obj) = &mut v {
-            // symlink_src stands for the data of a symlink request (see `to_json`).
-            if let Some(Value::String(link)) = obj.remove("symlink_src") {
-                if !link.is_empty() {
-                    let bytes = link.bytes().map(Value::from).collect();
-                    obj.insert("data".into(), Value::Array(bytes));
-                }
+            // symlink_src or symlink_target stand for the data of a symlink request, file_type
+            // for bits of file_mode (see `to_json`).
+            obj.remove("file_type");
+            let target = obj.remove("symlink_target");
+            let link = match (obj.remove("symlink_src"), target) {
+                (Some(Value::String(l)), _) if !l.is_empty() => Some(l),
+                (_, Some(Value::String(l))) => Some(l),
+                _ => None,
+            };
+            if let Some(link) = link {
+                let bytes = link.bytes().map(Value::from).collect();
+                obj.insert("data".into(), Value::Array(bytes));
             }
         }
     }

@@ -174,6 +174,8 @@ pub struct PolicyEngine {
     declared: HashMap<String, bool>,
     /// The policy compiled to regorus's VM, deciding allowed requests quickly (see `fast`).
     fast: Option<fast::FastPath>,
+    /// Whether the policy knows `Storage.shared` (see [`PolicyEngine::evaluate`]).
+    storage_shared: bool,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -219,6 +221,7 @@ impl PolicyEngine {
             allow_failures: false,
             declared: HashMap::new(),
             fast: None,
+            storage_shared: names_storage_shared(rego_text),
         };
         // Preparing for the first evaluation analyses the whole policy: semantic errors
         // (unknown functions, unsafe variables) fail the load rather than a later request.
@@ -286,11 +289,21 @@ impl PolicyEngine {
     }
 
     /// Checks one request. `input` is the request as the policy sees it (see [`input`]).
+    ///
+    /// `Storage.shared` (field 8) came after the AKS-era policies, which compare a sandbox
+    /// storage with `==` against their own copy that has no such key. Kata's agents gave
+    /// those policies no `shared` key (their protocol had none) and give newer ones, which test
+    /// `storage.shared`, `"shared": false`. So the key goes to a policy that names it anywhere
+    /// and is left out for one that never does: both generations decide as under Kata.
     pub fn evaluate(
         &mut self,
         request_name: &str,
         input: &serde_json::Value,
     ) -> Result<Decision, PolicyError> {
+        let without_shared = (!self.storage_shared && STORAGE_REQUESTS.contains(&request_name))
+            .then(|| strip_storage_shared(input))
+            .flatten();
+        let input = without_shared.as_ref().unwrap_or(input);
         let value = Value::deserialize(input).map_err(|e| PolicyError::Input {
             request: request_name.to_string(),
             message: e.to_string(),
@@ -451,6 +464,45 @@ impl PolicyEngine {
             .map_err(|e| err(ops.len(), e.to_string()))?;
         Ok(ops.len())
     }
+}
+
+/// Requests whose input has `storages` (of `Storage` messages).
+const STORAGE_REQUESTS: &[&str] = &["CreateSandboxRequest", "CreateContainerRequest"];
+
+/// Whether a policy text names a `shared` field: a `"shared"` key in its data or `.shared` in
+/// its rules (`.shared_mounts` and the like do not count).
+fn names_storage_shared(text: &str) -> bool {
+    let b = text.as_bytes();
+    text.match_indices("shared").any(|(i, _)| {
+        let before = i.checked_sub(1).map(|j| b[j]);
+        let after = b.get(i + "shared".len()).copied();
+        let word = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_');
+        match before {
+            Some(b'"') => after == Some(b'"'),
+            Some(b'.') => !word(after),
+            _ => false,
+        }
+    })
+}
+
+/// `input` without the `shared` key of its storages; `None` if none has one.
+fn strip_storage_shared(input: &serde_json::Value) -> Option<serde_json::Value> {
+    let has = input
+        .get("storages")
+        .and_then(|s| s.as_array())
+        .is_some_and(|a| a.iter().any(|s| s.get("shared").is_some()));
+    if !has {
+        return None;
+    }
+    let mut v = input.clone();
+    if let Some(storages) = v.get_mut("storages").and_then(|s| s.as_array_mut()) {
+        for s in storages {
+            if let Some(o) = s.as_object_mut() {
+                o.remove("shared");
+            }
+        }
+    }
+    Some(v)
 }
 
 /// A rule's result as (allowed, ops, undefined): a bool, undefined (deny), or
