@@ -28,7 +28,7 @@ pub enum Version {
 /// The hierarchy mounted at `root`.
 pub fn version(root: &Path) -> Version {
     match nix::sys::statfs::statfs(root) {
-        Ok(s) if s.filesystem_type().0 as i64 == CGROUP2_MAGIC => Version::V2,
+        Ok(s) if s.filesystem_type().0 == CGROUP2_MAGIC => Version::V2,
         Ok(_) => Version::V1,
         // Nothing mounted or unreadable: the guest's layout.
         Err(_) => Version::V2,
@@ -146,7 +146,10 @@ impl Cgroup {
             if m.Swap > 0 && m.Swap != m.Limit {
                 // The guest has no swap; a limit on it means nothing (the kubelet sends swap
                 // = memory limit, i.e. no swap).
-                log::info!("UpdateContainer: resources.Memory.Swap {} ignored: no swap", m.Swap);
+                log::info!(
+                    "UpdateContainer: resources.Memory.Swap {} ignored: no swap",
+                    m.Swap
+                );
             }
         }
         if let Some(c) = r.CPU.as_ref() {
@@ -276,7 +279,13 @@ pub fn mem_total() -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn resources(limit: i64, shares: u64, quota: i64, period: u64, pids: i64) -> oci::LinuxResources {
+    fn resources(
+        limit: i64,
+        shares: u64,
+        quota: i64,
+        period: u64,
+        pids: i64,
+    ) -> oci::LinuxResources {
         let mut r = oci::LinuxResources::default();
         let mut m = oci::LinuxMemory::default();
         m.Limit = limit;
@@ -308,11 +317,19 @@ mod tests {
         let dir = t.path().join("kata-cc/c1");
         std::fs::create_dir_all(&dir).unwrap();
         let w = cg
-            .plan(&resources(256 << 20, 512, 50_000, 100_000, 64), Some(1 << 30))
+            .plan(
+                &resources(256 << 20, 512, 50_000, 100_000, 64),
+                Some(1 << 30),
+            )
             .unwrap();
         let got: Vec<(&str, String)> = w
             .iter()
-            .map(|w| (w.file.file_name().unwrap().to_str().unwrap(), w.content.clone()))
+            .map(|w| {
+                (
+                    w.file.file_name().unwrap().to_str().unwrap(),
+                    w.content.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -332,14 +349,19 @@ mod tests {
         let w = cg.plan(&resources(-1, 0, -1, 0, -1), None).unwrap();
         let got: Vec<String> = w.iter().map(|w| w.content.clone()).collect();
         assert_eq!(got, ["max", "max", "max"]);
-        assert!(cg.plan(&oci::LinuxResources::default(), None).unwrap().is_empty());
+        assert!(cg
+            .plan(&oci::LinuxResources::default(), None)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn v1_files() {
         let t = tempfile::tempdir().unwrap();
         let cg = Cgroup::new(t.path(), "/kata-cc/c1", Version::V1);
-        let w = cg.plan(&resources(1 << 20, 1024, 20_000, 100_000, 10), None).unwrap();
+        let w = cg
+            .plan(&resources(1 << 20, 1024, 20_000, 100_000, 10), None)
+            .unwrap();
         let got: Vec<String> = w
             .iter()
             .map(|w| {

@@ -277,7 +277,11 @@ impl Sandbox {
 
     /// The sandbox id CreateSandbox gave.
     pub async fn sandbox_id(&self) -> Option<String> {
-        self.setup.lock().await.as_ref().map(|s| s.sandbox_id.clone())
+        self.setup
+            .lock()
+            .await
+            .as_ref()
+            .map(|s| s.sandbox_id.clone())
     }
 
     /// The PID namespace of the sandbox's pause container (the container whose id is the
@@ -332,17 +336,16 @@ impl Sandbox {
     }
 
     /// UpdateContainer: the resources applied to the container's cgroup.
-    pub async fn update_container(
-        &self,
-        cid: &str,
-        r: Option<&oci::LinuxResources>,
-    ) -> Result<()> {
+    pub async fn update_container(&self, cid: &str, r: Option<&oci::LinuxResources>) -> Result<()> {
         let c = self.container(cid).await?;
         let Some(r) = r else {
             return Ok(());
         };
-        let ctx = format!("UpdateContainer {cid}");
-        let writes = c.cgroup.plan(r, cgroup::mem_total()).map_err(|e| e.context(&ctx))?;
+        let ctx = format!("container {cid}");
+        let writes = c
+            .cgroup
+            .plan(r, cgroup::mem_total())
+            .map_err(|e| e.context(&ctx))?;
         c.cgroup.apply(&writes).map_err(|e| e.context(&ctx))?;
         log::info!(
             "container {cid}: updated {}",

@@ -381,10 +381,10 @@ fn rename_into_place(
     match renameat(dir, tmp, dir, name) {
         Ok(()) => Ok(()),
         Err(Errno::EISDIR) | Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) => {
-            remove_any(dir, name, at).map_err(|e| cx.sys("removing", &at)(io_errno(&e)))?;
-            renameat(dir, tmp, dir, name).map_err(cx.sys("renaming into", &at))
+            remove_any(dir, name, at).map_err(|e| cx.sys("removing", at)(io_errno(&e)))?;
+            renameat(dir, tmp, dir, name).map_err(cx.sys("renaming into", at))
         }
-        Err(e) => Err(cx.sys("renaming into", &at)(e)),
+        Err(e) => Err(cx.sys("renaming into", at)(e)),
     }
 }
 
@@ -396,22 +396,22 @@ fn make_dir(
     cx: &Ctx,
 ) -> Result<(), CopyError> {
     let mode = Mode::from_bits_truncate(r.file_mode & FILE_PERMS);
-    match entry_type(dir, name).map_err(cx.sys("stat", &at))? {
+    match entry_type(dir, name).map_err(cx.sys("stat", at))? {
         Some(SFlag::S_IFDIR) => {}
         Some(_) => {
             // A file or link in the way is replaced (an existing directory is kept).
-            unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(cx.sys("removing", &at))?;
+            unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(cx.sys("removing", at))?;
             mkdirat(dir, name, Mode::from_bits_truncate(r.file_mode & DIR_PERMS))
-                .map_err(cx.sys("creating directory", &at))?;
+                .map_err(cx.sys("creating directory", at))?;
         }
         None => match mkdirat(dir, name, Mode::from_bits_truncate(r.file_mode & DIR_PERMS)) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(cx.sys("creating directory", &at)(e)),
+            Err(e) => return Err(cx.sys("creating directory", at)(e)),
         },
     }
-    let fd = open_dir(Some(dir), name, true).map_err(cx.sys("opening", &at))?;
-    fchmod(&fd, mode).map_err(cx.sys("chmod", &at))?;
-    fchown(&fd, uid(r.uid), gid(r.gid)).map_err(cx.sys("chown", &at))?;
+    let fd = open_dir(Some(dir), name, true).map_err(cx.sys("opening", at))?;
+    fchmod(&fd, mode).map_err(cx.sys("chmod", at))?;
+    fchown(&fd, uid(r.uid), gid(r.gid)).map_err(cx.sys("chown", at))?;
     Ok(())
 }
 
@@ -439,7 +439,7 @@ fn make_link(
         gid(r.gid),
         AtFlags::AT_SYMLINK_NOFOLLOW,
     )
-    .map_err(cx.sys("chown", &at))
+    .map_err(cx.sys("chown", at))
     .and_then(|()| rename_into_place(dir, &tmp, name, at, cx));
     if done.is_err() {
         let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
@@ -488,11 +488,7 @@ fn write_chunk(
     }
     let mut written = 0usize;
     while written < r.data.len() {
-        match nix::sys::uio::pwrite(
-            fd.as_fd(),
-            &r.data[written..],
-            r.offset + written as i64,
-        ) {
+        match nix::sys::uio::pwrite(fd.as_fd(), &r.data[written..], r.offset + written as i64) {
             Ok(n) => written += n,
             Err(Errno::EINTR) => {}
             Err(e) => return Err(cx.sys("writing", &tmp_at)(e)),
@@ -636,7 +632,7 @@ mod tests {
         std::fs::write(&f, b"x").unwrap();
         copy(&base, &req(&s(&f), S_IFDIR | 0o700, b"")).unwrap();
         assert!(f.is_dir());
-        assert_eq!(std::fs::metadata(&f).unwrap().uid(), 0u32.max(md.uid()));
+        assert_eq!(std::fs::metadata(&f).unwrap().uid(), md.uid());
     }
 
     #[test]

@@ -105,7 +105,11 @@ mod tests {
         let dir = |c: &str| t.path().join(c);
         let set = |c: &str, n: u64| {
             std::fs::create_dir_all(dir(c)).unwrap();
-            std::fs::write(dir(c).join("memory.events"), format!("oom 0\noom_kill {n}\n")).unwrap();
+            std::fs::write(
+                dir(c).join("memory.events"),
+                format!("oom 0\noom_kill {n}\n"),
+            )
+            .unwrap();
         };
         set("a", 1);
         set("b", 0);

@@ -107,7 +107,10 @@ mod tests {
     #[test]
     fn below_is_by_component() {
         let d = Path::new("/run/kata-containers/shared/containers");
-        assert!(strictly_below(Path::new("/run/kata-containers/shared/containers/a"), d));
+        assert!(strictly_below(
+            Path::new("/run/kata-containers/shared/containers/a"),
+            d
+        ));
         assert!(!strictly_below(d, d));
         assert!(!strictly_below(
             Path::new("/run/kata-containers/shared/containersX/a"),

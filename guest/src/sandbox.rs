@@ -136,10 +136,14 @@ pub fn create(paths: &Paths, req: &CreateSandboxRequest) -> Result<SandboxSetup,
         ns: None,
         mounts: Vec::new(),
     };
-    setup.ns = Some(make_namespaces(&ns_dir, &req.hostname).map_err(|e| match e {
-        AgentError::InvalidArgument(m) => AgentError::InvalidArgument(format!("CreateSandbox: {m}")),
-        other => AgentError::Internal(format!("CreateSandbox: {other}")),
-    })?);
+    setup.ns = Some(
+        make_namespaces(&ns_dir, &req.hostname).map_err(|e| match e {
+            AgentError::InvalidArgument(m) => {
+                AgentError::InvalidArgument(format!("CreateSandbox: {m}"))
+            }
+            other => AgentError::Internal(format!("CreateSandbox: {other}")),
+        })?,
+    );
     for t in tmpfs {
         let done = std::fs::create_dir_all(&t.mount_point)
             .map_err(|e| AgentError::io("CreateSandbox: creating", &t.mount_point, e))
@@ -209,7 +213,10 @@ mod tests {
         assert!(e.contains("sandbox_pidns"), "{e}");
         let mut r = CreateSandboxRequest::new();
         r.guest_hook_path = "/x".into();
-        assert!(create(&paths, &r).unwrap_err().to_string().contains("\"/x\""));
+        assert!(create(&paths, &r)
+            .unwrap_err()
+            .to_string()
+            .contains("\"/x\""));
         let mut r = CreateSandboxRequest::new();
         let mut m = agent_proto::agent::KernelModule::new();
         m.name = "evil".into();

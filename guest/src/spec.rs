@@ -536,7 +536,12 @@ mod tests {
             mount_("/proc", "proc", "proc", &[]),
             mount_("/dev/shm", "bind", &shm_s, &["rbind"]),
             mount_("/etc/config", "bind", &vol_s, &["rbind", "rprivate", "ro"]),
-            mount_("/host", "bind", "/var/lib/kubelet/pods/x/volumes/y", &["rbind"]),
+            mount_(
+                "/host",
+                "bind",
+                "/var/lib/kubelet/pods/x/volumes/y",
+                &["rbind"],
+            ),
         ];
         let v = config_json("c1", &spec, Path::new("/r"), &g).unwrap();
         assert_eq!(
@@ -548,7 +553,10 @@ mod tests {
                  "options": ["rbind", "rprivate", "ro"]},
             ])
         );
-        let missing = shared.join("c1-0123456789abcdef-hosts").display().to_string();
+        let missing = shared
+            .join("c1-0123456789abcdef-hosts")
+            .display()
+            .to_string();
         spec.Mounts = vec![mount_("/etc/hosts", "bind", &missing, &["rbind", "ro"])];
         let e = config_json("c1", &spec, Path::new("/r"), &g).unwrap_err();
         assert_eq!(

@@ -131,10 +131,7 @@ pub fn sandbox_storage(
 
 /// The layers of a container's image storage, lowest first. `rootfs` is where it must be
 /// mounted (the container's root, Kata's `root_path`).
-pub fn image_layers(
-    rootfs: &Path,
-    storages: &[Storage],
-) -> Result<Vec<LayerRef>, StorageError> {
+pub fn image_layers(rootfs: &Path, storages: &[Storage]) -> Result<Vec<LayerRef>, StorageError> {
     let s = match storages {
         [s] => s,
         [] => {

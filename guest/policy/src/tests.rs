@@ -461,13 +461,18 @@ CopyFileRequest if {
 /// `Storage.shared` reaches a policy that names it and not one that never does.
 #[test]
 fn storage_shared_follows_the_policy() {
-    let input = json!({"storages": [{"driver": "ephemeral", "shared": false}], "sandbox_pidns": false});
+    let input =
+        json!({"storages": [{"driver": "ephemeral", "shared": false}], "sandbox_pidns": false});
     // AKS-era: the storage compared whole with the policy's own (no `shared`).
     let mut aks = PolicyEngine::new(
         "package agent_policy\n\nCreateSandboxRequest { input.storages[0] == {\"driver\": \"ephemeral\"} }\n",
     )
     .unwrap();
-    assert!(aks.evaluate("CreateSandboxRequest", &input).unwrap().allowed);
+    assert!(
+        aks.evaluate("CreateSandboxRequest", &input)
+            .unwrap()
+            .allowed
+    );
     // Upstream: tests the field.
     let mut up = PolicyEngine::new(
         "package agent_policy\n\nCreateSandboxRequest { input.storages[0].shared == false }\n",
@@ -479,9 +484,17 @@ fn storage_shared_follows_the_policy() {
          CreateSandboxRequest { input.storages[0] == p }\n",
     )
     .unwrap();
-    assert!(up2.evaluate("CreateSandboxRequest", &input).unwrap().allowed);
+    assert!(
+        up2.evaluate("CreateSandboxRequest", &input)
+            .unwrap()
+            .allowed
+    );
     assert!(names_storage_shared("x := input.storages[0].shared"));
     assert!(names_storage_shared("{\"shared\": true}"));
-    assert!(!names_storage_shared("count(input.shared_mounts) == 0 # shared dir"));
-    assert!(!names_storage_shared("\"/run/kata-containers/shared/containers\""));
+    assert!(!names_storage_shared(
+        "count(input.shared_mounts) == 0 # shared dir"
+    ));
+    assert!(!names_storage_shared(
+        "\"/run/kata-containers/shared/containers\""
+    ));
 }
