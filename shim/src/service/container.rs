@@ -528,3 +528,38 @@ impl Containers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_limit(limit: i64) -> oci::LinuxResources {
+        oci::LinuxResources {
+            Memory: MessageField::some(oci::LinuxMemory {
+                Limit: limit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_memory_limit_must_fit_in_the_vm() {
+        let mib = 1i64 << 20;
+        // Up to the VM's size, and "no limit" (0, -1, absent), pass.
+        for ok in [0, -1, 512 * mib, 2560 * mib] {
+            assert!(
+                check_memory_limit("c1", &with_limit(ok), 2560).is_ok(),
+                "{ok}"
+            );
+        }
+        assert!(check_memory_limit("c1", &oci::LinuxResources::default(), 2560).is_ok());
+        let e = check_memory_limit("c1", &with_limit(2560 * mib + 1), 2560).unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::FAILED_PRECONDITION);
+        assert_eq!(
+            e.to_string(),
+            "container c1: memory limit 2561 MiB exceeds the VM's 2560 MiB: a kata-cc VM is \
+             sized once at pod creation"
+        );
+    }
+}

@@ -616,3 +616,110 @@ impl Sandbox {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_proto::oci;
+
+    fn mount(dest: &str, source: &str, kind: &str) -> oci::Mount {
+        oci::Mount {
+            destination: dest.into(),
+            source: source.into(),
+            type_: kind.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A ctr container: no resolv.conf mount, a tmpfs /dev/shm: no DNS, the default shm size.
+    #[test]
+    fn setup_of_a_ctr_container() {
+        let spec = oci::Spec {
+            Hostname: "h".repeat(70),
+            Mounts: vec![mount("/dev/shm", "shm", "tmpfs")],
+            ..Default::default()
+        };
+        let setup = SandboxSetup::from_spec(&spec).unwrap();
+        assert_eq!(setup.dns, Vec::<String>::new());
+        assert_eq!(setup.shm_size, contract::DEFAULT_SHM_SIZE);
+        let req = setup.request("s1");
+        // Kata's hostname limit.
+        assert_eq!(req.hostname, "h".repeat(64));
+        assert_eq!(req.sandbox_id, "s1");
+        assert!(!req.sandbox_pidns);
+        let st = &req.storages[0];
+        assert_eq!(
+            (
+                st.driver.as_str(),
+                st.source.as_str(),
+                st.fstype.as_str(),
+                st.mount_point.as_str()
+            ),
+            ("ephemeral", "shm", "tmpfs", contract::SANDBOX_SHM_DIR)
+        );
+        assert_eq!(st.options, contract::shm_options(64 << 20));
+    }
+
+    #[test]
+    fn setup_reads_the_host_files_and_names_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 10.0.0.10\n").unwrap();
+        let spec = oci::Spec {
+            Mounts: vec![
+                mount("/dev/shm", dir.path().to_str().unwrap(), "bind"),
+                mount("/etc/resolv.conf", resolv.to_str().unwrap(), "bind"),
+            ],
+            ..Default::default()
+        };
+        let setup = SandboxSetup::from_spec(&spec).unwrap();
+        assert_eq!(setup.dns, vec!["nameserver 10.0.0.10", ""]);
+        let st = nix::sys::statfs::statfs(dir.path()).unwrap();
+        assert_eq!(setup.shm_size, st.block_size() as u64 * st.blocks());
+        let spec = oci::Spec {
+            Mounts: vec![mount(
+                "/etc/resolv.conf",
+                "/nonexistent/resolv.conf",
+                "bind",
+            )],
+            ..Default::default()
+        };
+        let e = SandboxSetup::from_spec(&spec).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/resolv.conf"), "{e}");
+    }
+
+    #[test]
+    fn one_image_storage_per_container() {
+        let layers = vec![
+            Layer {
+                digest: "sha256:1111222233334444aaaa".into(),
+                diff_id: "sha256:d1".into(),
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                size: 10,
+            },
+            Layer {
+                digest: "sha256:5555666677778888bbbb".into(),
+                diff_id: "sha256:d2".into(),
+                media_type: "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
+                size: 20,
+            },
+        ];
+        let s = image_storage("c1", "docker.io/library/busybox:latest", &layers);
+        assert_eq!(s.driver, "image_guest_pull");
+        assert_eq!(s.source, "docker.io/library/busybox:latest");
+        assert_eq!(s.fstype, "overlay");
+        assert!(s.options.is_empty() && !s.shared && s.fs_group.is_none());
+        assert_eq!(s.mount_point, "/run/kata-containers/c1/rootfs");
+        assert_eq!(
+            s.driver_options,
+            vec![
+                "kata-cc.layer=sha256:1111222233334444aaaa,sha256:d1,application/vnd.oci.image.layer.v1.tar+gzip",
+                "kata-cc.layer=sha256:5555666677778888bbbb,sha256:d2,application/vnd.docker.image.rootfs.diff.tar.gzip",
+            ]
+        );
+        assert_eq!(
+            layer_ref(&layers[0]).blob_path("c1"),
+            "/run/kata-containers/shared/containers/c1-1111222233334444-layer"
+        );
+    }
+}
