@@ -26,6 +26,8 @@
 //! [runtime]
 //! enable_debug = false
 //! # state_root = "/run/kata-cc/sandboxes"
+//! # disable_guest_seccomp = true   # Kata's key: the spec's seccomp profile is not sent
+//! # sandbox_sizing = "confidential" # or "pod-sandboxing" (kata-cc key; see `SandboxSizing`)
 //! ```
 //!
 //! Unknown keys are rejected so that a typo never silently falls back to a default. Relative
@@ -225,6 +227,20 @@ impl KataAgentConfig {
     }
 }
 
+/// How the VM of a pod is sized (kata-cc key `[runtime] sandbox_sizing`; Kata has no single
+/// key for it). Both add the pod's memory limits; they differ in the base.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxSizing {
+    /// Confidential pods (AKS `KataCcIsolation`): `hypervisor.qemu.default_memory` (2048 MiB)
+    /// + the limits.
+    #[default]
+    Confidential,
+    /// Pod sandboxing, not confidential: 256 MiB + the limits, or with no memory limit an
+    /// implicit 1792 MiB (a 2 GiB VM). `default_memory` is not used.
+    PodSandboxing,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
@@ -233,6 +249,12 @@ pub struct RuntimeConfig {
     /// Root of the per-sandbox state directories (`<state_root>/<sandbox-id>/`).
     #[serde(default = "default_state_root")]
     pub state_root: PathBuf,
+    /// Kata's `disable_guest_seccomp`: true (the default) drops the spec's seccomp profile
+    /// before it goes to the guest; false passes it on.
+    #[serde(default = "default_true")]
+    pub disable_guest_seccomp: bool,
+    #[serde(default)]
+    pub sandbox_sizing: SandboxSizing,
 }
 
 impl Default for RuntimeConfig {
@@ -240,10 +262,15 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             enable_debug: false,
             state_root: default_state_root(),
+            disable_guest_seccomp: true,
+            sandbox_sizing: SandboxSizing::Confidential,
         }
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_qemu_path() -> PathBuf {
     PathBuf::from("/usr/bin/qemu-system-x86_64")
 }
@@ -391,6 +418,13 @@ impl Config {
         }
         if self.agent.kata.dial_timeout == 0 {
             return Err(invalid("agent.kata.dial_timeout", "must be at least 1 (s)"));
+        }
+        if q.confidential_guest && self.runtime.sandbox_sizing == SandboxSizing::PodSandboxing {
+            return Err(invalid(
+                "runtime.sandbox_sizing",
+                "\"pod-sandboxing\" is for pods that are not confidential; \
+                 hypervisor.qemu.confidential_guest = true needs \"confidential\"",
+            ));
         }
         Ok(())
     }
@@ -594,6 +628,31 @@ enable_debug = true
                 .to_string();
             assert!(msg.contains(key), "{bad}: {msg}");
         }
+    }
+
+    #[test]
+    fn seccomp_and_sizing_keys() {
+        let cfg = Config::parse(GOOD, Path::new("/c.toml")).unwrap();
+        assert!(cfg.runtime.disable_guest_seccomp);
+        assert_eq!(cfg.runtime.sandbox_sizing, SandboxSizing::Confidential);
+        let text = GOOD.replace(
+            "enable_debug = true",
+            "disable_guest_seccomp = false\nsandbox_sizing = \"pod-sandboxing\"",
+        );
+        let cfg = Config::parse(&text, Path::new("/c.toml")).unwrap();
+        assert!(!cfg.runtime.disable_guest_seccomp);
+        assert_eq!(cfg.runtime.sandbox_sizing, SandboxSizing::PodSandboxing);
+        // Pod sandboxing is not for confidential guests.
+        let text = text.replace("confidential_guest = false", "confidential_guest = true");
+        let msg = Config::parse(&text, Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("runtime.sandbox_sizing"), "{msg}");
+        let text = GOOD.replace("enable_debug = true", "sandbox_sizing = \"tiny\"");
+        let msg = Config::parse(&text, Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("runtime.sandbox_sizing"), "{msg}");
     }
 
     #[test]

@@ -2,17 +2,23 @@
 //! shim lifecycle (start/delete/serve) here, the Task API in `task`.
 
 pub mod annotations;
+#[cfg(test)]
+mod conformance_tests;
 mod container;
 mod error;
 mod events;
+mod oom;
 mod pod;
 mod process;
 mod runtime_options;
 mod sandbox;
+mod shape;
 mod spec;
 mod stats;
 mod stdio;
 mod task;
+mod volume_watch;
+mod volumes;
 mod watch;
 
 use std::io::Read;

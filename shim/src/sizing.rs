@@ -1,11 +1,15 @@
 //! UVM sizing. A confidential guest cannot hotplug, so the VM is sized once at sandbox
 //! creation: memory = base + sum of memory limits (MiB, rounded up); vCPUs = ceil(1 + sum of
 //! CPU limits as quota/period). Requests (shares, reservations) are ignored, and logged as such.
+//! The base is `default_memory` for confidential pods; pod sandboxing (not confidential) uses
+//! 256 MiB, and 256 + 1792 MiB when the pod has no memory limit.
 
 use std::collections::HashMap;
 
 use oci_spec::runtime::LinuxResources;
 use thiserror::Error;
+
+pub use crate::config::SandboxSizing;
 
 /// Pod memory limit total in bytes (CRI).
 pub const ANNOTATION_SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
@@ -19,6 +23,10 @@ pub const ANNOTATION_SANDBOX_CPU_SHARES: &str = "io.kubernetes.cri.sandbox-cpu-s
 /// The kernel's default CFS period, used when a quota comes without a period.
 const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
 const MIB: u64 = 1024 * 1024;
+/// Pod sandboxing's base: the VM's own memory.
+pub const POD_SANDBOXING_BASE_MIB: u64 = 256;
+/// Pod sandboxing without a memory limit: what the workload gets (a 2 GiB VM in all).
+pub const POD_SANDBOXING_IMPLICIT_LIMIT_MIB: u64 = 1792;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmSize {
@@ -41,6 +49,31 @@ pub enum SizingError {
     },
     #[error("VM size overflows: {0}")]
     Overflow(&'static str),
+}
+
+/// Sizes the UVM by the configured rule (`default_memory` is the confidential base).
+pub fn size_with(
+    sizing: SandboxSizing,
+    default_memory_mib: u64,
+    annotations: &HashMap<String, String>,
+    linux_resources: Option<&LinuxResources>,
+) -> Result<VmSize, SizingError> {
+    match sizing {
+        SandboxSizing::Confidential => size_for(default_memory_mib, annotations, linux_resources),
+        SandboxSizing::PodSandboxing => {
+            let s = size_for(POD_SANDBOXING_BASE_MIB, annotations, linux_resources)?;
+            if s.memory_mib > POD_SANDBOXING_BASE_MIB {
+                return Ok(s);
+            }
+            log::info!(
+                "sizing: pod sandboxing without a memory limit: {POD_SANDBOXING_IMPLICIT_LIMIT_MIB} MiB added"
+            );
+            Ok(VmSize {
+                memory_mib: POD_SANDBOXING_BASE_MIB + POD_SANDBOXING_IMPLICIT_LIMIT_MIB,
+                ..s
+            })
+        }
+    }
 }
 
 /// Sizes the UVM. The CRI sandbox annotations (pod totals) take precedence per dimension;
@@ -309,6 +342,77 @@ mod tests {
         let a = ann(&[(ANNOTATION_SANDBOX_CPU_SHARES, "2048")]);
         assert_eq!(
             size_for(2048, &a, Some(&r)).unwrap(),
+            VmSize {
+                memory_mib: 2048,
+                vcpus: 1
+            }
+        );
+    }
+
+    #[test]
+    fn sizing_switch_confidential_and_pod_sandboxing() {
+        let limits = ann(&[
+            (ANNOTATION_SANDBOX_MEMORY, "536870912"),
+            (ANNOTATION_SANDBOX_CPU_QUOTA, "150000"),
+            (ANNOTATION_SANDBOX_CPU_PERIOD, "100000"),
+        ]);
+        let none = ann(&[
+            (ANNOTATION_SANDBOX_MEMORY, "0"),
+            (ANNOTATION_SANDBOX_CPU_QUOTA, "0"),
+            (ANNOTATION_SANDBOX_CPU_PERIOD, "100000"),
+        ]);
+        let conf = |a: &HashMap<String, String>| {
+            size_with(SandboxSizing::Confidential, 2048, a, None).unwrap()
+        };
+        let pod = |a: &HashMap<String, String>| {
+            size_with(SandboxSizing::PodSandboxing, 2048, a, None).unwrap()
+        };
+        // Confidential: 2048 + limits, 2048 alone without.
+        assert_eq!(
+            conf(&limits),
+            VmSize {
+                memory_mib: 2560,
+                vcpus: 3
+            }
+        );
+        assert_eq!(
+            conf(&none),
+            VmSize {
+                memory_mib: 2048,
+                vcpus: 1
+            }
+        );
+        // Pod sandboxing: 256 + limits; no limit: 256 + 1792 (default_memory not used).
+        assert_eq!(
+            pod(&limits),
+            VmSize {
+                memory_mib: 768,
+                vcpus: 3
+            }
+        );
+        assert_eq!(
+            pod(&none),
+            VmSize {
+                memory_mib: 2048,
+                vcpus: 1
+            }
+        );
+        let r = resources(Some(100 * 1024 * 1024), None, None);
+        assert_eq!(
+            size_with(
+                SandboxSizing::PodSandboxing,
+                4096,
+                &HashMap::new(),
+                Some(&r)
+            )
+            .unwrap(),
+            VmSize {
+                memory_mib: 356,
+                vcpus: 1
+            }
+        );
+        assert_eq!(
+            size_with(SandboxSizing::PodSandboxing, 4096, &HashMap::new(), None).unwrap(),
             VmSize {
                 memory_mib: 2048,
                 vcpus: 1

@@ -6,23 +6,26 @@ use std::sync::Arc;
 
 use agent_proto::agent::{
     CreateContainerRequest, ExecProcessRequest as AgentExecRequest, RemoveContainerRequest,
-    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, Storage,
-    TtyWinResizeRequest,
+    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, TtyWinResizeRequest,
+    UpdateContainerRequest,
 };
-use agent_proto::contract;
 use agent_proto::oci;
 use containerd_shim::api::{CreateTaskRequest, ExecProcessRequest};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::MessageField;
 use tokio::sync::Mutex;
 
+use super::annotations::is_pod_sandbox;
 use super::error::{Error, Result, WithContext};
 use super::events::Events;
 use super::process::{ExitInfo, Phase, Process};
-use super::sandbox::Sandbox;
-use super::spec::{exec_process_to_agent, BundleSpec};
+use super::sandbox::{image_storage, Sandbox};
+use super::shape::{shape_container, shape_exec, shape_resources, ShapeInput};
+use super::spec::{exec_process_to_agent, resources_to_agent, BundleSpec};
 use super::stats::metrics_any;
 use super::stdio::{self, StdioPaths};
+use super::volume_watch::{self, VolumeWatch};
+use super::volumes::{self, MountContext};
 use super::watch;
 use crate::agent::context;
 use crate::image::ImageStore;
@@ -34,6 +37,10 @@ pub struct Container {
     pub init: Arc<Process>,
     pub execs: HashMap<String, Arc<Process>>,
     pub sandbox: Arc<Sandbox>,
+    /// The pod's sandbox (pause) container: its exit and its delete end the VM.
+    pub pod_sandbox: bool,
+    /// Kubelet volume updates followed into the guest; they end with the container.
+    pub watches: Vec<VolumeWatch>,
 }
 
 /// Where the container's image is read from: containerd's content store.
@@ -43,15 +50,39 @@ pub struct ImageSource<'a> {
 }
 
 impl Container {
-    /// Everything of Create after the VM is there: the image's layers go to the guest, the
-    /// process's stdio is opened, and the agent creates the container from the layers.
+    /// Everything of Create after the VM is there: the spec in Kata's shape, the host files
+    /// its mounts need and the image's layers go to the guest, the process's stdio is opened,
+    /// and the agent creates the container.
     pub async fn create(
         req: &CreateTaskRequest,
         sandbox: Arc<Sandbox>,
         spec: &BundleSpec,
         images: ImageSource<'_>,
     ) -> Result<Container> {
-        let agent_spec = spec.to_agent()?;
+        let pod_sandbox = is_pod_sandbox(&spec.annotations());
+        let mut agent_spec = spec.to_agent()?;
+        let sandbox_pidns = shape_container(
+            &mut agent_spec,
+            &ShapeInput {
+                container_id: &req.id,
+                bundle: &req.bundle,
+                pass_seccomp: sandbox.pass_seccomp,
+            },
+        );
+        let sink = sandbox.file_sink();
+        let targets = volumes::prepare(
+            &mut agent_spec,
+            &MountContext {
+                container_id: &req.id,
+                sandbox_id: &sandbox.id,
+                empty_dirs: &sandbox.empty_dirs,
+                sink: &sink,
+            },
+            volumes::random_hex,
+        )
+        .await
+        .with_context(|| format!("container {}", req.id))?;
+
         let store = ImageStore::connect(images.containerd_address, images.namespace).await?;
         let image = store.container_image(&req.id).await?;
         let layers = store.layers(&image).await?;
@@ -62,29 +93,11 @@ impl Container {
             layers.manifest_digest,
             layers.layers.len()
         );
-        // Held until CreateContainer returned (see `Sandbox::layer_lock`).
-        let layers_guard = sandbox.layer_lock.lock().await;
         sandbox
-            .send_layers(&store, &layers.layers)
+            .send_layers(&req.id, &store, &layers.layers)
             .await
             .with_context(|| format!("container {}", req.id))?;
         crate::timeline::mark(&req.id, timeline::LAYERS_SENT);
-        let mount_point = contract::guest_rootfs(&req.id);
-        let storages = layers
-            .layers
-            .iter()
-            .map(|l| Storage {
-                driver: contract::LAYER_DRIVER.to_string(),
-                source: Sandbox::guest_layer_path(&l.digest),
-                fstype: l.media_type.clone(),
-                options: vec![
-                    format!("diff_id={}", l.diff_id),
-                    format!("digest={}", l.digest),
-                ],
-                mount_point: mount_point.clone(),
-                ..Default::default()
-            })
-            .collect();
 
         let paths = StdioPaths {
             stdin: req.stdin.clone(),
@@ -99,8 +112,9 @@ impl Container {
         let creq = CreateContainerRequest {
             container_id: req.id.clone(),
             exec_id: req.id.clone(),
-            storages,
+            storages: vec![image_storage(&req.id, &image, &layers.layers)],
             OCI: MessageField::some(agent_spec),
+            sandbox_pidns,
             ..Default::default()
         };
         // On failure `io` is dropped: a logging binary is killed with it.
@@ -111,18 +125,33 @@ impl Container {
             .await
             .map_err(Error::agent("CreateContainer"))?;
         crate::timeline::mark(&req.id, timeline::CONTAINER_CREATED);
-        drop(layers_guard);
+        let sink: Arc<dyn volumes::FileSink> = Arc::new(sink);
+        let watches = targets
+            .into_iter()
+            .map(|t| {
+                volume_watch::spawn(
+                    t,
+                    sink.clone(),
+                    sandbox.until_ended(),
+                    format!("container {}", req.id),
+                )
+            })
+            .collect();
         let init = Arc::new(Process::new(&req.id, "", sandbox.pid(), paths, None, io));
         Ok(Container {
             bundle: req.bundle.clone(),
             init,
             execs: HashMap::new(),
             sandbox,
+            pod_sandbox,
+            watches,
         })
     }
 
     /// Closes the stdio its processes never handed to a copier (they never started).
     pub async fn release(self) {
+        // Its volumes are no longer followed.
+        drop(self.watches);
         for (_, p) in self.execs {
             p.close_unstarted_io().await;
         }
@@ -134,6 +163,8 @@ impl Container {
 pub struct Handle {
     pub sandbox: Arc<Sandbox>,
     pub process: Arc<Process>,
+    /// The process belongs to the pod's sandbox (pause) container.
+    pub pod_sandbox: bool,
 }
 
 impl Handle {
@@ -162,7 +193,9 @@ impl Handle {
             return Err(e);
         }
         proc.set_running();
-        watch::spawn(events.clone(), &self.sandbox, proc.clone());
+        // The pause's exit is the pod's end (Kata's): the VM stops once it is published.
+        let ends_pod = self.pod_sandbox && proc.exec_id.is_empty();
+        watch::spawn(events.clone(), &self.sandbox, proc.clone(), ends_pod);
         if proc.exec_id.is_empty() {
             crate::timeline::mark(&proc.container_id, timeline::STARTED);
         }
@@ -249,6 +282,7 @@ impl Handle {
         })?;
         let mut spec =
             exec_process_to_agent(&any.value, &format!("exec {} process spec", req.exec_id))?;
+        shape_exec(&mut spec);
         spec.Terminal = req.terminal;
         let paths = StdioPaths {
             stdin: req.stdin.clone(),
@@ -278,6 +312,33 @@ impl Handle {
             .tty_win_resize(self.rpc_context(), &req)
             .await
             .map_err(Error::agent("TtyWinResize"))?;
+        Ok(())
+    }
+
+    /// UpdateContainer with new resources (runtime-spec `LinuxResources` JSON), applied to the
+    /// container's guest cgroup. The VM keeps its size: a memory limit above it is refused.
+    pub async fn update(&self, resources: &Any) -> Result<()> {
+        let id = &self.process.container_id;
+        if self.sandbox.is_dead() {
+            return Err(Error::VmGone {
+                sandbox: self.sandbox.id.clone(),
+            });
+        }
+        let mut r = resources_to_agent(&resources.value, &format!("update {id} resources"))?;
+        check_memory_limit(id, &r, self.sandbox.size.memory_mib)?;
+        shape_resources(&mut r);
+        let req = UpdateContainerRequest {
+            container_id: id.clone(),
+            resources: MessageField::some(r),
+            ..Default::default()
+        };
+        self.sandbox
+            .agent
+            .agent
+            .update_container(self.rpc_context(), &req)
+            .await
+            .map_err(Error::agent("UpdateContainer"))
+            .with_context(|| format!("container {id}"))?;
         Ok(())
     }
 
@@ -318,7 +379,8 @@ impl Handle {
     /// RemoveContainer, best effort: the VM goes away with the pod anyway, and containerd must
     /// not be kept from cleaning up.
     pub async fn remove_from_guest(&self) {
-        if self.sandbox.is_dead() {
+        // A stopping VM takes its containers with it; its agent may not answer any more.
+        if self.sandbox.is_ending() {
             return;
         }
         let id = &self.process.container_id;
@@ -337,6 +399,19 @@ impl Handle {
             log::warn!("container {id}: agent RemoveContainer: {e}");
         }
     }
+}
+
+/// A memory limit (bytes; 0 or less: none) must fit in the VM, which cannot grow.
+pub fn check_memory_limit(id: &str, r: &oci::LinuxResources, vm_mib: u64) -> Result<()> {
+    let limit = r.Memory.as_ref().map_or(0, |m| m.Limit);
+    if limit > 0 && limit as u64 > vm_mib.saturating_mul(1 << 20) {
+        return Err(Error::ExceedsVm {
+            id: id.to_string(),
+            limit_mib: (limit as u64).div_ceil(1 << 20),
+            vm_mib,
+        });
+    }
+    Ok(())
 }
 
 /// The shim's containers by id.
@@ -364,6 +439,7 @@ impl Containers {
         Ok(Handle {
             sandbox: c.sandbox.clone(),
             process,
+            pod_sandbox: c.pod_sandbox,
         })
     }
 
@@ -450,5 +526,40 @@ impl Containers {
         if let Some(c) = removed {
             c.release().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_limit(limit: i64) -> oci::LinuxResources {
+        oci::LinuxResources {
+            Memory: MessageField::some(oci::LinuxMemory {
+                Limit: limit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_memory_limit_must_fit_in_the_vm() {
+        let mib = 1i64 << 20;
+        // Up to the VM's size, and "no limit" (0, -1, absent), pass.
+        for ok in [0, -1, 512 * mib, 2560 * mib] {
+            assert!(
+                check_memory_limit("c1", &with_limit(ok), 2560).is_ok(),
+                "{ok}"
+            );
+        }
+        assert!(check_memory_limit("c1", &oci::LinuxResources::default(), 2560).is_ok());
+        let e = check_memory_limit("c1", &with_limit(2560 * mib + 1), 2560).unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::FAILED_PRECONDITION);
+        assert_eq!(
+            e.to_string(),
+            "container c1: memory limit 2561 MiB exceeds the VM's 2560 MiB: a kata-cc VM is \
+             sized once at pod creation"
+        );
     }
 }

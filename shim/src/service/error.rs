@@ -7,6 +7,7 @@ use std::error::Error as StdError;
 use super::sandbox::SandboxError;
 use super::spec::SpecError;
 use super::stdio::StdioError;
+use super::volumes::VolumeError;
 use crate::agent::status_of;
 use crate::config::ConfigError;
 use crate::image::ImageError;
@@ -43,6 +44,13 @@ pub enum Error {
     /// A new container for a pod whose VM died: nothing of the pod can run any more.
     #[error("the VM of sandbox {sandbox} is gone; the pod must be recreated")]
     PodGone { sandbox: String },
+    /// UpdateTask with a memory limit the VM cannot hold (it cannot grow).
+    #[error("container {id}: memory limit {limit_mib} MiB exceeds the VM's {vm_mib} MiB: a kata-cc VM is sized once at pod creation")]
+    ExceedsVm {
+        id: String,
+        limit_mib: u64,
+        vm_mib: u64,
+    },
 
     // INVALID_ARGUMENT
     #[error("exec id must not be empty")]
@@ -79,6 +87,9 @@ pub enum Error {
     /// INTERNAL when containerd cannot be reached, FAILED_PRECONDITION for the image itself.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A host file a mount needs: FAILED_PRECONDITION; a refused copy keeps the agent's code.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
     #[error("stats: {0}")]
     Metrics(#[source] protobuf::Error),
 
@@ -105,7 +116,8 @@ impl Error {
             | Error::StillRunning { .. }
             | Error::NotRunning { .. }
             | Error::VmGone { .. }
-            | Error::PodGone { .. } => Code::FAILED_PRECONDITION,
+            | Error::PodGone { .. }
+            | Error::ExceedsVm { .. } => Code::FAILED_PRECONDITION,
             Error::EmptyExecId
             | Error::NoExecSpec { .. }
             | Error::Spec(_)
@@ -118,6 +130,7 @@ impl Error {
             Error::Sandbox(_) | Error::Vm(_) | Error::Metrics(_) => Code::INTERNAL,
             Error::Image(ImageError::Connect { .. }) => Code::INTERNAL,
             Error::Image(_) => Code::FAILED_PRECONDITION,
+            Error::Volume(v) => v.code(),
             Error::Context { source, .. } => source.code(),
         }
     }
@@ -255,6 +268,39 @@ mod tests {
                 },
                 Code::FAILED_PRECONDITION,
                 "the VM of sandbox p1 is gone; the pod must be recreated",
+            ),
+            (
+                Error::ExceedsVm {
+                    id: id(),
+                    limit_mib: 4096,
+                    vm_mib: 2560,
+                },
+                Code::FAILED_PRECONDITION,
+                "container c1: memory limit 4096 MiB exceeds the VM's 2560 MiB: a kata-cc VM is \
+                 sized once at pod creation",
+            ),
+            (
+                VolumeError::Copy {
+                    path: "/run/kata-containers/shared/containers/c1-x-hosts".into(),
+                    source: rpc_status(
+                        Code::PERMISSION_DENIED,
+                        "CopyFileRequest is blocked by policy",
+                    ),
+                }
+                .into(),
+                Code::PERMISSION_DENIED,
+                "agent CopyFile /run/kata-containers/shared/containers/c1-x-hosts: \
+                 CopyFileRequest is blocked by policy",
+            ),
+            (
+                VolumeError::Host {
+                    destination: "/etc/hosts".into(),
+                    path: "/p/etc-hosts".into(),
+                    source: io("gone"),
+                }
+                .into(),
+                Code::FAILED_PRECONDITION,
+                "mount /etc/hosts: host source /p/etc-hosts: gone",
             ),
             (
                 Error::EmptyExecId,

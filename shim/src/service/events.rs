@@ -16,6 +16,20 @@ pub struct Event {
     message: Box<dyn MessageDyn>,
 }
 
+impl Event {
+    pub fn new(topic: &'static str, message: impl MessageDyn + 'static) -> Self {
+        Event {
+            topic,
+            message: Box::new(message),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn topic(&self) -> &'static str {
+        self.topic
+    }
+}
+
 /// Publishes to containerd in the shim's namespace; a failed publish is logged, never fatal.
 pub struct Events {
     publisher: RemotePublisher,

@@ -1,5 +1,6 @@
-//! The shim's one pod: the sandbox its first container starts, which later containers join,
-//! and which is stopped when the pod is done.
+//! The shim's one pod: the sandbox its first container starts (under CRI the pause, marked
+//! `io.kubernetes.cri.container-type=sandbox`, whose id is the sandbox id), which later
+//! containers join, and which is stopped when the pod is done.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,10 +9,12 @@ use std::time::Duration;
 use containerd_shim::api::CreateTaskRequest;
 use tokio::sync::Mutex;
 
-use super::annotations::{ANNOTATION_CONTAINER_TYPE, ANNOTATION_SANDBOX_ID};
+use super::annotations::{is_pod_sandbox, ANNOTATION_SANDBOX_ID};
 use super::error::{Error, Result, WithContext};
+use super::events::Events;
+use super::oom;
 use super::runtime_options::runtime_options_config_path;
-use super::sandbox::Sandbox;
+use super::sandbox::{Sandbox, SandboxSetup};
 use super::spec::BundleSpec;
 use crate::config::Config;
 use crate::policy_source;
@@ -20,13 +23,15 @@ use crate::timeline;
 pub struct Pod {
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     rpc_timeout: Duration,
+    events: Arc<Events>,
 }
 
 impl Pod {
-    pub fn new(rpc_timeout: Duration) -> Self {
+    pub fn new(rpc_timeout: Duration, events: Arc<Events>) -> Self {
         Pod {
             sandbox: Mutex::new(None),
             rpc_timeout,
+            events,
         }
     }
 
@@ -55,11 +60,7 @@ impl Pod {
             }
             return Ok((sb.clone(), false));
         }
-        if annotations
-            .get(ANNOTATION_CONTAINER_TYPE)
-            .map(String::as_str)
-            == Some("container")
-        {
+        if annotations.contains_key(ANNOTATION_SANDBOX_ID) && !is_pod_sandbox(annotations) {
             log::warn!(
                 "container {} is the first of its pod but not the sandbox container: sizing from it",
                 req.id
@@ -77,16 +78,12 @@ impl Pod {
         log::info!("sandbox {sandbox_id}: config {}", cfg_path.display());
         let cfg = Config::load(&cfg_path)?;
         let resources = spec.linux_resources()?;
-        let hostname = spec
-            .json
-            .get("hostname")
-            .and_then(|h| h.as_str())
-            .unwrap_or_default()
-            .to_string();
+        let setup = SandboxSetup::from_spec(&spec.to_agent()?)
+            .with_context(|| format!("sandbox {sandbox_id}"))?;
         let sb = Sandbox::start(
             &cfg,
             &sandbox_id,
-            &hostname,
+            &setup,
             annotations,
             resources.as_ref(),
             policy,
@@ -94,6 +91,7 @@ impl Pod {
         )
         .await
         .with_context(|| format!("sandbox {sandbox_id}"))?;
+        oom::spawn(self.events.clone(), &sb);
         *slot = Some(sb.clone());
         Ok((sb, true))
     }

@@ -1,28 +1,108 @@
-//! One pod's utility VM as the task service sees it: the VM, the agent connection, the layers
-//! already copied into the guest, and a flag that flips when QEMU is gone.
+//! One pod's utility VM as the task service sees it: the VM, the agent connection, its size,
+//! the pod's emptyDir copies, and flags that flip when the VM is stopping and when QEMU is gone.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
-use agent_proto::agent::{CopyFileRequest, CreateSandboxRequest, SetPolicyRequest};
-use agent_proto::contract;
+use agent_proto::agent::{CopyFileRequest, CreateSandboxRequest, SetPolicyRequest, Storage};
+use agent_proto::contract::{self, LayerRef};
 use tokio::sync::{watch, Mutex};
 
+use super::volumes::AgentSink;
 use crate::agent::{context, status_of, AgentClient};
 use crate::config::Config;
-use crate::image::{digest_hex, ImageStore, Layer};
+use crate::image::{ImageStore, Layer};
 use crate::policy_source::{self, PodPolicy, PolicyState};
-use crate::sizing::size_for;
+use crate::sizing::{size_with, VmSize};
 use crate::timeline;
 use crate::vm::{Vm, VmSpec};
 
 /// Largest CopyFile payload (the ttrpc default message limit is 4 MiB).
 pub const COPY_CHUNK: usize = 1 << 20;
-/// Guest directory the layer blobs are copied to (guest tmpfs).
+/// Longest hostname the guest gets (Kata's `maxHostnameLen`).
+const MAX_HOSTNAME: usize = 64;
+/// Guest console lines logged when the VM dies unexpectedly.
+const CONSOLE_TAIL: usize = 30;
+
+/// What CreateSandbox tells the guest, taken from the pod's sandbox (pause) container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSetup {
+    /// The pause spec's hostname.
+    pub hostname: String,
+    /// The lines of the file the spec binds at /etc/resolv.conf (Kata's split: a final
+    /// newline gives a final empty line).
+    pub dns: Vec<String>,
+    /// Bytes of the sandbox's shm tmpfs.
+    pub shm_size: u64,
+}
+
+impl SandboxSetup {
+    /// From the spec of the pod's first container (CRI: the pause): its hostname, the file it
+    /// binds at /etc/resolv.conf (read on the host, as Kata does), and the size of the host
+    /// tmpfs CRI binds at /dev/shm (`statfs`); a `/dev/shm` that is no such bind (ctr's tmpfs)
+    /// gives the default size.
+    pub fn from_spec(spec: &agent_proto::oci::Spec) -> Result<Self, SandboxError> {
+        let mut dns = Vec::new();
+        let mut shm_size = contract::DEFAULT_SHM_SIZE;
+        for m in &spec.Mounts {
+            match m.destination.as_str() {
+                "/etc/resolv.conf" => {
+                    let text =
+                        std::fs::read(&m.source).map_err(|source| SandboxError::HostFile {
+                            what: "DNS file (the /etc/resolv.conf mount's source)",
+                            path: PathBuf::from(&m.source),
+                            source,
+                        })?;
+                    dns = String::from_utf8_lossy(&text)
+                        .split('\n')
+                        .map(str::to_string)
+                        .collect();
+                }
+                "/dev/shm" if m.type_ == "bind" && m.source != "/dev/shm" => {
+                    let st = nix::sys::statfs::statfs(m.source.as_str()).map_err(|e| {
+                        SandboxError::HostFile {
+                            what: "statfs of the /dev/shm mount's source",
+                            path: PathBuf::from(&m.source),
+                            source: e.into(),
+                        }
+                    })?;
+                    shm_size = (st.block_size() as u64).saturating_mul(st.blocks());
+                }
+                _ => {}
+            }
+        }
+        Ok(SandboxSetup {
+            hostname: spec.Hostname.clone(),
+            dns,
+            shm_size,
+        })
+    }
+
+    /// The CreateSandbox request (Kata's shape: the shm storage, no shared pid namespace).
+    pub fn request(&self, sandbox_id: &str) -> CreateSandboxRequest {
+        let hostname: String = self.hostname.chars().take(MAX_HOSTNAME).collect();
+        CreateSandboxRequest {
+            hostname,
+            dns: self.dns.clone(),
+            storages: vec![Storage {
+                driver: contract::EPHEMERAL_DRIVER.to_string(),
+                source: "shm".to_string(),
+                fstype: "tmpfs".to_string(),
+                options: contract::shm_options(self.shm_size),
+                mount_point: contract::SANDBOX_SHM_DIR.to_string(),
+                ..Default::default()
+            }],
+            sandbox_pidns: false,
+            sandbox_id: sandbox_id.to_string(),
+            ..Default::default()
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -39,7 +119,7 @@ pub enum SandboxError {
     },
     #[error("{0}")]
     Image(#[from] crate::image::ImageError),
-    #[error("copy layer {digest} to the guest: {source}")]
+    #[error("copy layer {digest} to the guest: {}", status_of(.source).1)]
     CopyLayer {
         digest: String,
         source: ttrpc::Error,
@@ -55,6 +135,13 @@ pub enum SandboxError {
         step: &'static str,
         source: ttrpc::Error,
     },
+    /// A host file CreateSandbox is made from (resolv.conf, the shm mount).
+    #[error("{what} {path}: {source}")]
+    HostFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot record the policy in {path}: {source}")]
     PolicyState {
         path: PathBuf,
@@ -66,13 +153,18 @@ pub struct Sandbox {
     pub id: String,
     pub agent: AgentClient,
     pub rpc_timeout: Duration,
+    /// The VM's size, fixed at creation.
+    pub size: VmSize,
+    /// `[runtime] disable_guest_seccomp = false`.
+    pub pass_seccomp: bool,
+    /// The pod's emptyDir copies in the guest (host source -> guest path), shared by its
+    /// containers.
+    pub empty_dirs: Mutex<HashMap<String, String>>,
     vm: Mutex<Option<Vm>>,
     qemu_pid: u32,
     dead: watch::Receiver<bool>,
     stopping: AtomicBool,
-    /// Held from a container's first layer copy until its CreateContainer returned: two
-    /// containers of a pod may share a blob path, which the agent consumes.
-    pub layer_lock: Mutex<()>,
+    stop_tx: watch::Sender<bool>,
     state_dir: PathBuf,
     /// SEV-SNP launch: the agent binds policies to HOST_DATA.
     confidential: bool,
@@ -124,7 +216,7 @@ async fn copy_initdata(
         let req = CopyFileRequest {
             path: kata_cc_policy::initdata::GUEST_PATH.to_string(),
             file_size: bytes.len() as i64,
-            file_mode: 0o600,
+            file_mode: libc::S_IFREG | 0o600,
             dir_mode: 0o700,
             offset: offset as i64,
             data: bytes[offset..end].to_vec(),
@@ -153,20 +245,50 @@ fn record_policy(state_dir: &std::path::Path, state: &PolicyState) -> Result<(),
     })
 }
 
+/// A layer as the image storage names it.
+pub fn layer_ref(l: &Layer) -> LayerRef {
+    LayerRef {
+        digest: l.digest.clone(),
+        diff_id: l.diff_id.clone(),
+        media_type: l.media_type.clone(),
+    }
+}
+
+/// A container's image: one storage in the shape of Kata's guest-pull storage, its layers as
+/// `driver_options`, lowest first (contract::IMAGE_DRIVER).
+pub fn image_storage(container_id: &str, image: &str, layers: &[Layer]) -> Storage {
+    Storage {
+        driver: contract::IMAGE_DRIVER.to_string(),
+        driver_options: layers.iter().map(|l| layer_ref(l).option()).collect(),
+        source: image.to_string(),
+        fstype: contract::IMAGE_FSTYPE.to_string(),
+        options: Vec::new(),
+        mount_point: contract::guest_rootfs(container_id),
+        shared: false,
+        ..Default::default()
+    }
+}
+
 impl Sandbox {
     /// Size and boot the VM for a pod, send the pod's policy (if it has one: otherwise the
     /// agent keeps its baked default), then announce the sandbox to the agent. Nothing is left
     /// running when this fails.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         cfg: &Config,
         id: &str,
-        hostname: &str,
+        setup: &SandboxSetup,
         annotations: &HashMap<String, String>,
         resources: Option<&oci_spec::runtime::LinuxResources>,
         policy: Option<PodPolicy>,
         rpc_timeout: Duration,
     ) -> Result<Arc<Sandbox>, SandboxError> {
-        let size = size_for(cfg.hypervisor.qemu.default_memory, annotations, resources)?;
+        let size = size_with(
+            cfg.runtime.sandbox_sizing,
+            cfg.hypervisor.qemu.default_memory,
+            annotations,
+            resources,
+        )?;
         log::info!(
             "sandbox {id}: starting VM with {} MiB, {} vCPUs",
             size.memory_mib,
@@ -188,7 +310,7 @@ impl Sandbox {
             &vm,
             cfg,
             id,
-            hostname,
+            setup,
             policy.as_ref(),
             &state_dir,
             rpc_timeout,
@@ -211,15 +333,19 @@ impl Sandbox {
         );
         let (dead_tx, dead_rx) = watch::channel(false);
         let exited = vm.wait_exited();
+        let console = vm.console_log();
         let sandbox = Arc::new(Sandbox {
             id: id.to_string(),
             agent,
             rpc_timeout,
+            size,
+            pass_seccomp: !cfg.runtime.disable_guest_seccomp,
+            empty_dirs: Mutex::new(HashMap::new()),
             qemu_pid: vm.qemu_pid().map_or(0, |p| p as u32),
             vm: Mutex::new(Some(vm)),
             dead: dead_rx,
             stopping: AtomicBool::new(false),
-            layer_lock: Mutex::new(()),
+            stop_tx: watch::channel(false).0,
             state_dir,
             confidential: cfg.hypervisor.qemu.confidential_guest,
             launch_host_data: policy.as_ref().map(PodPolicy::host_data),
@@ -235,6 +361,11 @@ impl Sandbox {
                         "sandbox {}: QEMU exited unexpectedly ({exit}); marking its processes exited",
                         sb.id
                     );
+                    // The console log goes with the state dir: its tail is the only account
+                    // of what the guest saw.
+                    for line in crate::vm::console::tail_of(&console, CONSOLE_TAIL) {
+                        log::error!("sandbox {}: guest console: {line}", sb.id);
+                    }
                     // Give the process waiters a moment to record exits, then clean up the
                     // backend and the state dir.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -251,7 +382,7 @@ impl Sandbox {
         vm: &Vm,
         cfg: &Config,
         id: &str,
-        hostname: &str,
+        setup: &SandboxSetup,
         policy: Option<&PodPolicy>,
         state_dir: &Path,
         rpc_timeout: Duration,
@@ -260,11 +391,7 @@ impl Sandbox {
         // The policy goes first: CreateSandbox and everything after are checked against it.
         let state = Self::apply_policy(&agent, cfg, id, policy, rpc_timeout).await?;
         record_policy(state_dir, &state)?;
-        let req = CreateSandboxRequest {
-            hostname: hostname.to_string(),
-            sandbox_id: id.to_string(),
-            ..Default::default()
-        };
+        let req = setup.request(id);
         agent
             .agent
             .create_sandbox(context(rpc_timeout), &req)
@@ -352,9 +479,36 @@ impl Sandbox {
         *self.dead.borrow()
     }
 
+    /// The VM is being (or has been) stopped, or is gone: no request should wait for it.
+    pub fn is_ending(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst) || self.is_dead()
+    }
+
+    /// Resolves once the VM is stopping or gone: what background work for the pod (update
+    /// watches, the OOM poll) ends with.
+    pub fn until_ended(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut dead = self.dead.clone();
+        let mut stop = self.stop_tx.subscribe();
+        async move {
+            tokio::select! {
+                _ = dead.wait_for(|d| *d) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        }
+    }
+
+    /// The agent as a CopyFile target for work that outlives one request.
+    pub fn file_sink(&self) -> AgentSink {
+        AgentSink {
+            agent: self.agent.agent.clone(),
+            timeout: self.rpc_timeout,
+        }
+    }
+
     /// Stop QEMU and the vsock backend and remove the state dir. Idempotent.
     pub async fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.stop_tx.send_replace(true);
         let mut vm = self.vm.lock().await;
         if let Some(mut v) = vm.take() {
             log::info!("sandbox {}: stopping VM", self.id);
@@ -364,27 +518,28 @@ impl Sandbox {
         }
     }
 
-    /// Guest path of a layer blob.
-    pub fn guest_layer_path(digest: &str) -> String {
-        format!("{}/{}", contract::GUEST_LAYER_DIR, digest_hex(digest))
-    }
-
-    /// Copy a container's layer blobs to the guest, streaming from containerd's content store
-    /// in <= 1 MiB CopyFile chunks. Sent for every container: the agent consumes a blob when it
-    /// unpacks it (guest memory is the scarce resource), so nothing is cached across containers.
+    /// Copies a container's layer blobs to the guest, each to its per-container path
+    /// ([`LayerRef::blob_path`]), streaming from containerd's content store in <= 1 MiB
+    /// CopyFile chunks (the agent consumes a blob when it unpacks it: nothing is shared).
     pub async fn send_layers(
         &self,
+        container_id: &str,
         store: &ImageStore,
         layers: &[Layer],
     ) -> Result<(), SandboxError> {
         for layer in layers {
-            self.send_layer(store, layer).await?;
+            self.send_layer(container_id, store, layer).await?;
         }
         Ok(())
     }
 
-    async fn send_layer(&self, store: &ImageStore, layer: &Layer) -> Result<(), SandboxError> {
-        let path = Self::guest_layer_path(&layer.digest);
+    async fn send_layer(
+        &self,
+        container_id: &str,
+        store: &ImageStore,
+        layer: &Layer,
+    ) -> Result<(), SandboxError> {
+        let path = layer_ref(layer).blob_path(container_id);
         let started = std::time::Instant::now();
         let mut reader = store.open(&layer.digest).await?;
         let mut offset: i64 = 0;
@@ -393,8 +548,8 @@ impl Sandbox {
             let req = CopyFileRequest {
                 path: path.clone(),
                 file_size: layer.size,
-                file_mode: 0o644,
-                dir_mode: 0o755,
+                file_mode: libc::S_IFREG | 0o644,
+                dir_mode: super::volumes::DIR_MODE,
                 uid: 0,
                 gid: 0,
                 offset,
@@ -459,5 +614,112 @@ impl Sandbox {
             started.elapsed()
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_proto::oci;
+
+    fn mount(dest: &str, source: &str, kind: &str) -> oci::Mount {
+        oci::Mount {
+            destination: dest.into(),
+            source: source.into(),
+            type_: kind.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A ctr container: no resolv.conf mount, a tmpfs /dev/shm: no DNS, the default shm size.
+    #[test]
+    fn setup_of_a_ctr_container() {
+        let spec = oci::Spec {
+            Hostname: "h".repeat(70),
+            Mounts: vec![mount("/dev/shm", "shm", "tmpfs")],
+            ..Default::default()
+        };
+        let setup = SandboxSetup::from_spec(&spec).unwrap();
+        assert_eq!(setup.dns, Vec::<String>::new());
+        assert_eq!(setup.shm_size, contract::DEFAULT_SHM_SIZE);
+        let req = setup.request("s1");
+        // Kata's hostname limit.
+        assert_eq!(req.hostname, "h".repeat(64));
+        assert_eq!(req.sandbox_id, "s1");
+        assert!(!req.sandbox_pidns);
+        let st = &req.storages[0];
+        assert_eq!(
+            (
+                st.driver.as_str(),
+                st.source.as_str(),
+                st.fstype.as_str(),
+                st.mount_point.as_str()
+            ),
+            ("ephemeral", "shm", "tmpfs", contract::SANDBOX_SHM_DIR)
+        );
+        assert_eq!(st.options, contract::shm_options(64 << 20));
+    }
+
+    #[test]
+    fn setup_reads_the_host_files_and_names_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 10.0.0.10\n").unwrap();
+        let spec = oci::Spec {
+            Mounts: vec![
+                mount("/dev/shm", dir.path().to_str().unwrap(), "bind"),
+                mount("/etc/resolv.conf", resolv.to_str().unwrap(), "bind"),
+            ],
+            ..Default::default()
+        };
+        let setup = SandboxSetup::from_spec(&spec).unwrap();
+        assert_eq!(setup.dns, vec!["nameserver 10.0.0.10", ""]);
+        let st = nix::sys::statfs::statfs(dir.path()).unwrap();
+        assert_eq!(setup.shm_size, st.block_size() as u64 * st.blocks());
+        let spec = oci::Spec {
+            Mounts: vec![mount(
+                "/etc/resolv.conf",
+                "/nonexistent/resolv.conf",
+                "bind",
+            )],
+            ..Default::default()
+        };
+        let e = SandboxSetup::from_spec(&spec).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/resolv.conf"), "{e}");
+    }
+
+    #[test]
+    fn one_image_storage_per_container() {
+        let layers = vec![
+            Layer {
+                digest: "sha256:1111222233334444aaaa".into(),
+                diff_id: "sha256:d1".into(),
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                size: 10,
+            },
+            Layer {
+                digest: "sha256:5555666677778888bbbb".into(),
+                diff_id: "sha256:d2".into(),
+                media_type: "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
+                size: 20,
+            },
+        ];
+        let s = image_storage("c1", "docker.io/library/busybox:latest", &layers);
+        assert_eq!(s.driver, "image_guest_pull");
+        assert_eq!(s.source, "docker.io/library/busybox:latest");
+        assert_eq!(s.fstype, "overlay");
+        assert!(s.options.is_empty() && !s.shared && s.fs_group.is_none());
+        assert_eq!(s.mount_point, "/run/kata-containers/c1/rootfs");
+        assert_eq!(
+            s.driver_options,
+            vec![
+                "kata-cc.layer=sha256:1111222233334444aaaa,sha256:d1,application/vnd.oci.image.layer.v1.tar+gzip",
+                "kata-cc.layer=sha256:5555666677778888bbbb,sha256:d2,application/vnd.docker.image.rootfs.diff.tar.gzip",
+            ]
+        );
+        assert_eq!(
+            layer_ref(&layers[0]).blob_path("c1"),
+            "/run/kata-containers/shared/containers/c1-1111222233334444-layer"
+        );
     }
 }

@@ -224,12 +224,9 @@ impl<'a> Obj<'a> {
     }
 }
 
-/// Mount types that are kernel filesystems, meaningful inside the guest. Anything else (bind
-/// mounts of host paths above all) refers to the host and cannot be honoured there.
-const GUEST_MOUNT_TYPES: &[&str] = &[
-    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "shm",
-];
-
+/// A faithful conversion: every field the agent's `oci::Spec` has is carried over as
+/// containerd wrote it (host paths, namespaces' paths, all mounts). What the guest must not
+/// see is taken out afterwards, as Kata's runtime does (`shape`, `volumes`).
 pub fn spec_to_agent(json: &Value, src: &str) -> Result<oci::Spec, SpecError> {
     let root = Obj::new(src, "", json)?;
     let mut spec = oci::Spec {
@@ -254,34 +251,31 @@ pub fn spec_to_agent(json: &Value, src: &str) -> Result<oci::Spec, SpecError> {
         });
     }
     for m in root.objects("mounts")? {
-        let mount = oci::Mount {
+        spec.Mounts.push(oci::Mount {
             destination: m.str("destination")?,
             source: m.str("source")?,
             type_: m.str("type")?,
             options: m.strings("options")?,
             ..Default::default()
-        };
-        let is_bind =
-            mount.type_ == "bind" || mount.options.iter().any(|o| o == "bind" || o == "rbind");
-        if is_bind || !GUEST_MOUNT_TYPES.contains(&mount.type_.as_str()) {
-            log::warn!(
-                "mount {} (type {:?}, source {}) refers to the host: not available in the guest, skipped",
-                mount.destination,
-                mount.type_,
-                mount.source
-            );
-            continue;
-        }
-        spec.Mounts.push(mount);
+        });
     }
-    // Hooks are host programs: they cannot run in the guest and are dropped on purpose.
+    // Hooks are host programs: never converted (Kata drops them too).
     if root.get("hooks").is_some() {
-        log::warn!("OCI hooks refer to host programs: not run in the guest");
+        log::info!("{src}: OCI hooks refer to host programs: not run in the guest");
     }
     if let Some(l) = root.child("linux")? {
         spec.Linux = MessageField::some(linux_from(&l)?);
     }
     Ok(spec)
+}
+
+/// `linux.resources` as runtime-spec JSON (UpdateTaskRequest's `resources`), converted.
+pub fn resources_to_agent(bytes: &[u8], src: &str) -> Result<oci::LinuxResources, SpecError> {
+    let json: Value = serde_json::from_slice(bytes).map_err(|source| SpecError::Json {
+        path: src.to_string(),
+        source,
+    })?;
+    resources_from(&Obj::new(src, "resources", &json)?)
 }
 
 /// An exec's process spec (the JSON of runtime-spec `Process` that containerd sends).
@@ -376,15 +370,9 @@ fn linux_from(l: &Obj) -> Result<oci::Linux, SpecError> {
         }
     }
     for n in l.objects("namespaces")? {
-        let kind = n.str("type")?;
-        let path = n.str("path")?;
-        if !path.is_empty() {
-            // A namespace path names a host process's namespace: meaningless in the guest.
-            log::info!("namespace {kind}: host path {path} dropped (the guest makes its own)");
-        }
         out.Namespaces.push(oci::LinuxNamespace {
-            Type: kind,
-            Path: String::new(),
+            Type: n.str("type")?,
+            Path: n.str("path")?,
             ..Default::default()
         });
     }
@@ -546,16 +534,17 @@ mod tests {
         assert!(p.NoNewPrivileges);
         assert_eq!(p.Rlimits[0].Type, "RLIMIT_NOFILE");
         assert_eq!(p.Capabilities.Bounding, vec!["CAP_CHOWN"]);
-        // The host bind mount is gone, kernel filesystems stay.
+        // Every mount is converted (volumes decides what the guest gets).
         let dests: Vec<_> = s.Mounts.iter().map(|m| m.destination.as_str()).collect();
-        assert_eq!(dests, vec!["/proc", "/dev/pts"]);
+        assert_eq!(dests, vec!["/proc", "/data", "/dev/pts"]);
+        assert_eq!(s.Mounts[1].options, vec!["rbind", "ro"]);
         assert!(s.Hooks.is_none());
         let l = s.Linux.as_ref().unwrap();
         assert_eq!(l.Resources.Memory.Limit, 536870912);
         assert_eq!(l.Resources.CPU.Quota, 150000);
         assert_eq!(l.Resources.Devices[0].Major, -1);
         assert_eq!(l.Namespaces[1].Type, "network");
-        assert_eq!(l.Namespaces[1].Path, "");
+        assert_eq!(l.Namespaces[1].Path, "/var/run/netns/x");
         assert_eq!(
             l.Seccomp.Syscalls[0].ErrnoRet,
             Some(oci::linux_syscall::ErrnoRet::Errnoret(1))
@@ -582,6 +571,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("process.args"), "{err}");
+    }
+
+    #[test]
+    fn update_resources() {
+        let r = resources_to_agent(
+            br#"{"memory":{"limit":268435456},"cpu":{"quota":50000,"period":100000,"cpus":"0-3"},"devices":[{"allow":false,"access":"rwm"}]}"#,
+            "update c1",
+        )
+        .unwrap();
+        assert_eq!(r.Memory.Limit, 268435456);
+        assert_eq!(r.CPU.Cpus, "0-3");
+        assert_eq!(r.Devices.len(), 1);
+        let e = resources_to_agent(br#"{"memory":{"limit":"1G"}}"#, "update c1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resources.memory.limit"), "{e}");
     }
 
     #[test]

@@ -52,13 +52,14 @@ impl TaskService {
         exit: Arc<ExitSignal>,
         rpc_timeout: Duration,
     ) -> Self {
+        let events = Arc::new(Events::new(publisher, namespace));
         TaskService {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
                 containerd_address: containerd_address.to_string(),
-                events: Arc::new(Events::new(publisher, namespace)),
+                events: events.clone(),
                 exit,
-                pod: Pod::new(rpc_timeout),
+                pod: Pod::new(rpc_timeout, events),
                 containers: Containers::default(),
             }),
         }
@@ -118,7 +119,7 @@ impl Inner {
     }
 
     /// Delete: an exec is forgotten; a container is removed from the guest and forgotten, and
-    /// the pod's VM stops with its last container.
+    /// the pod's VM stops with its last container, or with its sandbox (pause) container.
     async fn delete(&self, req: &DeleteRequest) -> Result<DeleteResponse> {
         let h = self.containers.lookup(&req.id, &req.exec_id).await?;
         let exit = h.finish()?;
@@ -132,7 +133,11 @@ impl Inner {
         self.events
             .publish(events::deleted(&h.process, &exit))
             .await;
-        self.stop_sandbox_if_empty().await;
+        if h.pod_sandbox {
+            self.pod.stop().await;
+        } else {
+            self.stop_sandbox_if_empty().await;
+        }
         Ok(delete_response(pid, exit))
     }
 
@@ -322,11 +327,13 @@ impl Task for TaskService {
         .into())
     }
 
-    async fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        Err(Error::Unimplemented {
-            what: "Update",
-            why: "a confidential VM is sized once at sandbox creation and cannot be resized",
-        }
-        .into())
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let h = self.inner.containers.lookup(&req.id, "").await?;
+        let Some(resources) = req.resources.as_ref() else {
+            return Ok(Empty::new());
+        };
+        log::info!("update {}: resources {}", req.id, resources.type_url);
+        h.update(resources).await?;
+        Ok(Empty::new())
     }
 }

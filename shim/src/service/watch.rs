@@ -20,8 +20,11 @@ pub const VM_GONE_STATUS: u32 = 255;
 /// more, so this only trips when something holds its pipes open, e.g. a daemonized child).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Start copying the process's stdio and wait for its exit in the background.
-pub fn spawn(events: Arc<Events>, sandbox: &Sandbox, proc: Arc<Process>) {
+/// Start copying the process's stdio and wait for its exit in the background. `ends_pod`:
+/// the process is the pod's sandbox (pause): once its exit is published the VM is stopped,
+/// and every other process of the pod exits with it.
+pub fn spawn(events: Arc<Events>, sandbox: &Arc<Sandbox>, proc: Arc<Process>, ends_pod: bool) {
+    let pod = ends_pod.then(|| sandbox.clone());
     let io = proc.take_io().unwrap_or_default();
     let agent = sandbox.agent.agent.clone();
     let dead = sandbox.dead();
@@ -103,5 +106,12 @@ pub fn spawn(events: Arc<Events>, sandbox: &Sandbox, proc: Arc<Process>) {
             crate::timeline::mark(&cid, timeline::EXIT);
         }
         events.publish(events::exited(&proc, &exit)).await;
+        if let Some(sb) = pod {
+            log::info!(
+                "sandbox {}: its sandbox container exited: stopping the VM",
+                sb.id
+            );
+            sb.stop().await;
+        }
     });
 }

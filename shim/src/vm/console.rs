@@ -70,6 +70,24 @@ pub fn relevant_lines_of(path: &Path, max: usize) -> Vec<String> {
     }
 }
 
+/// The last `max` non-empty lines of a log file, escapes stripped (what a guest printed last
+/// before it died); an unreadable/absent file gives a note instead.
+pub fn tail_of(path: &Path, max: usize) -> Vec<String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<String> = text
+                .lines()
+                .map(|l| strip_controls(l).trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            let skip = lines.len().saturating_sub(max);
+            lines[skip..].to_vec()
+        }
+        Err(e) => vec![format!("({}: {e})", path.display())],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +107,15 @@ mod tests {
             relevant_lines(log, 10),
             vec!["kata-cc: up".to_string(), "x failed".to_string()]
         );
+    }
+
+    #[test]
+    fn tail_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("console.log");
+        std::fs::write(&p, "a\n\u{1b}[2Jb\n\nc\n").unwrap();
+        assert_eq!(tail_of(&p, 2), vec!["b".to_string(), "c".to_string()]);
+        assert!(tail_of(&dir.path().join("absent"), 2)[0].contains("absent"));
     }
 
     #[test]
