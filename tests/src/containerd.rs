@@ -74,12 +74,18 @@ impl Containerd {
     }
 
     pub fn start_with(test: &str, opts: Options) -> Containerd {
+        let tag = format!("{}-{}", sanitize(test), std::process::id());
+        Self::start_in(&paths::e2e_dir().join(&tag), &tag, opts)
+    }
+
+    /// A private containerd in `dir` (emptied first); `tag` prefixes the ids of [`Self::id`].
+    pub fn start_in(dir: &Path, tag: &str, opts: Options) -> Containerd {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         if opts.kata {
             paths::require_built();
         }
-        let tag = format!("{}-{}", sanitize(test), std::process::id());
-        let dir = paths::e2e_dir().join(&tag);
+        let tag = tag.to_string();
+        let dir = dir.to_path_buf();
         if dir.exists() {
             // A previous run of this process id that was killed: stop whatever it left.
             stop_script(&dir);

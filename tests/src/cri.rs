@@ -85,33 +85,90 @@ impl Cri {
 }
 
 /// What the tests choose of a pod; the rest is filled as a kubelet fills it.
-pub struct PodSpec<'a> {
-    pub name: &'a str,
-    pub namespace: &'a str,
-    pub uid: &'a str,
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: String,
+    pub namespace: String,
+    /// The pod's uid (a UUID, as the API server makes them).
+    pub uid: String,
     /// The pod's log directory (kubelet: /var/log/pods/<ns>_<name>_<uid>).
-    pub log_directory: &'a Path,
+    pub log_directory: PathBuf,
     /// The pod's memory limit (sum of its containers' limits), bytes; 0 = none.
     pub memory_limit: i64,
     /// CPU quota/period of the pod's CPU limit (0/100000 = none).
     pub cpu_quota: i64,
     pub cpu_period: i64,
+    /// `shareProcessNamespace: true`: PID namespace mode POD for the sandbox and containers.
+    pub share_process_namespace: bool,
+    /// The pod's annotations (the policy's `io.katacontainers.config.agent.policy`, ...).
+    pub annotations: Vec<(String, String)>,
+    /// The containers' ports (`containerPort`, `hostPort` 0 unless set), TCP.
+    pub ports: Vec<(i32, i32)>,
+}
+
+impl PodSpec {
+    /// A pod in namespace `default` with no limits; its log directory is
+    /// `<log_root>/default_<name>_<uid>` (created).
+    pub fn new(name: &str, uid: &str, log_root: &Path) -> PodSpec {
+        let log_directory = log_root.join(format!("default_{name}_{uid}"));
+        std::fs::create_dir_all(&log_directory)
+            .unwrap_or_else(|e| panic!("{}: {e}", log_directory.display()));
+        PodSpec {
+            name: name.to_string(),
+            namespace: "default".to_string(),
+            uid: uid.to_string(),
+            log_directory,
+            memory_limit: 0,
+            cpu_quota: 0,
+            cpu_period: 100_000,
+            share_process_namespace: false,
+            annotations: Vec::new(),
+            ports: Vec::new(),
+        }
+    }
+
+    /// The pod's limits as the kubelet sums its containers' (`PodRequestsAndLimits`).
+    pub fn with_limits_of(mut self, containers: &[&ContainerSpec]) -> PodSpec {
+        self.memory_limit = containers.iter().map(|c| c.memory_limit).sum();
+        self.cpu_period = 100_000;
+        self.cpu_quota = containers
+            .iter()
+            .map(|c| {
+                if c.cpu_period > 0 {
+                    c.cpu_quota * 100_000 / c.cpu_period
+                } else {
+                    0
+                }
+            })
+            .sum();
+        self
+    }
+
+    fn pid_mode(&self) -> i32 {
+        if self.share_process_namespace {
+            api::NamespaceMode::Pod as i32
+        } else {
+            api::NamespaceMode::Container as i32
+        }
+    }
 }
 
 /// The PodSandboxConfig a kubelet sends for a pod (`generatePodSandboxConfig` and
-/// `applySandboxResources`): metadata, hostname, log dir, DNS, the Kubernetes labels, cgroup
-/// parent, namespace options (network POD, pid CONTAINER, ipc POD) and the pod's resources.
-pub fn pod_sandbox_config(p: &PodSpec<'_>) -> api::PodSandboxConfig {
+/// `applySandboxResources`): metadata, hostname, log dir, DNS, port mappings, the Kubernetes
+/// labels, annotations, cgroup parent, namespace options (network POD, pid CONTAINER or POD,
+/// ipc POD) and the pod's resources.
+pub fn pod_sandbox_config(p: &PodSpec) -> api::PodSandboxConfig {
     let labels = HashMap::from([
-        ("io.kubernetes.pod.name".to_string(), p.name.to_string()),
+        ("io.kubernetes.pod.name".to_string(), p.name.clone()),
         (
             "io.kubernetes.pod.namespace".to_string(),
-            p.namespace.to_string(),
+            p.namespace.clone(),
         ),
-        ("io.kubernetes.pod.uid".to_string(), p.uid.to_string()),
+        ("io.kubernetes.pod.uid".to_string(), p.uid.clone()),
     ]);
-    let annotations =
+    let mut annotations =
         HashMap::from([("kubernetes.io/config.source".to_string(), "api".to_string())]);
+    annotations.extend(p.annotations.iter().cloned());
     // Kubelet's cpu shares: from requests; 2 (the minimum) when there are none.
     let resources = api::LinuxContainerResources {
         cpu_period: p.cpu_period,
@@ -122,12 +179,12 @@ pub fn pod_sandbox_config(p: &PodSpec<'_>) -> api::PodSandboxConfig {
     };
     api::PodSandboxConfig {
         metadata: Some(api::PodSandboxMetadata {
-            name: p.name.to_string(),
-            uid: p.uid.to_string(),
-            namespace: p.namespace.to_string(),
+            name: p.name.clone(),
+            uid: p.uid.clone(),
+            namespace: p.namespace.clone(),
             attempt: 0,
         }),
-        hostname: p.name.to_string(),
+        hostname: p.name.clone(),
         log_directory: p.log_directory.to_string_lossy().into_owned(),
         dns_config: Some(api::DnsConfig {
             servers: vec!["10.96.0.10".to_string()],
@@ -138,6 +195,16 @@ pub fn pod_sandbox_config(p: &PodSpec<'_>) -> api::PodSandboxConfig {
             ],
             options: vec!["ndots:5".to_string()],
         }),
+        port_mappings: p
+            .ports
+            .iter()
+            .map(|(container_port, host_port)| api::PortMapping {
+                protocol: api::Protocol::Tcp as i32,
+                container_port: *container_port,
+                host_port: *host_port,
+                host_ip: String::new(),
+            })
+            .collect(),
         labels,
         annotations,
         linux: Some(api::LinuxPodSandboxConfig {
@@ -145,7 +212,7 @@ pub fn pod_sandbox_config(p: &PodSpec<'_>) -> api::PodSandboxConfig {
             security_context: Some(api::LinuxSandboxSecurityContext {
                 namespace_options: Some(api::NamespaceOption {
                     network: api::NamespaceMode::Pod as i32,
-                    pid: api::NamespaceMode::Container as i32,
+                    pid: p.pid_mode(),
                     ipc: api::NamespaceMode::Pod as i32,
                     ..Default::default()
                 }),
@@ -163,33 +230,71 @@ pub fn pod_sandbox_config(p: &PodSpec<'_>) -> api::PodSandboxConfig {
 }
 
 /// What the tests choose of a container.
-pub struct ContainerSpec<'a> {
-    pub name: &'a str,
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
     /// The image as pulled (the reference or the image id).
-    pub image: &'a str,
-    pub command: &'a [&'a str],
-    pub envs: &'a [(&'a str, &'a str)],
+    pub image: String,
+    pub command: Vec<String>,
+    pub envs: Vec<(String, String)>,
     /// Relative to the pod's log directory (kubelet: <name>/<restart count>.log).
-    pub log_path: &'a str,
+    pub log_path: String,
     pub memory_limit: i64,
     pub cpu_quota: i64,
     pub cpu_period: i64,
+    /// The volume mounts, in the kubelet's order (volumes, then /etc/hosts, then the
+    /// termination-log file): see [`mount`].
+    pub mounts: Vec<api::Mount>,
 }
 
-/// The ContainerConfig a kubelet sends (`generateContainerConfig`), without mounts (kata-cc
-/// has no volumes yet).
-pub fn container_config(c: &ContainerSpec<'_>, pod: &PodSpec<'_>) -> api::ContainerConfig {
+impl ContainerSpec {
+    /// A container of `image` running `command`, logging to `<name>/0.log`, without limits.
+    pub fn new(name: &str, image: &str, command: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            name: name.to_string(),
+            image: image.to_string(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            envs: Vec::new(),
+            log_path: format!("{name}/0.log"),
+            memory_limit: 0,
+            cpu_quota: 0,
+            cpu_period: 100_000,
+            mounts: Vec::new(),
+        }
+    }
+
+    /// Memory limit (bytes) and CPU limit (millicores, as `resources.limits.cpu`).
+    pub fn limits(mut self, memory: i64, millicpus: i64) -> ContainerSpec {
+        self.memory_limit = memory;
+        self.cpu_period = 100_000;
+        self.cpu_quota = millicpus * 100;
+        self
+    }
+}
+
+/// A ContainerConfig mount as the kubelet makes one (`makeMounts`): private propagation, no
+/// SELinux relabel.
+pub fn mount(container_path: &str, host_path: &Path, readonly: bool) -> api::Mount {
+    api::Mount {
+        container_path: container_path.to_string(),
+        host_path: host_path.to_string_lossy().into_owned(),
+        readonly,
+        selinux_relabel: false,
+        propagation: api::MountPropagation::PropagationPrivate as i32,
+        ..Default::default()
+    }
+}
+
+/// The ContainerConfig a kubelet sends (`generateContainerConfig`).
+pub fn container_config(c: &ContainerSpec, pod: &PodSpec) -> api::ContainerConfig {
     let labels = HashMap::from([
-        (
-            "io.kubernetes.container.name".to_string(),
-            c.name.to_string(),
-        ),
-        ("io.kubernetes.pod.name".to_string(), pod.name.to_string()),
+        ("io.kubernetes.container.name".to_string(), c.name.clone()),
+        ("io.kubernetes.pod.name".to_string(), pod.name.clone()),
         (
             "io.kubernetes.pod.namespace".to_string(),
-            pod.namespace.to_string(),
+            pod.namespace.clone(),
         ),
-        ("io.kubernetes.pod.uid".to_string(), pod.uid.to_string()),
+        ("io.kubernetes.pod.uid".to_string(), pod.uid.clone()),
     ]);
     let annotations = HashMap::from([
         (
@@ -205,27 +310,40 @@ pub fn container_config(c: &ContainerSpec<'_>, pod: &PodSpec<'_>) -> api::Contai
             "File".to_string(),
         ),
     ]);
+    // The service environment the kubelet adds to every container.
+    let mut envs: Vec<api::KeyValue> = c
+        .envs
+        .iter()
+        .map(|(k, v)| api::KeyValue {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect();
+    for (k, v) in [
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+        ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+    ] {
+        envs.push(api::KeyValue {
+            key: k.to_string(),
+            value: v.to_string(),
+        });
+    }
     api::ContainerConfig {
         metadata: Some(api::ContainerMetadata {
-            name: c.name.to_string(),
+            name: c.name.clone(),
             attempt: 0,
         }),
         image: Some(api::ImageSpec {
-            image: c.image.to_string(),
+            image: c.image.clone(),
             ..Default::default()
         }),
-        command: c.command.iter().map(|s| s.to_string()).collect(),
-        envs: c
-            .envs
-            .iter()
-            .map(|(k, v)| api::KeyValue {
-                key: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
+        command: c.command.clone(),
+        envs,
+        mounts: c.mounts.clone(),
         labels,
         annotations,
-        log_path: c.log_path.to_string(),
+        log_path: c.log_path.clone(),
         linux: Some(api::LinuxContainerConfig {
             resources: Some(api::LinuxContainerResources {
                 cpu_period: c.cpu_period,
@@ -238,7 +356,7 @@ pub fn container_config(c: &ContainerSpec<'_>, pod: &PodSpec<'_>) -> api::Contai
             security_context: Some(api::LinuxContainerSecurityContext {
                 namespace_options: Some(api::NamespaceOption {
                     network: api::NamespaceMode::Pod as i32,
-                    pid: api::NamespaceMode::Container as i32,
+                    pid: pod.pid_mode(),
                     ipc: api::NamespaceMode::Pod as i32,
                     ..Default::default()
                 }),
@@ -327,16 +445,21 @@ mod tests {
 
     #[test]
     fn pod_config_carries_kubelet_fields() {
-        let dir = PathBuf::from("/var/log/pods/ns_p_u");
-        let c = pod_sandbox_config(&PodSpec {
-            name: "p",
-            namespace: "ns",
-            uid: "u",
-            log_directory: &dir,
-            memory_limit: 256 << 20,
-            cpu_quota: 50000,
-            cpu_period: 100000,
-        });
+        let root = tempfile::tempdir().unwrap();
+        let mut pod = PodSpec::new("p", "u", root.path());
+        pod.memory_limit = 256 << 20;
+        pod.cpu_quota = 50000;
+        pod.annotations.push((
+            "io.katacontainers.config.agent.policy".into(),
+            "cG9s".into(),
+        ));
+        pod.ports.push((8080, 0));
+        let c = pod_sandbox_config(&pod);
+        assert_eq!(
+            c.log_directory,
+            root.path().join("default_p_u").to_string_lossy()
+        );
+        assert!(root.path().join("default_p_u").is_dir());
         let linux = c.linux.expect("linux");
         let r = linux.resources.expect("resources");
         assert_eq!(
@@ -349,5 +472,44 @@ mod tests {
             .expect("namespace options");
         assert_eq!(ns.pid, api::NamespaceMode::Container as i32);
         assert_eq!(c.metadata.expect("metadata").uid, "u");
+        assert_eq!(
+            c.annotations["io.katacontainers.config.agent.policy"],
+            "cG9s"
+        );
+        assert_eq!(c.port_mappings[0].container_port, 8080);
+    }
+
+    #[test]
+    fn shared_pid_and_limits() {
+        let root = tempfile::tempdir().unwrap();
+        let a = ContainerSpec::new("a", "img", &["sh"]).limits(128 << 20, 500);
+        let b = ContainerSpec::new("b", "img", &["sh"]).limits(64 << 20, 250);
+        let mut pod = PodSpec::new("p", "u", root.path()).with_limits_of(&[&a, &b]);
+        pod.share_process_namespace = true;
+        assert_eq!((pod.memory_limit, pod.cpu_quota), (192 << 20, 75000));
+        let sc = pod_sandbox_config(&pod);
+        let pid = |o: Option<api::NamespaceOption>| o.expect("namespace options").pid;
+        let want = api::NamespaceMode::Pod as i32;
+        assert_eq!(
+            pid(sc
+                .linux
+                .and_then(|l| l.security_context)
+                .and_then(|s| s.namespace_options)),
+            want
+        );
+        let mut a = a;
+        a.mounts.push(mount("/etc/config", Path::new("/x"), true));
+        let cc = container_config(&a, &pod);
+        let linux = cc.linux.expect("linux");
+        assert_eq!(
+            pid(linux.security_context.and_then(|s| s.namespace_options)),
+            want
+        );
+        assert_eq!(linux.resources.expect("resources").cpu_quota, 50000);
+        assert_eq!(
+            cc.mounts[0].propagation,
+            api::MountPropagation::PropagationPrivate as i32
+        );
+        assert!(cc.mounts[0].readonly);
     }
 }

@@ -5,20 +5,30 @@
 //! never skips: a missing build product is a panic telling which `make` target to run. Those
 //! tests are the host tier (feature `e2e`, see Cargo.toml); the lib itself builds anywhere.
 
+/// Several checks on one set-up, all reported.
+pub mod checks;
 pub mod cmd;
 pub mod containerd;
 /// The mini-kubelet: CRI clients and kubelet-shaped requests.
 pub mod cri;
 /// Locally built OCI images, and tampering with files.
 pub mod image;
+/// The kubelet's part: a node (registry, CRI containerd, kubelet dirs) and its CRI calls.
+pub mod kubelet;
 pub mod leak;
+/// The demo's Kubernetes manifest (Pod, ConfigMaps) and resource quantities.
+pub mod manifest;
 pub mod paths;
+/// The kubelet's pod directory: volumes written as its atomic writer does, etc-hosts, logs.
+pub mod podfs;
 pub mod policy;
 pub mod procs;
 pub mod pty;
 /// The loopback image registry (Debian's docker-registry) and pushes to it.
 pub mod registry;
 pub mod scenarios;
+/// CRI's streaming server (Exec/Attach) over WebSocket `v4.channel.k8s.io`.
+pub mod stream;
 
 pub use cmd::{Background, CmdOutput};
 pub use containerd::{Containerd, CriSetup, Options};

@@ -153,3 +153,9 @@ pub fn ctr_timeout() -> Duration {
 pub fn leak_grace() -> Duration {
     env_secs("KATA_CC_E2E_GRACE", 20)
 }
+
+/// How long a ConfigMap or Secret update may take to reach the guest after the kubelet's
+/// `..data` swap (KATA_CC_E2E_UPDATE_TIMEOUT, default 60 s).
+pub fn update_timeout() -> Duration {
+    env_secs("KATA_CC_E2E_UPDATE_TIMEOUT", 60)
+}

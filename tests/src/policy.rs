@@ -32,6 +32,16 @@ pub fn allow_all_except(denied: &[&str]) -> String {
     text
 }
 
+/// allow-all, except that ExecProcessRequest is allowed only for commands other than `argv`
+/// (the whole argument list, as `input.process.Args` of Kata's policy input).
+pub fn allow_all_except_exec_of(argv: &[&str]) -> String {
+    let text = allow_all_except(&["ExecProcessRequest"]);
+    let args = serde_json::to_string(argv).expect("JSON of strings");
+    format!(
+        "{text}\n# Exec allowed, except of one command.\nExecProcessRequest {{\n    input.process.Args != {args}\n}}\n"
+    )
+}
+
 /// Standard base64 with padding (RFC 4648).
 pub fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -125,6 +135,76 @@ mod tests {
         ] {
             let want = filter("base64", &["-w0"], input);
             assert_eq!(base64(input), String::from_utf8_lossy(&want), "{input:?}");
+        }
+    }
+
+    /// The policy the CRI policy test sends decides as meant (the agent runs the same engine).
+    #[test]
+    fn exec_of_one_command_is_denied() {
+        let text = allow_all_except_exec_of(&["cat", "/etc/shadow"]);
+        let mut p = kata_cc_policy::PolicyEngine::new(&text).expect("the policy parses");
+        let exec = |args: &[&str]| serde_json::json!({"process": {"Args": args}});
+        let d = p
+            .evaluate("ExecProcessRequest", &exec(&["cat", "/etc/shadow"]))
+            .unwrap();
+        assert!(!d.allowed);
+        assert!(d
+            .denial_message("ExecProcessRequest")
+            .starts_with("ExecProcessRequest is blocked by policy"));
+        for ok in [
+            &["cat", "/etc/hostname"][..],
+            &["cat"],
+            &["sh", "-c", "cat /etc/shadow"],
+        ] {
+            assert!(
+                p.evaluate("ExecProcessRequest", &exec(ok)).unwrap().allowed,
+                "{ok:?}"
+            );
+        }
+        let create = serde_json::json!({"container_id": "c"});
+        assert!(
+            p.evaluate("CreateContainerRequest", &create)
+                .unwrap()
+                .allowed
+        );
+    }
+
+    /// The demo's policy (examples/demo-policy.rego): exec yes, of a shell no.
+    #[test]
+    fn demo_policy_refuses_shells_only() {
+        let path = paths::repo().join("examples/demo-policy.rego");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut p = kata_cc_policy::PolicyEngine::new(&text).expect("the policy parses");
+        let exec = |args: &[&str]| serde_json::json!({"process": {"Args": args}});
+        for args in [&["sh", "-c", "id"][..], &["/bin/sh"], &["busybox", "sh"]] {
+            assert!(
+                !p.evaluate("ExecProcessRequest", &exec(args))
+                    .unwrap()
+                    .allowed,
+                "{args:?}"
+            );
+        }
+        for args in [
+            &["uname", "-r"][..],
+            &["cat", "/etc/demo/greeting"],
+            &["hostname"],
+        ] {
+            assert!(
+                p.evaluate("ExecProcessRequest", &exec(args))
+                    .unwrap()
+                    .allowed,
+                "{args:?}"
+            );
+        }
+        for r in [
+            "CreateContainerRequest",
+            "ReadStreamRequest",
+            "SetPolicyRequest",
+        ] {
+            assert!(
+                p.evaluate(r, &serde_json::json!({})).unwrap().allowed,
+                "{r}"
+            );
         }
     }
 }

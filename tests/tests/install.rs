@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use kata_cc_tests::{cmd, paths};
 
-/// The handler table of `containerd config dump`'s output for `config`.
-fn dumped_handler(config: &Path) -> toml::Table {
+/// `containerd config dump` for `config`: the whole configuration containerd runs with.
+fn dump(config: &Path) -> toml::Table {
     let mut c = Command::new("containerd");
     c.arg("--config").arg(config).args(["config", "dump"]);
     let out = cmd::run(c, None, Duration::from_secs(60));
@@ -21,11 +21,80 @@ fn dumped_handler(config: &Path) -> toml::Table {
     );
     let dump: toml::Table = toml::from_str(&out.stdout_str()).expect("config dump is TOML");
     assert_eq!(dump["version"].as_integer(), Some(2));
-    dump["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    dump
+}
+
+/// The CRI runtimes table of a dump.
+fn runtimes(dump: &mut toml::Table) -> &mut toml::Table {
+    dump.get_mut("plugins")
+        .and_then(|p| p.get_mut("io.containerd.grpc.v1.cri"))
+        .and_then(|c| c.get_mut("containerd"))
+        .and_then(|c| c.get_mut("runtimes"))
+        .and_then(|r| r.as_table_mut())
+        .expect("a CRI runtimes table in the dump")
+}
+
+/// The handler table of `containerd config dump`'s output for `config`.
+fn dumped_handler(config: &Path) -> toml::Table {
+    let mut d = dump(config);
+    runtimes(&mut d)
         .get("kata-cc")
         .and_then(|h| h.as_table())
-        .unwrap_or_else(|| panic!("no kata-cc runtime in the dump:\n{}", out.stdout_str()))
+        .unwrap_or_else(|| panic!("no kata-cc runtime in the dump of {}", config.display()))
         .clone()
+}
+
+fn uninstall(config: &Path) {
+    let mut c = Command::new(paths::workspace_bin("kata-cc"));
+    c.arg("uninstall").arg("--containerd-config").arg(config);
+    cmd::run(c, None, Duration::from_secs(60)).assert_success();
+}
+
+/// Install twice on a sample node config: the same file both times, and to containerd the
+/// same configuration as before plus the kata-cc handler (nothing else changed); uninstall
+/// gives back the file byte for byte and leaves no backup behind.
+#[test]
+fn install_twice_adds_only_the_handler_and_uninstall_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = dir.path().join("config.toml");
+    let original = std::fs::read(paths::repo().join("shim/tests/data/containerd-config.toml"))
+        .expect("the sample config");
+    std::fs::write(&sample, &original).unwrap();
+    let before = dump(&sample);
+    assert!(
+        !runtimes(&mut before.clone()).contains_key("kata-cc"),
+        "the sample already has a kata-cc handler"
+    );
+
+    install(&sample, &[]);
+    let once = std::fs::read(&sample).unwrap();
+    install(&sample, &[]);
+    assert_eq!(
+        std::fs::read(&sample).unwrap(),
+        once,
+        "a second install changed the file"
+    );
+    let mut after = dump(&sample);
+    let added = runtimes(&mut after).remove("kata-cc");
+    assert!(added.is_some(), "no kata-cc handler after install");
+    assert_eq!(
+        after, before,
+        "install changed more of containerd's configuration than the kata-cc handler"
+    );
+
+    uninstall(&sample);
+    assert_eq!(
+        std::fs::read(&sample).unwrap(),
+        original,
+        "uninstall did not restore the file"
+    );
+    assert_eq!(dump(&sample), before);
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["config.toml"], "files left beside the config");
 }
 
 fn install(config: &Path, extra: &[&str]) {

@@ -1,0 +1,61 @@
+//! The pod's policy through CRI: the kubelet passes the pod annotation
+//! `io.katacontainers.config.agent.policy` (base64 Rego) in the PodSandboxConfig, containerd's
+//! `pod_annotations = ["io.katacontainers.*"]` hands it to the shim, the shim to the agent
+//! (SetPolicy), and the agent enforces it: the image's baked policy allows every exec, this
+//! one forbids one command, so a refusal proves the annotation's policy is the one in force.
+
+use kata_cc_tests::checks::Checks;
+use kata_cc_tests::cri::{ContainerSpec, PodSpec};
+use kata_cc_tests::kubelet::Node;
+use kata_cc_tests::policy::{self, POLICY_ANNOTATION};
+
+const FORBIDDEN: [&str; 2] = ["cat", "/etc/shadow"];
+const MESSAGE: &str = "ExecProcessRequest is blocked by policy";
+
+#[test]
+fn pod_annotation_policy_is_enforced() {
+    let node = Node::start("cri-policy");
+    let rego = policy::allow_all_except_exec_of(&FORBIDDEN);
+    let mut spec = PodSpec::new(
+        "policy-pod",
+        "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f",
+        &node.log_root,
+    );
+    spec.annotations.push((
+        POLICY_ANNOTATION.to_string(),
+        policy::base64(rego.as_bytes()),
+    ));
+    let pod = node.run_pod(&spec);
+    let qemu = node.qemu_of(&pod);
+    let mut app = ContainerSpec::new("app", &node.busybox.reference, &["sleep", "1000000"]);
+    app.mounts = pod.kubelet_mounts("app");
+    let cid = node.run_container(&pod, &app);
+
+    let mut checks = Checks::new();
+    checks.run(
+        "the forbidden exec is refused with the policy's message",
+        || {
+            let said = match node.try_exec(&cid, &FORBIDDEN) {
+                Err(e) => e.message().to_string(),
+                Ok(o) => {
+                    assert_ne!(o.exit_code, 0, "`cat /etc/shadow` ran: {o:?}");
+                    format!("{}{}", o.stdout, o.stderr)
+                }
+            };
+            assert!(
+                said.contains(MESSAGE),
+                "the refusal does not carry the policy's message: {said}"
+            );
+        },
+    );
+    checks.run("an allowed exec runs", || {
+        let o = node.exec(&cid, &["echo", "allowed"]);
+        assert_eq!((o.exit_code, o.out()), (0, "allowed"), "{o:?}");
+        // The same file through another command: only the one argument list is forbidden.
+        let o = node.exec(&cid, &["head", "-c", "0", "/etc/shadow"]);
+        assert!(!o.stderr.contains(MESSAGE), "{o:?}");
+    });
+    node.teardown(&pod, Some(qemu.pid));
+    node.finish();
+    checks.finish();
+}
