@@ -211,7 +211,7 @@ pub fn copy(base: &Path, r: &Request) -> Result<(), CopyError> {
         let next = match open_dir(Some(&dir), comp, true) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
-                let mode = Mode::from_bits_truncate(r.dir_mode & DIR_PERMS);
+                let mode = Mode::from_bits_truncate(parent_mode(r.dir_mode));
                 match mkdirat(&dir, *comp, mode) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(cx.sys("creating directory", &walked)(e)),
@@ -263,6 +263,15 @@ impl Ctx {
             target,
             errno,
         }
+    }
+}
+
+/// The permissions of parents made on the way; a request without any (older runtimes) gets
+/// 0o750, as before.
+fn parent_mode(dir_mode: u32) -> u32 {
+    match dir_mode & DIR_PERMS {
+        0 => 0o750,
+        m => m,
     }
 }
 
@@ -581,6 +590,19 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["key"], "no temporary file left");
+        // Without dir_mode, parents get 0o750.
+        let nested = s(&base.join("c1-0123456789abcdef-x/y/f"));
+        let mut r = req(&nested, S_IFREG, b"");
+        r.dir_mode = 0;
+        copy(&base, &r).unwrap();
+        assert_eq!(
+            std::fs::metadata(base.join("c1-0123456789abcdef-x/y"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o750
+        );
         // An empty file (termination-log) is complete at once.
         let empty = s(&base.join("c1-0123456789abcdef-termination-log"));
         copy(&base, &req(&empty, S_IFREG | 0o666, b"")).unwrap();

@@ -48,7 +48,7 @@ impl Pod {
         let policy = policy_source::from_annotations(annotations)
             .with_context(|| format!("container {}", req.id))?;
         if let Some(sb) = slot.as_ref() {
-            if sb.is_dead() {
+            if sb.is_ending() {
                 return Err(Error::PodGone {
                     sandbox: sb.id.clone(),
                 });
