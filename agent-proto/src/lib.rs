@@ -132,11 +132,6 @@ pub mod contract {
         }
     }
 
-    /// Old layer contract (one storage per layer, blobs in a kata-cc directory): removed once the
-    /// shim and the agent use [`IMAGE_DRIVER`] and [`LayerRef::blob_path`].
-    pub const LAYER_DRIVER: &str = "kata-cc.layer";
-    pub const GUEST_LAYER_DIR: &str = "/run/kata-cc/layers";
-
     /// Kata's annotations on every container's spec (genpolicy's rules require them).
     pub const BUNDLE_PATH_ANNOTATION: &str = "io.katacontainers.pkg.oci.bundle_path";
     pub const CONTAINER_TYPE_ANNOTATION: &str = "io.katacontainers.pkg.oci.container_type";
