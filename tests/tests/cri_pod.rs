@@ -223,8 +223,7 @@ fn two_container_pod_in_one_vm() {
 
     // The kubelet's teardown, then nothing of the pod may be left anywhere.
     node.teardown(&pod, Some(qemu.pid));
-    node.finish();
-    checks.finish();
+    node.finish_with(checks);
 }
 
 /// MemTotal and nproc in the guest: 2048 MiB + the pod's limits, ceil(1 + CPUs).
@@ -654,6 +653,5 @@ fn shared_process_namespace_shows_the_pause() {
     });
     node.teardown(&pod, Some(qemu.pid));
     assert!(!procs::alive(qemu.pid));
-    node.finish();
-    checks.finish();
+    node.finish_with(checks);
 }
