@@ -337,6 +337,29 @@ impl Node {
             .unwrap_or_else(|e| panic!("exec {cmd:?} in {cid}: {e}\n{}", self.cd.log_tail()))
     }
 
+    /// CRI Attach to a container's init (`kubectl attach`, `kubectl run -it`): the streaming
+    /// URL, then the WebSocket session on it.
+    pub fn attach(&self, cid: &str, tty: bool) -> Session {
+        let mut rt = self.cri.runtime();
+        let url = self
+            .cri
+            .call(
+                "Attach",
+                paths::ctr_timeout(),
+                rt.attach(api::AttachRequest {
+                    container_id: cid.to_string(),
+                    stdin: true,
+                    tty,
+                    stdout: true,
+                    stderr: !tty,
+                }),
+            )
+            .unwrap_or_else(|e| self.fail(&format!("Attach {cid}"), &e))
+            .url;
+        Session::connect(&url, paths::ctr_timeout())
+            .unwrap_or_else(|e| panic!("attach {cid}: {e}\n{}", self.cd.log_tail()))
+    }
+
     pub fn container_status(&self, cid: &str) -> api::ContainerStatus {
         let mut rt = self.cri.runtime();
         self.cri

@@ -14,6 +14,7 @@ use kata_cc_tests::checks::Checks;
 use kata_cc_tests::cri::{self, api, ContainerSpec, PodSpec};
 use kata_cc_tests::kubelet::{self, poll, Node, Pod, MEMORY_MAX_SCRIPT};
 use kata_cc_tests::podfs::{self, ApiVolume};
+use kata_cc_tests::stream::Session;
 use kata_cc_tests::{paths, procs};
 
 const MIB: i64 = 1 << 20;
@@ -341,10 +342,18 @@ fn exec_stream_plain(node: &Node, cid: &str) {
 }
 
 fn exec_stream_tty(node: &Node, cid: &str) {
+    let s = node.exec_stream(cid, &["sh"], true, true);
+    terminal_dialogue(s);
+}
+
+/// An interactive busybox shell on a terminal: its prompt, a resize to 100x30 seen by `stty`,
+/// the terminal's echo of the input, `tty` naming a pty, and `exit 0` ending the session with
+/// status Success and nothing on stderr.
+fn terminal_dialogue(mut s: Session) {
     let t = paths::ctr_timeout();
-    let mut s = node.exec_stream(cid, &["sh"], true, true);
     s.resize(100, 30).expect("resize");
-    // busybox sh prompts on a terminal.
+    // An attached shell has printed its prompt already: a newline brings a new one.
+    s.stdin(b"\n").expect("stdin");
     s.expect_stdout("# ", t).expect("a shell prompt");
     // The resize travels apart from stdin: ask until the terminal has the new size.
     let mut sized = false;
@@ -366,7 +375,7 @@ fn exec_stream_tty(node: &Node, cid: &str) {
     );
     s.stdin(b"tty; echo marker-$((6*7)); exit 0\n")
         .expect("stdin");
-    let done = s.wait(t).expect("the exec session");
+    let done = s.wait(t).expect("the session");
     let out = String::from_utf8_lossy(&done.stdout);
     // The terminal echoes what was typed, then the commands' output follows.
     assert!(
@@ -653,5 +662,40 @@ fn shared_process_namespace_shows_the_pause() {
     });
     node.teardown(&pod, Some(qemu.pid));
     assert!(!procs::alive(qemu.pid));
+    node.finish_with(checks);
+}
+
+/// `kubectl run -it`: a container with stdin and a terminal, its shell reached through CRI
+/// Attach (the streaming server, as exec): the dialogue of a terminal; the shell's exit is
+/// the container's.
+#[test]
+fn attach_to_a_terminal_container() {
+    let node = Node::start("cri-attach");
+    let spec = PodSpec::new(
+        "attach-pod",
+        "6f5e4d3c-2b1a-4098-8765-43210fedcba9",
+        &node.log_root,
+    );
+    let pod = node.run_pod(&spec);
+    let qemu = node.qemu_of(&pod);
+    let mut shell = ContainerSpec::new("shell", &node.busybox.reference, &["sh"]);
+    shell.stdin = true;
+    shell.tty = true;
+    shell.mounts = pod.kubelet_mounts("shell");
+    let cid = node.run_container(&pod, &shell);
+
+    let mut checks = Checks::new();
+    checks.run("a terminal through CRI Attach", || {
+        terminal_dialogue(node.attach(&cid, true))
+    });
+    checks.run("the shell's exit ends the container", || {
+        let st = node.wait_exited(&cid, paths::ctr_timeout());
+        assert_eq!(
+            (st.exit_code, st.reason.as_str()),
+            (0, "Completed"),
+            "{st:?}"
+        );
+    });
+    node.teardown(&pod, Some(qemu.pid));
     node.finish_with(checks);
 }
