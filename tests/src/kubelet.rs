@@ -278,6 +278,30 @@ impl Node {
         self.try_exec_within(cid, cmd, paths::ctr_timeout())
     }
 
+    /// An exec probe as the kubelet runs one: ExecSync with the probe's `timeoutSeconds`.
+    pub fn probe(
+        &self,
+        cid: &str,
+        cmd: &[&str],
+        timeout_secs: i64,
+    ) -> Result<ExecOutput, tonic::Status> {
+        let mut rt = self.cri.runtime();
+        let r = self.cri.call(
+            "ExecSync (probe)",
+            paths::ctr_timeout(),
+            rt.exec_sync(api::ExecSyncRequest {
+                container_id: cid.to_string(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: timeout_secs,
+            }),
+        )?;
+        Ok(ExecOutput {
+            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+            exit_code: r.exit_code,
+        })
+    }
+
     /// ExecSync with the call's own deadline.
     pub fn try_exec_within(
         &self,

@@ -170,6 +170,38 @@ fn two_container_pod_in_one_vm() {
             ("out\n", "err\n", 3)
         );
     });
+    checks.run(
+        "exec probes, and a probe's timeout kills its process",
+        || {
+            let o = node
+                .probe(&app_id, &["cat", "/proc/sys/kernel/hostname"], 10)
+                .unwrap_or_else(|e| panic!("probe: {e}"));
+            assert_eq!((o.exit_code, o.out()), (0, "cri-pod"));
+            let started = std::time::Instant::now();
+            match node.probe(&app_id, &["sleep", "4242"], 2) {
+                Ok(o) => panic!("a 2 s probe of `sleep 4242` answered: {o:?}"),
+                Err(e) => assert!(e.message().contains("timeout"), "{e}"),
+            }
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(30),
+                "the probe's timeout took {took:?}"
+            );
+            // containerd killed the probe's process when its time was up.
+            poll(
+                "the timed-out probe's process gone",
+                paths::ctr_timeout(),
+                || {
+                    let ps = node.sh(&app_id, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '");
+                    if ps.contains("sleep 4242") {
+                        Err(ps)
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+        },
+    );
     checks.run("exec without a TTY through the streaming server", || {
         exec_stream_plain(&node, &app_id)
     });
