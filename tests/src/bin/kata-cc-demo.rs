@@ -280,14 +280,14 @@ fn run(m: &Manifest, manifest_path: &Path, dir: &Path) {
             Ok(o) => println!(
                 "   {} $ {}\n{}      (exit {})",
                 containers[0].name,
-                cmd.join(" "),
+                shell_words(cmd),
                 indent(&format!("{}{}", o.stdout, o.stderr)),
                 o.exit_code
             ),
             Err(e) => println!(
                 "   {} $ {}\n      refused: {}",
                 containers[0].name,
-                cmd.join(" "),
+                shell_words(cmd),
                 e.message()
             ),
         }
@@ -342,6 +342,20 @@ fn exec_out(node: &Node, cid: &str, cmd: &[&str]) -> String {
         return format!("(exit {}: {})", o.exit_code, o.stderr.trim());
     }
     o.out().to_string()
+}
+
+/// A command line as a shell would take it back (words with spaces quoted).
+fn shell_words(cmd: &[&str]) -> String {
+    cmd.iter()
+        .map(|w| {
+            if w.is_empty() || w.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn indent(text: &str) -> String {
