@@ -1,7 +1,8 @@
 //! Kubernetes pods through containerd's CRI, the test playing the kubelet: a two-container
 //! pod in one VM, with the volumes a kubelet gives (ConfigMap, Secret, service-account token,
 //! emptyDir, hostPath file and dir, etc-hosts, termination log, and CRI's resolv.conf and
-//! hostname), checked from inside the guest; and a pod with `shareProcessNamespace`.
+//! hostname), checked from inside the guest; a pod with `shareProcessNamespace`; and CRI
+//! Attach to a container with a terminal.
 //!
 //! The two-container pod is booted once and several independent checks run on it (a boot
 //! under TCG costs many seconds); every failed check is reported at the end, after the
