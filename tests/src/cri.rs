@@ -245,6 +245,9 @@ pub struct ContainerSpec {
     /// The volume mounts, in the kubelet's order (volumes, then /etc/hosts, then the
     /// termination-log file): see [`mount`].
     pub mounts: Vec<api::Mount>,
+    /// `stdin: true` and `tty: true` of the pod spec (`kubectl run -it`), for CRI Attach.
+    pub stdin: bool,
+    pub tty: bool,
 }
 
 impl ContainerSpec {
@@ -260,6 +263,8 @@ impl ContainerSpec {
             cpu_quota: 0,
             cpu_period: 100_000,
             mounts: Vec::new(),
+            stdin: false,
+            tty: false,
         }
     }
 
@@ -341,6 +346,8 @@ pub fn container_config(c: &ContainerSpec, pod: &PodSpec) -> api::ContainerConfi
         command: c.command.clone(),
         envs,
         mounts: c.mounts.clone(),
+        stdin: c.stdin,
+        tty: c.tty,
         labels,
         annotations,
         log_path: c.log_path.clone(),

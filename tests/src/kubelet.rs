@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::checks::Checks;
 use crate::cri::{self, api, ContainerSpec, Cri, PodSpec, HANDLER};
 use crate::podfs::PodDir;
 use crate::registry::{Pushed, Registry};
@@ -134,6 +135,32 @@ impl Node {
         drop(reg);
     }
 
+    /// Ends a test that ran `checks` on its pods: as [`Node::finish`] (the leak check first),
+    /// containerd's log kept beside the test dirs when a check failed, then the failed checks
+    /// reported.
+    pub fn finish_with(self, checks: Checks) {
+        if !checks.ok() {
+            let log = self.cd.dir.join("containerd.log");
+            let kept = paths::e2e_dir().join(format!(
+                "{}-containerd.log",
+                self.cd
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ));
+            match std::fs::copy(&log, &kept) {
+                Ok(_) => eprintln!(
+                    "containerd's log (shim logs included) kept in {}",
+                    kept.display()
+                ),
+                Err(e) => eprintln!("could not keep {}: {e}", log.display()),
+            }
+        }
+        self.finish();
+        checks.finish();
+    }
+
     fn fail(&self, what: &str, e: &tonic::Status) -> ! {
         panic!("{what}: {e}\n{}", self.cd.log_tail())
     }
@@ -248,10 +275,44 @@ impl Node {
     }
 
     pub fn try_exec(&self, cid: &str, cmd: &[&str]) -> Result<ExecOutput, tonic::Status> {
+        self.try_exec_within(cid, cmd, paths::ctr_timeout())
+    }
+
+    /// An exec probe as the kubelet runs one: ExecSync with the probe's `timeoutSeconds`.
+    pub fn probe(
+        &self,
+        cid: &str,
+        cmd: &[&str],
+        timeout_secs: i64,
+    ) -> Result<ExecOutput, tonic::Status> {
+        let mut rt = self.cri.runtime();
+        let r = self.cri.call(
+            "ExecSync (probe)",
+            paths::ctr_timeout(),
+            rt.exec_sync(api::ExecSyncRequest {
+                container_id: cid.to_string(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: timeout_secs,
+            }),
+        )?;
+        Ok(ExecOutput {
+            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+            exit_code: r.exit_code,
+        })
+    }
+
+    /// ExecSync with the call's own deadline.
+    pub fn try_exec_within(
+        &self,
+        cid: &str,
+        cmd: &[&str],
+        deadline: Duration,
+    ) -> Result<ExecOutput, tonic::Status> {
         let mut rt = self.cri.runtime();
         let r = self.cri.call(
             "ExecSync",
-            paths::ctr_timeout(),
+            deadline,
             rt.exec_sync(api::ExecSyncRequest {
                 container_id: cid.to_string(),
                 cmd: cmd.iter().map(|s| s.to_string()).collect(),
@@ -298,6 +359,29 @@ impl Node {
             .url;
         Session::connect(&url, paths::ctr_timeout())
             .unwrap_or_else(|e| panic!("exec {cmd:?} in {cid}: {e}\n{}", self.cd.log_tail()))
+    }
+
+    /// CRI Attach to a container's init (`kubectl attach`, `kubectl run -it`): the streaming
+    /// URL, then the WebSocket session on it.
+    pub fn attach(&self, cid: &str, tty: bool) -> Session {
+        let mut rt = self.cri.runtime();
+        let url = self
+            .cri
+            .call(
+                "Attach",
+                paths::ctr_timeout(),
+                rt.attach(api::AttachRequest {
+                    container_id: cid.to_string(),
+                    stdin: true,
+                    tty,
+                    stdout: true,
+                    stderr: !tty,
+                }),
+            )
+            .unwrap_or_else(|e| self.fail(&format!("Attach {cid}"), &e))
+            .url;
+        Session::connect(&url, paths::ctr_timeout())
+            .unwrap_or_else(|e| panic!("attach {cid}: {e}\n{}", self.cd.log_tail()))
     }
 
     pub fn container_status(&self, cid: &str) -> api::ContainerStatus {

@@ -77,8 +77,7 @@ fn oom_kill_gives_reason_oomkilled() {
         assert!(ws > 0 && usage >= ws, "memory stats: {m:?}");
     });
     node.teardown(&pod, Some(qemu.pid));
-    node.finish();
-    checks.finish();
+    node.finish_with(checks);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Kubernetes pods through containerd's CRI, the test playing the kubelet: a two-container
 //! pod in one VM, with the volumes a kubelet gives (ConfigMap, Secret, service-account token,
 //! emptyDir, hostPath file and dir, etc-hosts, termination log, and CRI's resolv.conf and
-//! hostname), checked from inside the guest; and a pod with `shareProcessNamespace`.
+//! hostname), checked from inside the guest; a pod with `shareProcessNamespace`; and CRI
+//! Attach to a container with a terminal.
 //!
 //! The two-container pod is booted once and several independent checks run on it (a boot
 //! under TCG costs many seconds); every failed check is reported at the end, after the
@@ -14,6 +15,7 @@ use kata_cc_tests::checks::Checks;
 use kata_cc_tests::cri::{self, api, ContainerSpec, PodSpec};
 use kata_cc_tests::kubelet::{self, poll, Node, Pod, MEMORY_MAX_SCRIPT};
 use kata_cc_tests::podfs::{self, ApiVolume};
+use kata_cc_tests::stream::Session;
 use kata_cc_tests::{paths, procs};
 
 const MIB: i64 = 1 << 20;
@@ -169,6 +171,38 @@ fn two_container_pod_in_one_vm() {
             ("out\n", "err\n", 3)
         );
     });
+    checks.run(
+        "exec probes, and a probe's timeout kills its process",
+        || {
+            let o = node
+                .probe(&app_id, &["cat", "/proc/sys/kernel/hostname"], 10)
+                .unwrap_or_else(|e| panic!("probe: {e}"));
+            assert_eq!((o.exit_code, o.out()), (0, "cri-pod"));
+            let started = std::time::Instant::now();
+            match node.probe(&app_id, &["sleep", "4242"], 2) {
+                Ok(o) => panic!("a 2 s probe of `sleep 4242` answered: {o:?}"),
+                Err(e) => assert!(e.message().contains("timeout"), "{e}"),
+            }
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(30),
+                "the probe's timeout took {took:?}"
+            );
+            // containerd killed the probe's process when its time was up.
+            poll(
+                "the timed-out probe's process gone",
+                paths::ctr_timeout(),
+                || {
+                    let ps = node.sh(&app_id, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '");
+                    if ps.contains("sleep 4242") {
+                        Err(ps)
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+        },
+    );
     checks.run("exec without a TTY through the streaming server", || {
         exec_stream_plain(&node, &app_id)
     });
@@ -223,8 +257,7 @@ fn two_container_pod_in_one_vm() {
 
     // The kubelet's teardown, then nothing of the pod may be left anywhere.
     node.teardown(&pod, Some(qemu.pid));
-    node.finish();
-    checks.finish();
+    node.finish_with(checks);
 }
 
 /// MemTotal and nproc in the guest: 2048 MiB + the pod's limits, ceil(1 + CPUs).
@@ -342,10 +375,18 @@ fn exec_stream_plain(node: &Node, cid: &str) {
 }
 
 fn exec_stream_tty(node: &Node, cid: &str) {
+    let s = node.exec_stream(cid, &["sh"], true, true);
+    terminal_dialogue(s);
+}
+
+/// An interactive busybox shell on a terminal: its prompt, a resize to 100x30 seen by `stty`,
+/// the terminal's echo of the input, `tty` naming a pty, and `exit 0` ending the session with
+/// status Success and nothing on stderr.
+fn terminal_dialogue(mut s: Session) {
     let t = paths::ctr_timeout();
-    let mut s = node.exec_stream(cid, &["sh"], true, true);
     s.resize(100, 30).expect("resize");
-    // busybox sh prompts on a terminal.
+    // An attached shell has printed its prompt already: a newline brings a new one.
+    s.stdin(b"\n").expect("stdin");
     s.expect_stdout("# ", t).expect("a shell prompt");
     // The resize travels apart from stdin: ask until the terminal has the new size.
     let mut sized = false;
@@ -367,7 +408,7 @@ fn exec_stream_tty(node: &Node, cid: &str) {
     );
     s.stdin(b"tty; echo marker-$((6*7)); exit 0\n")
         .expect("stdin");
-    let done = s.wait(t).expect("the exec session");
+    let done = s.wait(t).expect("the session");
     let out = String::from_utf8_lossy(&done.stdout);
     // The terminal echoes what was typed, then the commands' output follows.
     assert!(
@@ -654,6 +695,40 @@ fn shared_process_namespace_shows_the_pause() {
     });
     node.teardown(&pod, Some(qemu.pid));
     assert!(!procs::alive(qemu.pid));
-    node.finish();
-    checks.finish();
+    node.finish_with(checks);
+}
+
+/// `kubectl run -it`: a container with stdin and a terminal, its shell reached through CRI
+/// Attach (the streaming server, as exec): the dialogue of a terminal; the shell's exit is
+/// the container's.
+#[test]
+fn attach_to_a_terminal_container() {
+    let node = Node::start("cri-attach");
+    let spec = PodSpec::new(
+        "attach-pod",
+        "6f5e4d3c-2b1a-4098-8765-43210fedcba9",
+        &node.log_root,
+    );
+    let pod = node.run_pod(&spec);
+    let qemu = node.qemu_of(&pod);
+    let mut shell = ContainerSpec::new("shell", &node.busybox.reference, &["sh"]);
+    shell.stdin = true;
+    shell.tty = true;
+    shell.mounts = pod.kubelet_mounts("shell");
+    let cid = node.run_container(&pod, &shell);
+
+    let mut checks = Checks::new();
+    checks.run("a terminal through CRI Attach", || {
+        terminal_dialogue(node.attach(&cid, true))
+    });
+    checks.run("the shell's exit ends the container", || {
+        let st = node.wait_exited(&cid, paths::ctr_timeout());
+        assert_eq!(
+            (st.exit_code, st.reason.as_str()),
+            (0, "Completed"),
+            "{st:?}"
+        );
+    });
+    node.teardown(&pod, Some(qemu.pid));
+    node.finish_with(checks);
 }

@@ -4,9 +4,12 @@
 //! (SetPolicy), and the agent enforces it: the image's baked policy allows every exec, this
 //! one forbids one command, so a refusal proves the annotation's policy is the one in force.
 
+use std::time::{Duration, Instant};
+
 use kata_cc_tests::checks::Checks;
 use kata_cc_tests::cri::{ContainerSpec, PodSpec};
 use kata_cc_tests::kubelet::Node;
+use kata_cc_tests::paths;
 use kata_cc_tests::policy::{self, POLICY_ANNOTATION};
 
 const FORBIDDEN: [&str; 2] = ["cat", "/etc/shadow"];
@@ -32,10 +35,16 @@ fn pod_annotation_policy_is_enforced() {
     let cid = node.run_container(&pod, &app);
 
     let mut checks = Checks::new();
+    // How long a refusal may take: an allowed exec answers in about a second under TCG.
+    const PROMPT: Duration = Duration::from_secs(20);
+    let mut refused_in = None;
     checks.run(
         "the forbidden exec is refused with the policy's message",
         || {
-            let said = match node.try_exec(&cid, &FORBIDDEN) {
+            let started = Instant::now();
+            let answer = node.try_exec_within(&cid, &FORBIDDEN, paths::run_timeout());
+            refused_in = Some(started.elapsed());
+            let said = match answer {
                 Err(e) => e.message().to_string(),
                 Ok(o) => {
                     assert_ne!(o.exit_code, 0, "`cat /etc/shadow` ran: {o:?}");
@@ -48,6 +57,15 @@ fn pod_annotation_policy_is_enforced() {
             );
         },
     );
+    checks.run("the refusal comes promptly", || {
+        let took = refused_in.expect("the refused exec was tried");
+        assert!(
+            took < PROMPT,
+            "ExecSync of a refused exec took {:.1}s (containerd cleans a failed exec up with \
+             Kill + Wait: the shim must answer both for an exec that never started)",
+            took.as_secs_f64()
+        );
+    });
     checks.run("an allowed exec runs", || {
         let o = node.exec(&cid, &["echo", "allowed"]);
         assert_eq!((o.exit_code, o.out()), (0, "allowed"), "{o:?}");
@@ -56,6 +74,5 @@ fn pod_annotation_policy_is_enforced() {
         assert!(!o.stderr.contains(MESSAGE), "{o:?}");
     });
     node.teardown(&pod, Some(qemu.pid));
-    node.finish();
-    checks.finish();
+    node.finish_with(checks);
 }

@@ -220,15 +220,24 @@ fn run(m: &Manifest, manifest_path: &Path, dir: &Path) {
     for (y, cid) in spec.containers.iter().zip(&ids) {
         for vm in &y.volume_mounts {
             let (_, api_data) = &volume_dirs[&vm.name];
-            let listing = exec_out(&node, cid, &["ls", &vm.mount_path]);
-            let names: Vec<&str> = listing.split_whitespace().collect();
+            let what = if *api_data {
+                "ConfigMap volume"
+            } else {
+                "emptyDir"
+            };
+            let o = node.exec(cid, &["ls", &vm.mount_path]);
+            if o.exit_code != 0 {
+                println!(
+                    "   {what} {} in {}: missing ({})",
+                    vm.mount_path,
+                    y.name,
+                    o.stderr.trim()
+                );
+                continue;
+            }
+            let names: Vec<&str> = o.stdout.split_whitespace().collect();
             println!(
-                "   {} {} in {}: {}",
-                if *api_data {
-                    "ConfigMap volume"
-                } else {
-                    "emptyDir"
-                },
+                "   {what} {} in {}: {}",
                 vm.mount_path,
                 y.name,
                 if names.is_empty() {
@@ -267,18 +276,18 @@ fn run(m: &Manifest, manifest_path: &Path, dir: &Path) {
         &["cat", "/proc/version"][..],
         &["sh", "-c", "echo a shell in the pod"],
     ] {
-        match node.try_exec(first, cmd) {
+        match node.try_exec_within(first, cmd, paths::run_timeout()) {
             Ok(o) => println!(
                 "   {} $ {}\n{}      (exit {})",
                 containers[0].name,
-                cmd.join(" "),
+                shell_words(cmd),
                 indent(&format!("{}{}", o.stdout, o.stderr)),
                 o.exit_code
             ),
             Err(e) => println!(
                 "   {} $ {}\n      refused: {}",
                 containers[0].name,
-                cmd.join(" "),
+                shell_words(cmd),
                 e.message()
             ),
         }
@@ -333,6 +342,20 @@ fn exec_out(node: &Node, cid: &str, cmd: &[&str]) -> String {
         return format!("(exit {}: {})", o.exit_code, o.stderr.trim());
     }
     o.out().to_string()
+}
+
+/// A command line as a shell would take it back (words with spaces quoted).
+fn shell_words(cmd: &[&str]) -> String {
+    cmd.iter()
+        .map(|w| {
+            if w.is_empty() || w.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            } else {
+                w.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn indent(text: &str) -> String {
