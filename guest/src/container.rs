@@ -124,9 +124,21 @@ enum PendingIo {
     Console(tokio::net::UnixListener, PathBuf),
 }
 
-fn prepare_io(terminal: bool, dir: &Path, name: &str) -> Result<(RuncIo, PendingIo)> {
+/// Where console sockets are bound: a unix socket path must fit in 108 bytes, which a path in a
+/// bundle named by CRI's 64-hex ids (container and exec) does not.
+const CONSOLE_SOCKET_DIR: &str = "/run/kata-cc/tty";
+
+fn console_socket_path() -> Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = Path::new(CONSOLE_SOCKET_DIR);
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::io("creating", dir, e))?;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Ok(dir.join(format!("{}-{n}.sock", std::process::id())))
+}
+
+fn prepare_io(terminal: bool, name: &str) -> Result<(RuncIo, PendingIo)> {
     if terminal {
-        let sock = dir.join(format!("{name}.console.sock"));
+        let sock = console_socket_path()?;
         let _ = std::fs::remove_file(&sock);
         let l = tokio::net::UnixListener::bind(&sock)
             .map_err(|e| AgentError::io("binding console socket", &sock, e))?;
@@ -495,7 +507,7 @@ impl Sandbox {
         .map_err(|e| AgentError::io("writing", &cfg_path, e))?;
 
         let terminal = spec_in.Process.as_ref().is_some_and(|p| p.Terminal);
-        let (runc_io, pending) = prepare_io(terminal, bundle, "init")?;
+        let (runc_io, pending) = prepare_io(terminal, "init")?;
         let pid_file = bundle.join("init.pid");
         let mark = Reaper::global().mark();
         let io = pending
@@ -579,7 +591,7 @@ impl Sandbox {
         )
         .map_err(|e| AgentError::io("writing", &pjson, e))?;
         let pid_file = dir.join(format!("{exec_id}.pid"));
-        let (runc_io, pending) = prepare_io(p.Terminal, &dir, exec_id)?;
+        let (runc_io, pending) = prepare_io(p.Terminal, exec_id)?;
         let mark = Reaper::global().mark();
         let io = pending
             .complete(

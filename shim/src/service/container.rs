@@ -241,6 +241,12 @@ impl Handle {
                 process: proc.event_id().to_string(),
             });
         }
+        if !proc.exec_id.is_empty() && !all && proc.phase() == Phase::Created {
+            return Err(Error::NotStarted {
+                id: proc.container_id.clone(),
+                exec_id: proc.exec_id.clone(),
+            });
+        }
         if self.sandbox.is_dead() {
             // Its exit is being (or has been) recorded by the VM watcher.
             return Ok(());

@@ -39,6 +39,10 @@ pub enum Error {
     StillRunning { id: String, process: String },
     #[error("container {id} is not running")]
     NotRunning { id: String },
+    /// Kill of an exec that never started (containerd's cleanup of a failed exec start: runc's
+    /// shim answers the same, and containerd then stops waiting for it).
+    #[error("exec {exec_id} of container {id}: process not created")]
+    NotStarted { id: String, exec_id: String },
     #[error("the VM of sandbox {sandbox} is gone")]
     VmGone { sandbox: String },
     /// A new container for a pod whose VM died: nothing of the pod can run any more.
@@ -115,6 +119,7 @@ impl Error {
             Error::AlreadyStarted { .. }
             | Error::StillRunning { .. }
             | Error::NotRunning { .. }
+            | Error::NotStarted { .. }
             | Error::VmGone { .. }
             | Error::PodGone { .. }
             | Error::ExceedsVm { .. } => Code::FAILED_PRECONDITION,
