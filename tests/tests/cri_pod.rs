@@ -161,6 +161,13 @@ fn two_container_pod_in_one_vm() {
         },
     );
     checks.run("CRI log file complete and in order", || logs(&pod, &app));
+    checks.run("loopback up in the guest", || {
+        // IFF_UP (0x1) in lo's flags: the agent brings it up at boot (the kernel leaves it down).
+        let flags = node.sh(&app_id, "cat /sys/class/net/lo/flags");
+        let v = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+            .unwrap_or_else(|e| panic!("lo flags {flags:?}: {e}"));
+        assert_eq!(v & 1, 1, "lo is down: flags {flags}");
+    });
     checks.run("environment", || {
         assert_eq!(node.sh(&app_id, "echo $KATA_CC_ENV"), "from-the-pod-spec");
     });
