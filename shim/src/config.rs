@@ -22,12 +22,15 @@
 //!
 //! [agent.kata]
 //! dial_timeout = 45          # s allowed for one agent connection
+//! # link_timeout = 30        # s UpdateInterface is retried while the guest has no such link yet
 //!
 //! [runtime]
 //! enable_debug = false
 //! # state_root = "/run/kata-cc/sandboxes"
 //! # disable_guest_seccomp = true   # Kata's key: the spec's seccomp profile is not sent
 //! # sandbox_sizing = "confidential" # or "pod-sandboxing" (kata-cc key; see `SandboxSizing`)
+//! # internetworking_model = "tcfilter" # Kata's key: the pod netns's veth reaches the VM NIC
+//! #                                    # through a TAP and tc redirects; "none": no NIC
 //! ```
 //!
 //! Unknown keys are rejected so that a typo never silently falls back to a default. Relative
@@ -210,6 +213,10 @@ pub struct KataAgentConfig {
     pub dial_timeout: u64,
     #[serde(default)]
     pub enable_debug: bool,
+    /// Seconds UpdateInterface is retried while the agent answers "Link not found" (the guest's
+    /// NIC driver is still loading). Kata retries 20 times 20 ms; an emulated guest needs more.
+    #[serde(default = "default_link_timeout")]
+    pub link_timeout: u64,
 }
 
 impl Default for KataAgentConfig {
@@ -217,6 +224,7 @@ impl Default for KataAgentConfig {
         KataAgentConfig {
             dial_timeout: default_dial_timeout(),
             enable_debug: false,
+            link_timeout: default_link_timeout(),
         }
     }
 }
@@ -225,6 +233,21 @@ impl KataAgentConfig {
     pub fn dial_timeout(&self) -> Duration {
         Duration::from_secs(self.dial_timeout)
     }
+    pub fn link_timeout(&self) -> Duration {
+        Duration::from_secs(self.link_timeout)
+    }
+}
+
+/// How the pod's network namespace reaches the VM (Kata's `[runtime] internetworking_model`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterworkingModel {
+    /// Kata's default: per link a TAP in the netns and `mirred` redirects both ways between it
+    /// and the link, the TAP given to QEMU as the VM NIC's backend.
+    #[default]
+    Tcfilter,
+    /// The VM gets no NIC.
+    None,
 }
 
 /// How the VM of a pod is sized (kata-cc key `[runtime] sandbox_sizing`; Kata has no single
@@ -255,6 +278,8 @@ pub struct RuntimeConfig {
     pub disable_guest_seccomp: bool,
     #[serde(default)]
     pub sandbox_sizing: SandboxSizing,
+    #[serde(default)]
+    pub internetworking_model: InterworkingModel,
 }
 
 impl Default for RuntimeConfig {
@@ -264,6 +289,7 @@ impl Default for RuntimeConfig {
             state_root: default_state_root(),
             disable_guest_seccomp: true,
             sandbox_sizing: SandboxSizing::Confidential,
+            internetworking_model: InterworkingModel::Tcfilter,
         }
     }
 }
@@ -291,6 +317,9 @@ fn default_shutdown_timeout() -> u64 {
 }
 fn default_dial_timeout() -> u64 {
     45
+}
+fn default_link_timeout() -> u64 {
+    30
 }
 fn default_vsock_backend() -> PathBuf {
     PathBuf::from("/usr/local/bin/vhost-device-vsock")
@@ -418,6 +447,9 @@ impl Config {
         }
         if self.agent.kata.dial_timeout == 0 {
             return Err(invalid("agent.kata.dial_timeout", "must be at least 1 (s)"));
+        }
+        if self.agent.kata.link_timeout == 0 {
+            return Err(invalid("agent.kata.link_timeout", "must be at least 1 (s)"));
         }
         if q.confidential_guest && self.runtime.sandbox_sizing == SandboxSizing::PodSandboxing {
             return Err(invalid(
@@ -653,6 +685,36 @@ enable_debug = true
             .unwrap_err()
             .to_string();
         assert!(msg.contains("runtime.sandbox_sizing"), "{msg}");
+    }
+
+    #[test]
+    fn internetworking_model_key() {
+        let cfg = Config::parse(GOOD, Path::new("/c.toml")).unwrap();
+        assert_eq!(
+            cfg.runtime.internetworking_model,
+            InterworkingModel::Tcfilter
+        );
+        assert_eq!(cfg.agent.kata.link_timeout(), Duration::from_secs(30));
+        let text = GOOD.replace("enable_debug = true", "internetworking_model = \"none\"");
+        let cfg = Config::parse(&text, Path::new("/c.toml")).unwrap();
+        assert_eq!(cfg.runtime.internetworking_model, InterworkingModel::None);
+        // Kata's other models are not implemented: refused, naming the key.
+        for model in ["macvtap", "TCFilter", ""] {
+            let text = GOOD.replace(
+                "enable_debug = true",
+                &format!("internetworking_model = \"{model}\""),
+            );
+            let msg = Config::parse(&text, Path::new("/c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("runtime.internetworking_model"), "{msg}");
+            assert!(msg.contains("tcfilter"), "{msg}");
+        }
+        let text = GOOD.replace("dial_timeout = 5", "dial_timeout = 5\nlink_timeout = 0");
+        let msg = Config::parse(&text, Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("agent.kata.link_timeout"), "{msg}");
     }
 
     #[test]

@@ -5,6 +5,8 @@ pub mod agent;
 // `kata-cc boot-check`: boots the guest through `vm::Vm` and reports its console.
 pub mod boot_cli;
 pub mod config;
+// The pod's network namespace connected to the VM (Kata's tcfilter model).
+pub mod network;
 pub mod sizing;
 pub mod snp;
 pub mod timeline;

@@ -7,6 +7,7 @@ mod conformance_tests;
 mod container;
 mod error;
 mod events;
+mod guest_network;
 mod oom;
 mod pod;
 mod process;

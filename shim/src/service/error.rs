@@ -132,6 +132,8 @@ impl Error {
             Error::Unimplemented { .. } => Code::UNIMPLEMENTED,
             Error::Agent { source, .. } => status_of(source).0,
             Error::Sandbox(SandboxError::SetPolicy { source, .. }) => status_of(source).0,
+            // A policy denying the pod's network configuration: the agent's code.
+            Error::Sandbox(SandboxError::Network { source, .. }) => status_of(source).0,
             Error::Sandbox(_) | Error::Vm(_) | Error::Metrics(_) => Code::INTERNAL,
             Error::Image(ImageError::Connect { .. }) => Code::INTERNAL,
             Error::Image(_) => Code::FAILED_PRECONDITION,

@@ -17,6 +17,7 @@ use super::volumes::AgentSink;
 use crate::agent::{context, status_of, AgentClient};
 use crate::config::Config;
 use crate::image::{ImageStore, Layer};
+use crate::network::PodNetwork;
 use crate::policy_source::{self, PodPolicy, PolicyState};
 use crate::sizing::{size_with, VmSize};
 use crate::timeline;
@@ -39,13 +40,18 @@ pub struct SandboxSetup {
     pub dns: Vec<String>,
     /// Bytes of the sandbox's shm tmpfs.
     pub shm_size: u64,
+    /// The pod's network namespace (the spec's `network` namespace path; CRI's
+    /// `.../netns/cni-...`). None: no namespace given by path (ctr's containers get a new,
+    /// empty one; host networking has none), so no NIC.
+    pub netns: Option<PathBuf>,
 }
 
 impl SandboxSetup {
     /// From the spec of the pod's first container (CRI: the pause): its hostname, the file it
-    /// binds at /etc/resolv.conf (read on the host, as Kata does), and the size of the host
-    /// tmpfs CRI binds at /dev/shm (`statfs`); a `/dev/shm` that is no such bind (ctr's tmpfs)
-    /// gives the default size.
+    /// binds at /etc/resolv.conf (read on the host, as Kata does), the size of the host
+    /// tmpfs CRI binds at /dev/shm (`statfs`; a `/dev/shm` that is no such bind, ctr's tmpfs,
+    /// gives the default size), and its network namespace's path. Read before the spec is
+    /// shaped for the guest, which drops the network namespace.
     pub fn from_spec(spec: &agent_proto::oci::Spec) -> Result<Self, SandboxError> {
         let mut dns = Vec::new();
         let mut shm_size = contract::DEFAULT_SHM_SIZE;
@@ -76,10 +82,20 @@ impl SandboxSetup {
                 _ => {}
             }
         }
+        let netns = spec
+            .Linux
+            .as_ref()
+            .and_then(|l| {
+                l.Namespaces
+                    .iter()
+                    .find(|n| n.Type == "network" && !n.Path.is_empty())
+            })
+            .map(|n| PathBuf::from(&n.Path));
         Ok(SandboxSetup {
             hostname: spec.Hostname.clone(),
             dns,
             shm_size,
+            netns,
         })
     }
 
@@ -147,6 +163,17 @@ pub enum SandboxError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The pod's network namespace could not be connected to the VM.
+    #[error("pod network: {0}")]
+    NetworkSetup(#[from] crate::network::NetworkError),
+    /// The agent refused or failed a network request; a policy refusal keeps the agent's code
+    /// (service::error).
+    #[error("agent {rpc}, {what}: {}", status_of(.source).1)]
+    Network {
+        rpc: &'static str,
+        what: String,
+        source: ttrpc::Error,
+    },
 }
 
 pub struct Sandbox {
@@ -171,6 +198,8 @@ pub struct Sandbox {
     launch_host_data: Option<[u8; 32]>,
     /// The policy the shim last set (None: the agent's baked default).
     policy: Mutex<Option<PodPolicy>>,
+    /// The pod's links connected to the VM, removed after the VM stops.
+    network: Mutex<Option<PodNetwork>>,
 }
 
 /// Sends a policy to the agent, which checks SetPolicyRequest against its current policy.
@@ -238,6 +267,16 @@ async fn copy_initdata(
     }
 }
 
+/// Removes the pod network's TAPs and redirects (logged: nothing is left to retry with).
+async fn remove_network(id: &str, network: Option<PodNetwork>) {
+    if let Some(n) = network {
+        let netns = n.netns().display().to_string();
+        if let Err(e) = n.teardown().await {
+            log::error!("sandbox {id}: removing the network in {netns}: {e}");
+        }
+    }
+}
+
 fn record_policy(state_dir: &std::path::Path, state: &PolicyState) -> Result<(), SandboxError> {
     policy_source::write_state(state_dir, state).map_err(|source| SandboxError::PolicyState {
         path: state_dir.join(policy_source::POLICY_STATE_FILE),
@@ -295,7 +334,14 @@ impl Sandbox {
             size.vcpus
         );
         let state_dir = cfg.runtime.state_root.join(id);
-        let mut vm = Vm::start(
+        // The TAPs exist before QEMU, which gets them by descriptor.
+        let network =
+            PodNetwork::setup(cfg.runtime.internetworking_model, setup.netns.as_deref()).await?;
+        let nics = network
+            .as_ref()
+            .map(PodNetwork::qemu_devices)
+            .unwrap_or_default();
+        let vm = Vm::start_with_nics(
             cfg,
             VmSpec {
                 id: id.to_string(),
@@ -303,15 +349,25 @@ impl Sandbox {
                 state_dir: state_dir.clone(),
                 host_data: policy.as_ref().map(PodPolicy::host_data),
             },
+            &nics,
         )
-        .await?;
-        // The one place a failed start stops the VM: every step after the boot reports here.
+        .await;
+        let mut vm = match vm {
+            Ok(vm) => vm,
+            Err(e) => {
+                remove_network(id, network).await;
+                return Err(e.into());
+            }
+        };
+        // The one place a failed start stops the VM and removes the network: every step after
+        // the boot reports here.
         let agent = match Self::prepare_guest(
             &vm,
             cfg,
             id,
             setup,
             policy.as_ref(),
+            network.as_ref(),
             &state_dir,
             rpc_timeout,
         )
@@ -322,6 +378,7 @@ impl Sandbox {
                 if let Err(stop) = vm.stop().await {
                     log::error!("sandbox {id}: stopping VM: {stop}");
                 }
+                remove_network(id, network).await;
                 return Err(e);
             }
         };
@@ -350,6 +407,7 @@ impl Sandbox {
             confidential: cfg.hypervisor.qemu.confidential_guest,
             launch_host_data: policy.as_ref().map(PodPolicy::host_data),
             policy: Mutex::new(policy),
+            network: Mutex::new(network),
         });
         let weak = Arc::downgrade(&sandbox);
         tokio::spawn(async move {
@@ -377,20 +435,34 @@ impl Sandbox {
     }
 
     /// The steps between a booted VM and a usable sandbox: connect to the agent, send the
-    /// pod's policy, record it, announce the sandbox. The caller stops the VM on failure.
+    /// pod's policy, record it, configure the guest's network, announce the sandbox. The
+    /// caller stops the VM on failure.
+    #[allow(clippy::too_many_arguments)]
     async fn prepare_guest(
         vm: &Vm,
         cfg: &Config,
         id: &str,
         setup: &SandboxSetup,
         policy: Option<&PodPolicy>,
+        network: Option<&PodNetwork>,
         state_dir: &Path,
         rpc_timeout: Duration,
     ) -> Result<AgentClient, SandboxError> {
         let agent = vm.agent().await?;
-        // The policy goes first: CreateSandbox and everything after are checked against it.
+        // The policy goes first: the network requests, CreateSandbox and everything after
+        // are checked against it.
         let state = Self::apply_policy(&agent, cfg, id, policy, rpc_timeout).await?;
         record_policy(state_dir, &state)?;
+        if let Some(net) = network {
+            super::guest_network::configure(
+                &agent,
+                &net.requests(),
+                rpc_timeout,
+                cfg.agent.kata.link_timeout(),
+            )
+            .await?;
+            crate::timeline::mark(id, timeline::NETWORK_CONFIGURED);
+        }
         let req = setup.request(id);
         agent
             .agent
@@ -505,7 +577,8 @@ impl Sandbox {
         }
     }
 
-    /// Stop QEMU and the vsock backend and remove the state dir. Idempotent.
+    /// Stop QEMU and the vsock backend, remove the state dir, then the pod network's TAPs and
+    /// redirects. Idempotent.
     pub async fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.stop_tx.send_replace(true);
@@ -516,6 +589,8 @@ impl Sandbox {
                 log::error!("sandbox {}: stopping VM: {e}", self.id);
             }
         }
+        let network = self.network.lock().await.take();
+        remove_network(&self.id, network).await;
     }
 
     /// Copies a container's layer blobs to the guest, each to its per-container path

@@ -221,6 +221,30 @@ mod tests {
         assert!(a.ends_with("-kernel /k -qmp unix:/q"), "{a}");
     }
 
+    /// The VM NIC passes through unchanged (QEMU itself turns `iommu_platform` on for virtio
+    /// devices of a confidential guest).
+    #[test]
+    fn nic_is_kept() {
+        let mut base = base();
+        base.extend(crate::vm::qemu::nic_args(&[crate::vm::qemu::NetDevice {
+            id: "net0".into(),
+            tap_fd: 9,
+            vhost_fd: None,
+            mac: "46:7c:91:8d:d4:20".into(),
+        }]));
+        let a = snp_qemu_args(&base, &SnpLaunch::new(51, 1))
+            .unwrap()
+            .join(" ");
+        assert!(
+            a.ends_with(
+                "-bios /fw/OVMF.fd -kernel /k -netdev tap,id=net0,fd=9,vhost=off \
+                 -device virtio-net-pci,netdev=net0,mac=46:7c:91:8d:d4:20,romfile="
+            ),
+            "{a}"
+        );
+        assert!(a.contains("confidential-guest-support=snp0"), "{a}");
+    }
+
     #[test]
     fn id_block_needs_id_auth_and_firmware_is_required() {
         let mut s = SnpLaunch::new(51, 1);

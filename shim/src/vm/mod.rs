@@ -26,7 +26,7 @@ use crate::timeline;
 use accel::Accel;
 use process::OwnedProcess;
 pub use process::ProcessExit;
-use qemu::{QemuLaunch, VsockDevice};
+use qemu::{NetDevice, QemuLaunch, VsockDevice};
 use vsock_backend::{BackendError, VsockBackend};
 
 /// How QEMU ended.
@@ -325,6 +325,27 @@ async fn choose_accel(cfg: &Config, snp: Option<&SnpLaunch>) -> Accel {
     }
 }
 
+/// Lets the child inherit `fds` under their numbers: they stay close-on-exec in the shim (no
+/// other child gets them), the flag is cleared in this child only, between fork and exec.
+fn inherit_fds(cmd: &mut Command, fds: Vec<i32>) {
+    use std::os::unix::process::CommandExt;
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: only fcntl (async-signal-safe) between fork and exec; `fds` is not reallocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Builds QEMU's command line and starts it (its output to the state dir's QEMU log).
 fn spawn_qemu(
     cfg: &Config,
@@ -332,10 +353,11 @@ fn spawn_qemu(
     accel: Accel,
     vsock: VsockDevice,
     snp: Option<&SnpLaunch>,
+    nics: &[NetDevice],
 ) -> Result<OwnedProcess, VmError> {
     let q = &cfg.hypervisor.qemu;
     let sd = &spec.state_dir;
-    let args = qemu::qemu_args(&QemuLaunch {
+    let mut args = qemu::qemu_args(&QemuLaunch {
         id: &spec.id,
         qemu: q,
         size: spec.size,
@@ -344,6 +366,7 @@ fn spawn_qemu(
         state_dir: sd,
         free_page_reporting: snp.is_none(),
     });
+    args.extend(qemu::nic_args(nics));
     let args = match snp {
         Some(l) => crate::snp::qemu::snp_qemu_args(&args, l)?,
         None => args,
@@ -351,6 +374,12 @@ fn spawn_qemu(
     log::info!("starting {} {}", q.path.display(), args.join(" "));
     let mut cmd = Command::new(&q.path);
     cmd.args(&args);
+    inherit_fds(
+        &mut cmd,
+        nics.iter()
+            .flat_map(|n| std::iter::once(n.tap_fd).chain(n.vhost_fd))
+            .collect(),
+    );
     crate::timeline::mark(&spec.id, timeline::QEMU_SPAWN);
     OwnedProcess::spawn("qemu", cmd, &sd.join(qemu::QEMU_LOG)).map_err(|source| VmError::Spawn {
         path: q.path.clone(),
@@ -363,6 +392,16 @@ impl Vm {
     /// Health.Check. On any failure everything started is killed and the state dir removed
     /// (each step's resources release on drop).
     pub async fn start(cfg: &Config, spec: VmSpec) -> Result<Vm, VmError> {
+        Self::start_with_nics(cfg, spec, &[]).await
+    }
+
+    /// `start` with NICs backed by the given TAP descriptors (which must stay open until
+    /// QEMU has started: the caller owns them).
+    pub async fn start_with_nics(
+        cfg: &Config,
+        spec: VmSpec,
+        nics: &[NetDevice],
+    ) -> Result<Vm, VmError> {
         let snp = snp_launch(cfg, &spec)?;
         check_id(&spec.id)?;
         let use_kernel_vsock = check_host(cfg, &spec.state_dir)?;
@@ -370,7 +409,7 @@ impl Vm {
         let started = Instant::now();
         let vsock = start_vsock(cfg, &spec.id, &spec.state_dir, use_kernel_vsock).await?;
         let accel = choose_accel(cfg, snp.as_ref()).await;
-        let qemu_proc = spawn_qemu(cfg, &spec, accel, vsock.device, snp.as_ref())?;
+        let qemu_proc = spawn_qemu(cfg, &spec, accel, vsock.device, snp.as_ref(), nics)?;
         let vm = Vm::assemble(cfg, &spec, qemu_proc, vsock.backend, vsock.channel, accel);
         // From here on `vm`'s Drop cleans up (processes first, then the dir).
         dir_guard.disarm();

@@ -23,6 +23,43 @@ pub enum VsockDevice {
     VhostUser { socket: PathBuf },
 }
 
+/// A VM NIC backed by a TAP the shim opened (`network::PodNetwork`), passed by descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDevice {
+    /// The `-netdev` id.
+    pub id: String,
+    /// The TAP's queue descriptor; QEMU inherits it under the same number.
+    pub tap_fd: i32,
+    /// `/dev/vhost-net`, inherited the same way, when the host has one.
+    pub vhost_fd: Option<i32>,
+    /// The guest NIC's MAC: the pod link's, so the pod's network sees the VM's frames as its
+    /// own.
+    pub mac: String,
+}
+
+/// The `-netdev`/`-device` pairs of the VM NICs. `romfile=` (empty): no option ROM, which a
+/// directly booted kernel never runs and which the host may not have (QEMU refuses to start
+/// without `efi-virtio.rom` otherwise). A confidential guest needs nothing more: QEMU turns
+/// `iommu_platform` on for every virtio device of a machine with confidential-guest-support.
+pub fn nic_args(nics: &[NetDevice]) -> Vec<String> {
+    let mut a = Vec::new();
+    for n in nics {
+        let vhost = match n.vhost_fd {
+            Some(v) => format!("vhost=on,vhostfd={v}"),
+            None => "vhost=off".to_string(),
+        };
+        a.push("-netdev".to_string());
+        a.push(format!("tap,id={},fd={},{vhost}", esc(&n.id), n.tap_fd));
+        a.push("-device".to_string());
+        a.push(format!(
+            "virtio-net-pci,netdev={},mac={},romfile=",
+            esc(&n.id),
+            esc(&n.mac)
+        ));
+    }
+    a
+}
+
 /// Everything the command line depends on.
 #[derive(Debug, Clone)]
 pub struct QemuLaunch<'a> {
@@ -171,6 +208,32 @@ mod tests {
             .map(|s| s.replace('§', " "))
             .collect();
         assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn nics_by_descriptor() {
+        assert!(nic_args(&[]).is_empty());
+        let nics = [
+            NetDevice {
+                id: "net0".into(),
+                tap_fd: 17,
+                vhost_fd: None,
+                mac: "46:7c:91:8d:d4:20".into(),
+            },
+            NetDevice {
+                id: "net1".into(),
+                tap_fd: 18,
+                vhost_fd: Some(19),
+                mac: "aa:bb:cc:dd:ee:ff".into(),
+            },
+        ];
+        assert_eq!(
+            nic_args(&nics).join(" "),
+            "-netdev tap,id=net0,fd=17,vhost=off \
+             -device virtio-net-pci,netdev=net0,mac=46:7c:91:8d:d4:20,romfile= \
+             -netdev tap,id=net1,fd=18,vhost=on,vhostfd=19 \
+             -device virtio-net-pci,netdev=net1,mac=aa:bb:cc:dd:ee:ff,romfile="
+        );
     }
 
     #[test]
