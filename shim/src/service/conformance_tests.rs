@@ -390,6 +390,13 @@ async fn pause_and_app_requests_match_katas() {
         .to_agent()
         .unwrap();
     let setup = SandboxSetup::from_spec(&pause_spec).unwrap();
+    // The pod's netns, read before shaping drops it from what the guest gets.
+    assert_eq!(
+        setup.netns,
+        Some(PathBuf::from(
+            "/var/run/netns/cni-b894e817-0cf4-867e-21d1-af214f3a1a59"
+        ))
+    );
     let csb = setup.request(SANDBOX_ID);
     let kata_csb = nth(&kata, "CreateSandboxRequest", 0);
     assert_eq!(json!(csb.hostname), kata_csb["hostname"]);

@@ -712,10 +712,20 @@ mod tests {
         let spec = oci::Spec {
             Hostname: "h".repeat(70),
             Mounts: vec![mount("/dev/shm", "shm", "tmpfs")],
+            // ctr: a new network namespace, no path.
+            Linux: protobuf::MessageField::some(oci::Linux {
+                Namespaces: vec![oci::LinuxNamespace {
+                    Type: "network".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let setup = SandboxSetup::from_spec(&spec).unwrap();
         assert_eq!(setup.dns, Vec::<String>::new());
+        // No network namespace by path: no NIC.
+        assert_eq!(setup.netns, None);
         assert_eq!(setup.shm_size, contract::DEFAULT_SHM_SIZE);
         let req = setup.request("s1");
         // Kata's hostname limit.

@@ -37,9 +37,9 @@ pub struct NetDevice {
     pub mac: String,
 }
 
-/// The `-netdev`/`-device` pairs of the VM NICs. `romfile=` (empty): no option ROM, which a
-/// directly booted kernel never runs and which the host may not have (QEMU refuses to start
-/// without `efi-virtio.rom` otherwise). A confidential guest needs nothing more: QEMU turns
+/// The `-netdev`/`-device` pairs of the VM NICs. `romfile=` (empty): no network boot ROM,
+/// which a directly booted kernel never uses; the firmware has less to load and run, and the
+/// host needs no ROM files. A confidential guest needs nothing more: QEMU turns
 /// `iommu_platform` on for every virtio device of a machine with confidential-guest-support.
 pub fn nic_args(nics: &[NetDevice]) -> Vec<String> {
     let mut a = Vec::new();
