@@ -768,6 +768,27 @@ mod tests {
         send(&start);
     }
 
+    /// A TAP descriptor reaches QEMU under its number; the shim's other close-on-exec
+    /// descriptors do not.
+    #[test]
+    fn only_the_nic_descriptors_are_inherited() {
+        use std::os::fd::AsRawFd;
+        let passed = std::fs::File::open("/dev/null").unwrap();
+        let kept = std::fs::File::open("/dev/null").unwrap();
+        let (p, k) = (passed.as_raw_fd(), kept.as_raw_fd());
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!("test -e /proc/self/fd/{p} && ! test -e /proc/self/fd/{k}"),
+        ]);
+        inherit_fds(&mut cmd, vec![p]);
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "fd {p} not inherited or fd {k} leaked");
+        // The shim's own descriptor is still close-on-exec.
+        let flags = nix::fcntl::fcntl(&passed, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+    }
+
     #[tokio::test]
     async fn confidential_guest_is_refused_clearly() {
         let dir = tempfile::tempdir().unwrap();
