@@ -406,10 +406,7 @@ impl agent_ttrpc::AgentService for Agent {
     ) -> TResult<types::Interface> {
         self.check(&req)?;
         let Some(interface) = req.interface.as_ref() else {
-            return ok(
-                Err(AgentError::invalid("UpdateInterfaceRequest: no interface")),
-                "UpdateInterface",
-            );
+            return Err(AgentError::invalid("UpdateInterfaceRequest: no interface").into());
         };
         ok(
             self.network
@@ -427,10 +424,7 @@ impl agent_ttrpc::AgentService for Agent {
     ) -> TResult<agent::Routes> {
         self.check(&req)?;
         let Some(routes) = req.routes.as_ref() else {
-            return ok(
-                Err(AgentError::invalid("UpdateRoutesRequest: no routes")),
-                "UpdateRoutes",
-            );
+            return Err(AgentError::invalid("UpdateRoutesRequest: no routes").into());
         };
         let list = ok(
             self.network
@@ -487,10 +481,7 @@ impl agent_ttrpc::AgentService for Agent {
     ) -> TResult<Empty> {
         self.check(&req)?;
         let Some(neighbors) = req.neighbors.as_ref() else {
-            return ok(
-                Err(AgentError::invalid("AddARPNeighborsRequest: no neighbors")),
-                "AddARPNeighbors",
-            );
+            return Err(AgentError::invalid("AddARPNeighborsRequest: no neighbors").into());
         };
         ok(
             self.network

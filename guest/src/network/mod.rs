@@ -9,6 +9,11 @@
 //!   are added first, since a gateway must be reachable when its route is added.
 //! - AddARPNeighbors adds (or replaces) static neighbour entries.
 //!
+//! `Interface.devicePath` (Kata waits for that PCI device) is not used: the NIC is on the VM's
+//! command line, so its driver (loaded by the init) has made the link before the agent starts.
+//! Replies read the kernel's state back: UpdateInterface the link as ListInterfaces shows it,
+//! UpdateRoutes the routes as ListRoutes shows them (the text forms of [`convert`]).
+//!
 //! One netlink connection, opened on first use; requests are served one at a time.
 
 pub mod convert;
