@@ -167,6 +167,9 @@ SNP_MODULES=(configfs tsm sev-guest)
 # "balloon": free page reporting, loaded when the VM has a virtio-balloon device (the shim adds
 # one to every VM but SEV-SNP ones) so that memory the guest frees goes back to the host.
 BALLOON_MODULES=(virtio_balloon)
+# "net": the pod's NIC (virtio-net, with net_failover and failover it needs), loaded when the VM
+# has a virtio-net device: a VM without one (internetworking_model none) pays nothing for it.
+NET_MODULES=(virtio_net)
 declare -A SEEN=()
 MOD_ORDER=()
 MOD_FILES=()
@@ -193,6 +196,7 @@ for m in "${OPTIONAL_MODULES[@]}"; do add_module "$m" optional; done
 for m in "${REQUIRED_MODULES[@]}"; do add_module "$m" required; done
 for m in "${SNP_MODULES[@]}"; do add_module "$m" snp; done
 for m in "${BALLOON_MODULES[@]}"; do add_module "$m" balloon; done
+for m in "${NET_MODULES[@]}"; do add_module "$m" net; done
 
 # ---- initrd -------------------------------------------------------------------------------------
 IR=$WORK/initrd

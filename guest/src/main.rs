@@ -11,6 +11,7 @@ mod layers;
 mod logging;
 mod metrics;
 mod net;
+mod network;
 mod oom;
 mod paths;
 mod reaper;
@@ -160,6 +161,7 @@ async fn run(pid1: bool) -> Result<(), StartError> {
         sandbox: sandbox.clone(),
         policy: policy.clone(),
         launch: Arc::new(launch),
+        network: Arc::new(network::Network::new()),
     };
     let _server = server::serve(&listen, agent)
         .await

@@ -13,6 +13,7 @@ use crate::container::Sandbox;
 use crate::copyfile;
 use crate::error::{unimplemented, AgentError};
 use crate::launch::Launch;
+use crate::network::Network;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Reads are capped so one response stays well below ttrpc's message size limit.
@@ -24,6 +25,8 @@ pub struct Agent {
     pub policy: Arc<std::sync::Mutex<PolicyEngine>>,
     /// The TEE and the launch's HOST_DATA, which a new policy must match.
     pub launch: Arc<Launch>,
+    /// The guest's links, addresses, routes and neighbours (the network requests).
+    pub network: Arc<Network>,
 }
 
 impl Agent {
@@ -394,6 +397,102 @@ impl agent_ttrpc::AgentService for Agent {
         Ok(r)
     }
 
+    // The network requests: the shim sends them after SetPolicy and before CreateSandbox.
+
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateInterfaceRequest,
+    ) -> TResult<types::Interface> {
+        self.check(&req)?;
+        let Some(interface) = req.interface.as_ref() else {
+            return Err(AgentError::invalid("UpdateInterfaceRequest: no interface").into());
+        };
+        ok(
+            self.network
+                .update_interface(interface)
+                .await
+                .map_err(|e| AgentError::from(e).context("UpdateInterfaceRequest")),
+            "UpdateInterface",
+        )
+    }
+
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateRoutesRequest,
+    ) -> TResult<agent::Routes> {
+        self.check(&req)?;
+        let Some(routes) = req.routes.as_ref() else {
+            return Err(AgentError::invalid("UpdateRoutesRequest: no routes").into());
+        };
+        let list = ok(
+            self.network
+                .update_routes(&routes.Routes)
+                .await
+                .map_err(|e| AgentError::from(e).context("UpdateRoutesRequest")),
+            "UpdateRoutes",
+        )?;
+        let mut r = agent::Routes::new();
+        r.Routes = list;
+        Ok(r)
+    }
+
+    async fn list_interfaces(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ListInterfacesRequest,
+    ) -> TResult<agent::Interfaces> {
+        self.check(&req)?;
+        let list = ok(
+            self.network
+                .list_interfaces()
+                .await
+                .map_err(|e| AgentError::from(e).context("ListInterfacesRequest")),
+            "ListInterfaces",
+        )?;
+        let mut r = agent::Interfaces::new();
+        r.Interfaces = list;
+        Ok(r)
+    }
+
+    async fn list_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ListRoutesRequest,
+    ) -> TResult<agent::Routes> {
+        self.check(&req)?;
+        let list = ok(
+            self.network
+                .list_routes()
+                .await
+                .map_err(|e| AgentError::from(e).context("ListRoutesRequest")),
+            "ListRoutes",
+        )?;
+        let mut r = agent::Routes::new();
+        r.Routes = list;
+        Ok(r)
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::AddARPNeighborsRequest,
+    ) -> TResult<Empty> {
+        self.check(&req)?;
+        let Some(neighbors) = req.neighbors.as_ref() else {
+            return Err(AgentError::invalid("AddARPNeighborsRequest: no neighbors").into());
+        };
+        ok(
+            self.network
+                .add_arp_neighbors(&neighbors.ARPNeighbors)
+                .await
+                .map_err(|e| AgentError::from(e).context("AddARPNeighborsRequest")),
+            "AddARPNeighbors",
+        )?;
+        Ok(Empty::new())
+    }
+
     // Everything below is declared by the protocol but not offered by kata-cc-agent.
 
     async fn update_ephemeral_mounts(
@@ -430,51 +529,6 @@ impl agent_ttrpc::AgentService for Agent {
     ) -> TResult<Empty> {
         self.check(&req)?;
         Err(unimplemented("RemoveStaleVirtiofsShareMountsRequest"))
-    }
-
-    async fn update_interface(
-        &self,
-        _ctx: &TtrpcContext,
-        req: agent::UpdateInterfaceRequest,
-    ) -> TResult<types::Interface> {
-        self.check(&req)?;
-        Err(unimplemented("UpdateInterfaceRequest"))
-    }
-
-    async fn update_routes(
-        &self,
-        _ctx: &TtrpcContext,
-        req: agent::UpdateRoutesRequest,
-    ) -> TResult<agent::Routes> {
-        self.check(&req)?;
-        Err(unimplemented("UpdateRoutesRequest"))
-    }
-
-    async fn list_interfaces(
-        &self,
-        _ctx: &TtrpcContext,
-        req: agent::ListInterfacesRequest,
-    ) -> TResult<agent::Interfaces> {
-        self.check(&req)?;
-        Err(unimplemented("ListInterfacesRequest"))
-    }
-
-    async fn list_routes(
-        &self,
-        _ctx: &TtrpcContext,
-        req: agent::ListRoutesRequest,
-    ) -> TResult<agent::Routes> {
-        self.check(&req)?;
-        Err(unimplemented("ListRoutesRequest"))
-    }
-
-    async fn add_arp_neighbors(
-        &self,
-        _ctx: &TtrpcContext,
-        req: agent::AddARPNeighborsRequest,
-    ) -> TResult<Empty> {
-        self.check(&req)?;
-        Err(unimplemented("AddARPNeighborsRequest"))
     }
 
     async fn get_ip_tables(

@@ -19,8 +19,8 @@
 //! /etc/kata-cc/modules lists `<module> <when>` in load order; when is `required` (a failure
 //! stops the boot), `optional` (a failure is said and skipped, e.g. a CPU-specific speed-up),
 //! `snp` (only in an SEV-SNP guest: the kernel registered the sev-guest platform device; the
-//! agent decides what it cannot do without them) or `balloon` (only with a virtio-balloon
-//! device, virtio device id 5).
+//! agent decides what it cannot do without them), `balloon` (only with a virtio-balloon
+//! device, virtio device id 5) or `net` (only with a virtio-net device, id 1: the pod's NIC).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -145,25 +145,31 @@ fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>
     }
 }
 
+/// Virtio device ids as sysfs shows them (include/uapi/linux/virtio_ids.h).
+const VIRTIO_ID_NET: &str = "0x0001";
+const VIRTIO_ID_BALLOON: &str = "0x0005";
+
 /// Loads the modules listed in /etc/kata-cc/modules that apply to this VM.
 fn load_modules(step: &dyn Fn(&str)) {
     let list = std::fs::read_to_string("/etc/kata-cc/modules")
         .unwrap_or_else(|e| fatal(&format!("/etc/kata-cc/modules: {e}")));
     let snp = Path::new("/sys/devices/platform/sev-guest").exists();
-    let balloon = std::fs::read_dir("/sys/bus/virtio/devices")
+    let virtio_ids: Vec<String> = std::fs::read_dir("/sys/bus/virtio/devices")
         .map(|d| {
-            d.flatten().any(|e| {
-                std::fs::read_to_string(e.path().join("device"))
-                    .is_ok_and(|id| id.trim() == "0x0005")
-            })
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("device")).ok())
+                .map(|id| id.trim().to_string())
+                .collect()
         })
-        .unwrap_or(false);
+        .unwrap_or_default();
+    let balloon = virtio_ids.iter().any(|id| id == VIRTIO_ID_BALLOON);
+    let nic = virtio_ids.iter().any(|id| id == VIRTIO_ID_NET);
     for line in list.lines() {
         let mut w = line.split_whitespace();
         let (Some(name), need) = (w.next(), w.next().unwrap_or("required")) else {
             continue;
         };
-        if (need == "snp" && !snp) || (need == "balloon" && !balloon) {
+        if (need == "snp" && !snp) || (need == "balloon" && !balloon) || (need == "net" && !nic) {
             continue;
         }
         step(&format!("insmod {name}"));
