@@ -595,6 +595,7 @@ impl Node {
             "pod {} still listed after RemovePodSandbox: {left:?}",
             pod.spec.name
         );
+        remove_pod_cgroups(&pod.spec.uid);
         if let Some(pid) = qemu_pid {
             let deadline = Instant::now() + paths::leak_grace();
             while procs::alive(pid) {
@@ -638,6 +639,24 @@ impl Node {
             .join("root/io.containerd.grpc.v1.cri/sandboxes")
             .join(&pod.id)
             .join(name)
+    }
+}
+
+/// The kubelet removes a pod's cgroup (`<cgroup_parent>` of its PodSandboxConfig:
+/// `kubepods/burstable/pod<uid>`) once the pod is gone; runc creates it on the host (kata-cc's
+/// pods have theirs in the VM). Each hierarchy's (cgroup v1) or the unified one's, if empty.
+pub fn remove_pod_cgroups(uid: &str) {
+    let rel = format!("kubepods/burstable/pod{uid}");
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(&rel)];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        dirs.extend(rd.flatten().map(|e| e.path().join(&rel)));
+    }
+    for d in dirs {
+        // rmdir of a cgroup fails while it has processes or children: then it is not ours to end.
+        if d.is_dir() {
+            let _ = std::fs::remove_dir(&d);
+        }
     }
 }
 

@@ -175,6 +175,7 @@ fn harness_detects_a_pods_network_left_behind() {
     }
     // hack/containerd.sh stop (the failed test's cleanup) removed the pod's portmap rules and
     // the bridge although CNI DEL never ran.
+    kata_cc_tests::kubelet::remove_pod_cgroups(&spec.uid);
     let after = network.nat_leaks(std::slice::from_ref(&pod.id));
     assert!(after.is_empty(), "nat rules left after stop: {after:?}");
     assert!(
