@@ -577,7 +577,10 @@ mod tests {
             "[hypervisor.qemu]\npath = \"q\"\n\n[runtime]\ninternetworking_model = \"none\"\nenable_debug = false\n"
         );
         let set = toml_set_or_add(&added, "runtime", "internetworking_model", "\"tcfilter\"");
-        assert!(set.contains("internetworking_model = \"tcfilter\"\n"), "{set}");
+        assert!(
+            set.contains("internetworking_model = \"tcfilter\"\n"),
+            "{set}"
+        );
         assert!(!set.contains("none"), "{set}");
     }
 }

@@ -231,8 +231,8 @@ impl CriNetwork {
         out.extend(host_taps());
         let subnets = Path::new(CNI_SHARED_STATE).join("subnets");
         for claim in dir_names(&subnets) {
-            let owner = std::fs::read_to_string(subnets.join(&claim).join("owner"))
-                .unwrap_or_default();
+            let owner =
+                std::fs::read_to_string(subnets.join(&claim).join("owner")).unwrap_or_default();
             if Path::new(owner.trim()) == dir {
                 out.push(format!("subnet claim left: {}/{claim}", subnets.display()));
             }
@@ -335,7 +335,8 @@ mod tests {
         assert_eq!(n.gateway, Ipv4Addr::new(10, 201, 7, 1));
         assert!(n.contains(Ipv4Addr::new(10, 201, 7, 200)));
         assert!(!n.contains(Ipv4Addr::new(10, 201, 8, 2)));
-        let e = CriNetwork::parse("CNI_BRIDGE=b\nCNI_NETWORK=n\nCNI_SUBNET=10.0.0.0\n").unwrap_err();
+        let e =
+            CriNetwork::parse("CNI_BRIDGE=b\nCNI_NETWORK=n\nCNI_SUBNET=10.0.0.0\n").unwrap_err();
         assert!(e.contains("CNI_SUBNET"), "{e}");
     }
 

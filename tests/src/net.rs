@@ -120,7 +120,9 @@ pub fn parse_ip_addr(text: &str) -> Result<Vec<Link>, String> {
                 link.mac = words.get(1).unwrap_or(&"").to_ascii_lowercase();
             }
             Some(&"inet") => {
-                let a = words.get(1).ok_or_else(|| format!("no address: {line:?}"))?;
+                let a = words
+                    .get(1)
+                    .ok_or_else(|| format!("no address: {line:?}"))?;
                 link.ipv4.push(parse_cidr(a)?);
             }
             _ => {}
@@ -133,7 +135,8 @@ pub fn parse_ip_addr(text: &str) -> Result<Vec<Link>, String> {
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     let (a, l) = s.split_once('/').unwrap_or((s, "32"));
     Ok((
-        a.parse().map_err(|_| format!("not an IPv4 address: {s:?}"))?,
+        a.parse()
+            .map_err(|_| format!("not an IPv4 address: {s:?}"))?,
         l.parse()
             .ok()
             .filter(|l| *l <= 32)
@@ -143,8 +146,8 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
 
 /// Parses `ip -j -d addr show` (iproute2's JSON).
 pub fn parse_ip_json(text: &str) -> Result<Vec<Link>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("ip -j output is not JSON ({e}): {text}"))?;
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("ip -j output is not JSON ({e}): {text}"))?;
     let arr = v
         .as_array()
         .ok_or_else(|| format!("ip -j output is not an array: {text}"))?;
@@ -325,10 +328,19 @@ impl Greeter {
 /// A container command: busybox `nc` serving `greeting` (and a newline) to every connection
 /// on `port` (`-ll`: keep listening; `-e`: the rest of the arguments run per connection).
 pub fn greeter_command(port: u16, greeting: &str) -> Vec<String> {
-    ["busybox", "nc", "-ll", "-p", &port.to_string(), "-e", "echo", greeting]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "busybox",
+        "nc",
+        "-ll",
+        "-p",
+        &port.to_string(),
+        "-e",
+        "echo",
+        greeting,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// The pod's IP as CRI reports it (PodSandboxStatus.network.ip): an address of the node's
@@ -390,14 +402,24 @@ pub fn eth0_is_the_pods(node: &Node, pod: &Pod, cid: &str) -> Link {
     let ip = pod_ip(node, pod);
     let netns = node.netns_path(pod);
     let veth = netns_link(&netns, "eth0");
-    assert_eq!(veth.kind.as_deref(), Some("veth"), "eth0 in the netns: {veth:?}");
+    assert_eq!(
+        veth.kind.as_deref(),
+        Some("veth"),
+        "eth0 in the netns: {veth:?}"
+    );
     assert!(
         veth.ipv4.iter().any(|(a, _)| *a == ip),
         "the netns's eth0 has no {ip}: {veth:?}"
     );
     let inner = container_eth0(node, cid);
-    assert_eq!(inner.mac, veth.mac, "eth0's MAC in the container vs the veth's");
-    assert_eq!(inner.mtu, veth.mtu, "eth0's MTU in the container vs the veth's");
+    assert_eq!(
+        inner.mac, veth.mac,
+        "eth0's MAC in the container vs the veth's"
+    );
+    assert_eq!(
+        inner.mtu, veth.mtu,
+        "eth0's MTU in the container vs the veth's"
+    );
     assert!(inner.up, "eth0 is down in the container: {inner:?}");
     for a in &veth.ipv4 {
         assert!(
@@ -446,7 +468,11 @@ pub fn host_port_reaches(node: &Node, host_port: u16, want: &str) {
 pub fn resolv_conf_is_cris(node: &Node, pod: &Pod, cid: &str) {
     let host = node.cri_sandbox_file(pod, "resolv.conf");
     let want = std::fs::read_to_string(&host).unwrap_or_else(|e| panic!("{}: {e}", host.display()));
-    assert!(want.contains("nameserver 10.96.0.10"), "{}: {want}", host.display());
+    assert!(
+        want.contains("nameserver 10.96.0.10"),
+        "{}: {want}",
+        host.display()
+    );
     let got = node.sh(cid, "cat /etc/resolv.conf");
     assert_eq!(got, want.trim_end(), "resolv.conf in {cid}");
 }
@@ -482,11 +508,7 @@ impl NetPods {
 
         let spec = PodSpec::new("net-client", uids[1], &node.log_root);
         let client = node.run_pod_with(&spec, handler);
-        let mut c = ContainerSpec::new(
-            "client",
-            &node.busybox.reference,
-            &["sleep", "1000000"],
-        );
+        let mut c = ContainerSpec::new("client", &node.busybox.reference, &["sleep", "1000000"]);
         c.mounts = client.kubelet_mounts("client");
         let client_cid = node.run_container(&client, &c);
         NetPods {
@@ -507,17 +529,20 @@ impl NetPods {
         });
         checks.run("the server answers from the host at the pod IP", || {
             let ip = pod_ip(node, &self.server);
-            poll_answer(SocketAddr::from((ip, SERVER_PORT)), &format!("{GREETING}\n"));
+            poll_answer(
+                SocketAddr::from((ip, SERVER_PORT)),
+                &format!("{GREETING}\n"),
+            );
         });
         checks.run("a second pod reaches the first by IP", || {
             let ip = pod_ip(node, &self.server);
             // The server listens once its container runs; the host check may not have run.
-            poll_answer(SocketAddr::from((ip, SERVER_PORT)), &format!("{GREETING}\n"));
-            let got = nc_from_container(
-                node,
-                &self.client_cid,
+            poll_answer(
                 SocketAddr::from((ip, SERVER_PORT)),
+                &format!("{GREETING}\n"),
             );
+            let got =
+                nc_from_container(node, &self.client_cid, SocketAddr::from((ip, SERVER_PORT)));
             assert_eq!(got, format!("{GREETING}\n"));
         });
         checks.run("a container reaches the bridge gateway", || {
@@ -552,7 +577,8 @@ mod tests {
 
     #[test]
     fn parses_proc_net_route() {
-        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                     eth0\t00000000\t01C8C90A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
                     eth0\t00C8C90A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         let r = parse_proc_route(text).unwrap();
@@ -585,7 +611,10 @@ mod tests {
         assert_eq!(l[1].mac, "6e:2c:11:aa:00:01");
         assert_eq!((l[1].mtu, l[1].up), (1500, true));
         assert_eq!(l[1].ipv4, vec![(Ipv4Addr::new(10, 201, 200, 2), 24)]);
-        assert_eq!((l[2].name.as_str(), l[2].mtu, l[2].up), ("eth1", 9000, false));
+        assert_eq!(
+            (l[2].name.as_str(), l[2].mtu, l[2].up),
+            ("eth1", 9000, false)
+        );
         assert!(l[2].ipv4.is_empty());
     }
 

@@ -148,7 +148,8 @@ fn policy_denying_update_interface_stops_the_pod() {
 #[test]
 fn model_none_leaves_the_vm_without_a_nic() {
     let node = Node::start("cri-net-none");
-    node.cd.edit_config(|t| toml_set_or_add(&t, "runtime", "internetworking_model", "\"none\""));
+    node.cd
+        .edit_config(|t| toml_set_or_add(&t, "runtime", "internetworking_model", "\"none\""));
     let spec = PodSpec::new(
         "net-none",
         "6a1f0b20-0000-4000-8000-00000000b004",
