@@ -13,16 +13,27 @@
 #              CONTAINERD_BIN (default containerd), CONTAINERD_LOG_LEVEL (default info).
 #
 # CRI mode (CONTAINERD_CRI=1; default off: ctr only, CRI plugin disabled): the CRI plugin serves
-# runtime.v1 on the same socket, with the runtime handler `kata-cc` (options.ConfigPath = the
-# kata-cc config above), netns mounts under DIR/state, CNI plugins from /usr/lib/cni and a
-# private network (DIR/cni/net.d: a bridge of its own, `kcc-<8 hex of DIR>`, and a free 10.x/24
-# with host-local addresses under DIR/cni/ipam; no gateway, no masquerading, so CNI leaves no
-# iptables rules and no ip_forward change behind).
+# runtime.v1 on the same socket, with the runtime handlers `kata-cc` (options.ConfigPath = the
+# kata-cc config above) and `runc` (the default; baselines), netns mounts under DIR/state, CNI
+# plugins from /usr/lib/cni and a private network (DIR/cni/net.d): a bridge of its own,
+# `kcc-<8 hex of DIR>`, that is the pods' gateway (isGateway: the host holds the first address of
+# the subnet on it, so the host reaches pod IPs and pods reach the host; pods get a default route
+# through it), a free 10.x.y.0/24 claimed for this DIR (host-local addresses under DIR/cni/ipam),
+# and `portmap` for hostPort mappings. No masquerading: no traffic leaves the host.
 #   CONTAINERD_SANDBOX_IMAGE  the pause image ref (required with CRI; CRI pulls it when absent)
 #   CONTAINERD_PLAIN_HTTP_REGISTRY  HOST:PORT of a registry spoken to over plain HTTP (a
 #                             loopback test registry): DIR/certs.d/HOST:PORT/hosts.toml
-# `stop` also deletes that bridge and the libcni result cache files of that network in
-# /var/lib/cni/results (libcni's cache dir is fixed; CNI DEL removes a pod's, stop the rest).
+# DIR/cri.env names the network (CNI_BRIDGE, CNI_NETWORK, CNI_SUBNET, CNI_GATEWAY) for the harness.
+# What the network changes on the host and who undoes it: CNI DEL (StopPodSandbox) removes a
+# pod's veth, address reservation and portmap rules; `stop` deletes the bridge, libcni's result
+# cache files of the network in /var/lib/cni/results (libcni's cache dir is fixed), and portmap
+# rules of the network a killed run left. Host-wide state is shared by every private containerd
+# with CRI on this host and kept in KATA_CC_CNI_STATE (default /run/kata-cc-cni, under a lock):
+# the subnet claims (so two concurrent runs never pick the same subnet) and the host's values
+# before the first of them started: net.ipv4.ip_forward (the bridge plugin turns it on for a
+# gateway) and whether portmap's top-level chains (CNI-HOSTPORT-DNAT, -SETMARK, -MASQ in the nat
+# table) existed. The last one to stop restores ip_forward and removes those chains if they were
+# not there before and no rule is left in CNI-HOSTPORT-DNAT.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,6 +51,7 @@ alive() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
 # The CRI network of this DIR (names derived from DIR, so two private containerds never share one).
 CNI_CACHE=/var/lib/cni/results
+SHARED=${KATA_CC_CNI_STATE:-/run/kata-cc-cni}
 cri_names() {
   local h
   h=$(printf '%s' "$DIR" | sha256sum | cut -c1-8)
@@ -47,30 +59,139 @@ cri_names() {
   CNI_NETWORK=kata-cc-$h
 }
 
-# A 10.x.y.0/24 that no route of the host covers (the first free one from a start derived from DIR).
-free_subnet() {
-  local h a b i
+# Runs "$@" holding the lock of the shared state (released when the command ends or exits).
+with_shared_lock() {
+  local fd rc=0
+  mkdir -p "$SHARED/subnets"
+  exec {fd}>"$SHARED/lock"
+  flock -w 60 "$fd" || { echo "containerd.sh: no lock on $SHARED/lock within 60s" >&2; exit 1; }
+  "$@" || rc=$?
+  flock -u "$fd"
+  exec {fd}>&-
+  return "$rc"
+}
+
+# Whether the subnet claim dir $1 belongs to another private containerd that still runs (or that
+# claimed it in the last 5 minutes and may still be starting).
+claim_live() {
+  local owner pid
+  owner=$(cat "$1/owner" 2>/dev/null) || return 1
+  [ "$owner" != "$DIR" ] || return 1
+  pid=$(cat "$owner/containerd.pid" 2>/dev/null) || pid=
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then return 0; fi
+  [ -n "$(find "$1/owner" -mmin -5 2>/dev/null)" ]
+}
+
+# (Under the lock.) The host's values before the first private network, recorded once.
+record_host_state() {
+  [ -f "$SHARED/host.orig" ] && return 0
+  local fwd chains=absent
+  fwd=$(cat /proc/sys/net/ipv4/ip_forward)
+  if iptables -w -t nat -S CNI-HOSTPORT-DNAT >/dev/null 2>&1; then chains=present; fi
+  printf 'IP_FORWARD=%s\nHOSTPORT_CHAINS=%s\n' "$fwd" "$chains" >"$SHARED/host.orig"
+}
+
+# (Under the lock.) Claims a 10.x.y.0/24 that no route of the host covers and no other live
+# private containerd claimed, from a start derived from DIR; prints its first three octets.
+claim_subnet() {
+  local h a b i net c
   h=$((16#$(printf '%s' "$DIR" | sha256sum | cut -c9-12)))
+  record_host_state
   for ((i = 0; i < 256; i++)); do
     a=$((200 + (h + i) / 256 % 50))
     b=$(((h + i) % 256))
-    if ! ip -4 route show to match "10.$a.$b.1" | grep -qv '^default'; then
-      echo "10.$a.$b.0/24"
-      return 0
-    fi
+    net=10.$a.$b
+    c=$SHARED/subnets/$net.0
+    if [ -d "$c" ] && claim_live "$c"; then continue; fi
+    if [ -n "$(ip -4 route show to match "$net.1" | grep -v '^default' || true)" ]; then continue; fi
+    rm -rf "$c"
+    mkdir -p "$c"
+    printf '%s\n' "$DIR" >"$c/owner"
+    echo "$net"
+    return 0
   done
   echo "containerd.sh: no free 10.x.y.0/24 for the CRI network" >&2
   return 1
 }
 
+# Deletes the rules of a nat chain listing (`iptables -S` lines) that match $1 (a glob).
+delete_nat_rules() {
+  local pattern=$1 listing=$2 line
+  while IFS= read -r line; do
+    case "$line" in
+      -A\ *) ;;
+      *) continue ;;
+    esac
+    # shellcheck disable=SC2254
+    case "$line" in $pattern) ;; *) continue ;; esac
+    # The listing is iptables' own shell-quoted output (comments carry quotes).
+    eval "iptables -w -t nat -D ${line#-A }" || echo "containerd.sh: could not delete nat rule: $line" >&2
+  done <<<"$listing"
+}
+
+# portmap's per-pod rules of this network (CNI DEL removes them; a killed run may not have):
+# the jumps from CNI-HOSTPORT-DNAT (commented `dnat name: "<network>" ...`) and their CNI-DN-
+# chains.
+sweep_portmap() {
+  command -v iptables >/dev/null || return 0
+  local listing chain
+  listing=$(iptables -w -t nat -S CNI-HOSTPORT-DNAT 2>/dev/null) || return 0
+  for chain in $(grep -F "$CNI_NETWORK" <<<"$listing" | grep -o 'CNI-DN-[0-9a-f]*' | sort -u || true); do
+    delete_nat_rules "*-j $chain*" "$listing"
+    iptables -w -t nat -F "$chain" 2>/dev/null || true
+    iptables -w -t nat -X "$chain" 2>/dev/null || true
+  done
+}
+
+# (Under the lock, after this DIR's claim is gone.) If no other private network is live: the
+# host's ip_forward and portmap's top-level chains back to what they were before the first.
+restore_host_state() {
+  local c live=0 IP_FORWARD HOSTPORT_CHAINS listing chain
+  for c in "$SHARED"/subnets/*; do
+    [ -d "$c" ] || continue
+    if claim_live "$c"; then live=1; else rm -rf "$c"; fi
+  done
+  [ "$live" = 0 ] && [ -f "$SHARED/host.orig" ] || return 0
+  # shellcheck disable=SC1091
+  . "$SHARED/host.orig"
+  if [ "${IP_FORWARD:-1}" = 0 ] && [ "$(cat /proc/sys/net/ipv4/ip_forward)" != 0 ]; then
+    echo 0 >/proc/sys/net/ipv4/ip_forward
+  fi
+  if [ "${HOSTPORT_CHAINS:-present}" = absent ] && command -v iptables >/dev/null &&
+    listing=$(iptables -w -t nat -S CNI-HOSTPORT-DNAT 2>/dev/null) &&
+    ! grep -q '^-A' <<<"$listing"; then
+    for chain in PREROUTING OUTPUT POSTROUTING; do
+      delete_nat_rules "*-j CNI-HOSTPORT-*" "$(iptables -w -t nat -S "$chain" 2>/dev/null || true)"
+    done
+    for chain in CNI-HOSTPORT-DNAT CNI-HOSTPORT-SETMARK CNI-HOSTPORT-MASQ; do
+      iptables -w -t nat -F "$chain" 2>/dev/null || true
+      iptables -w -t nat -X "$chain" 2>/dev/null || true
+    done
+  fi
+  rm -f "$SHARED/host.orig"
+  rmdir "$SHARED/subnets" 2>/dev/null || true
+}
+
+# (Under the lock.) Releases this DIR's subnet claim, its leftover portmap rules, then the host.
+release_network() {
+  local c
+  for c in "$SHARED"/subnets/*; do
+    if [ -d "$c" ] && [ "$(cat "$c/owner" 2>/dev/null)" = "$DIR" ]; then rm -rf "$c"; fi
+  done
+  sweep_portmap
+  restore_host_state
+}
+
 # Writes the CNI network and registry hosts of CRI mode; prints the CRI plugin's config section.
 cri_config() {
-  local kata_config=$1 image=${CONTAINERD_SANDBOX_IMAGE:-} subnet
+  local kata_config=$1 image=${CONTAINERD_SANDBOX_IMAGE:-} net
   [ -n "$image" ] || { echo "containerd.sh: CONTAINERD_CRI=1 needs CONTAINERD_SANDBOX_IMAGE" >&2; exit 1; }
+  command -v flock >/dev/null || { echo "containerd.sh: flock (util-linux) is required" >&2; exit 1; }
   cri_names
-  subnet=$(free_subnet)
+  net=$(with_shared_lock claim_subnet)
   mkdir -p "$DIR/cni/net.d" "$DIR/cni/ipam" "$DIR/certs.d"
   rm -f "$DIR"/cni/net.d/*
+  # The default route's gateway is the range's gateway, the bridge's address (bridge fills it in).
   cat >"$DIR/cni/net.d/10-$CNI_NETWORK.conflist" <<NET
 {
   "cniVersion": "1.0.0",
@@ -79,19 +200,25 @@ cri_config() {
     {
       "type": "bridge",
       "bridge": "$CNI_BRIDGE",
-      "isGateway": false,
+      "isGateway": true,
       "ipMasq": false,
       "hairpinMode": false,
       "ipam": {
         "type": "host-local",
-        "ranges": [[{ "subnet": "$subnet" }]],
+        "ranges": [[{ "subnet": "$net.0/24", "gateway": "$net.1" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }],
         "dataDir": "$DIR/cni/ipam"
       }
+    },
+    {
+      "type": "portmap",
+      "capabilities": { "portMappings": true }
     }
   ]
 }
 NET
-  printf 'CNI_BRIDGE=%s\nCNI_NETWORK=%s\n' "$CNI_BRIDGE" "$CNI_NETWORK" >"$DIR/cri.env"
+  printf 'CNI_BRIDGE=%s\nCNI_NETWORK=%s\nCNI_SUBNET=%s\nCNI_GATEWAY=%s\n' \
+    "$CNI_BRIDGE" "$CNI_NETWORK" "$net.0/24" "$net.1" >"$DIR/cri.env"
   if [ -n "${CONTAINERD_PLAIN_HTTP_REGISTRY:-}" ]; then
     local r=$CONTAINERD_PLAIN_HTTP_REGISTRY
     mkdir -p "$DIR/certs.d/$r"
@@ -102,10 +229,17 @@ server = "http://$r"
   capabilities = ["pull", "resolve"]
 HOSTS
   fi
+  # CRI gives every pause oom_score_adj -998; runc cannot lower a process's score without
+  # CAP_SYS_RESOURCE, which some hosts' root lacks (sandboxed build machines): then CRI raises
+  # the score to containerd's own (kata-cc's pause in the VM then gets that score too; genpolicy's
+  # rules do not look at it).
+  local restrict_oom=false
+  if [ $((0x$(awk '/^CapEff:/ {print $2}' /proc/self/status) >> 24 & 1)) = 0 ]; then restrict_oom=true; fi
   cat <<CFG
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$image"
   netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = $restrict_oom
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -141,12 +275,13 @@ cri_sandboxes() {
   done | sort -u
 }
 
-# After containerd stopped: the bridge of the CRI network and libcni's cache files of it and of
-# the loopback network of pods CRI still had (`cni-loopback-<sandbox id>-lo`). SANDBOXES: the
-# ids cri_sandboxes listed before the stop.
+# After containerd stopped: the bridge of the CRI network, libcni's cache files of it and of the
+# loopback network of pods CRI still had (`cni-loopback-<sandbox id>-lo`), portmap rules left of
+# it, its subnet claim, and the host's shared state when it was the last. SANDBOXES: the ids
+# cri_sandboxes listed before the stop.
 cri_cleanup() {
   [ -f "$DIR/cri.env" ] || return 0
-  local CNI_BRIDGE CNI_NETWORK f id
+  local CNI_BRIDGE CNI_NETWORK CNI_SUBNET CNI_GATEWAY f id
   # shellcheck disable=SC1091
   . "$DIR/cri.env"
   if ip link show "$CNI_BRIDGE" >/dev/null 2>&1; then
@@ -158,6 +293,7 @@ cri_cleanup() {
   for id in ${SANDBOXES:-}; do
     rm -f "$CNI_CACHE/cni-loopback-$id-lo"
   done
+  with_shared_lock release_network
   rm -f "$DIR/cri.env"
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::cmd::{self, Background, CmdOutput};
 use crate::cri::{Cri, CRI_NAMESPACE};
 use crate::image::TestImage;
-use crate::leak::Scope;
+use crate::leak::{CriNetwork, Scope};
 use crate::{paths, procs, pty, NAMESPACE, RUNTIME};
 
 /// containerd's own runtime, used by the harness's self-tests.
@@ -58,8 +58,8 @@ pub struct Containerd {
     pub runtime: &'static str,
     /// The containerd namespace of `ctr` and the leak check (CRI's `k8s.io` in CRI mode).
     pub namespace: &'static str,
-    /// The CRI network's names (hack/containerd.sh `cri.env`) in CRI mode.
-    cri_net: Option<CriNet>,
+    /// The CRI network (hack/containerd.sh `cri.env`) in CRI mode.
+    cri_net: Option<CriNetwork>,
     ids: Mutex<Vec<String>>,
     tag: String,
     finished: bool,
@@ -145,7 +145,7 @@ impl Containerd {
             panic!("private containerd did not start: {}", out.describe());
         }
         if opts.cri.is_some() {
-            cd.cri_net = Some(CriNet::read(&cd.dir));
+            cd.cri_net = Some(CriNetwork::read(&cd.dir));
         }
         for img in &opts.images {
             cd.import(img);
@@ -176,6 +176,13 @@ impl Containerd {
         let p = self.config_path();
         let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         std::fs::write(&p, f(text)).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+
+    /// The CRI network's bridge, subnet and gateway (CRI mode).
+    pub fn cri_network(&self) -> &CriNetwork {
+        self.cri_net
+            .as_ref()
+            .expect("this containerd runs without CRI")
     }
 
     /// A CRI client on this containerd's socket (CRI mode).
@@ -418,7 +425,7 @@ impl Containerd {
         };
         let mut after = scope.leaks();
         if let Some(net) = &self.cri_net {
-            after.extend(net.leaks_after_stop(&ids));
+            after.extend(net.leaks_after_stop(&self.dir, &ids));
         }
         let containerd_alive = procs::alive(self.pid);
         cleanup(&scope);
@@ -456,93 +463,6 @@ impl Drop for Containerd {
             "kata-cc-tests: cleaned up after a failed test; containerd log kept in {}",
             self.dir.display()
         );
-    }
-}
-
-/// The CRI network of a private containerd (names from hack/containerd.sh's `cri.env`) and
-/// what CRI and CNI may leave of a pod: netns files, the per-sandbox shm dirs, IP reservations,
-/// libcni's result cache files, the bridge.
-struct CriNet {
-    bridge: String,
-    network: String,
-}
-
-impl CriNet {
-    fn read(dir: &Path) -> CriNet {
-        let p = dir.join("cri.env");
-        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .unwrap_or_else(|| panic!("{}: no {k}", p.display()))
-                .to_string()
-        };
-        CriNet {
-            bridge: get("CNI_BRIDGE"),
-            network: get("CNI_NETWORK"),
-        }
-    }
-
-    /// While containerd runs, after the test removed its pods (`ids`: the test's ids).
-    fn leaks(&self, dir: &Path, ids: &[String]) -> Vec<String> {
-        let mut out = Vec::new();
-        for (base, subs) in [
-            ("state", &["netns", "sandboxes", "containers"][..]),
-            ("root", &["sandboxes", "containers"][..]),
-        ] {
-            let cri_dir = dir.join(base).join("io.containerd.grpc.v1.cri");
-            for sub in subs {
-                for name in dir_names(&cri_dir.join(sub)) {
-                    out.push(format!("CRI {base} left: {sub}/{name}"));
-                }
-            }
-        }
-        // host-local keeps one file per reserved address (and its own bookkeeping files).
-        for name in dir_names(&dir.join("cni/ipam").join(&self.network)) {
-            if name != "lock" && !name.starts_with("last_reserved_ip") {
-                out.push(format!("IP address still reserved: {name}"));
-            }
-        }
-        out.extend(self.cache_leaks(ids));
-        out
-    }
-
-    /// After hack/containerd.sh stop.
-    fn leaks_after_stop(&self, ids: &[String]) -> Vec<String> {
-        let mut out = Vec::new();
-        if Path::new("/sys/class/net").join(&self.bridge).exists() {
-            out.push(format!("bridge left: {}", self.bridge));
-        }
-        out.extend(self.cache_leaks(ids));
-        out
-    }
-
-    /// libcni's result cache files of this network and of the loopback network of the pods.
-    fn cache_leaks(&self, ids: &[String]) -> Vec<String> {
-        let ours = |name: &str| {
-            name.starts_with(&format!("{}-", self.network))
-                || ids
-                    .iter()
-                    .any(|id| name.starts_with(&format!("cni-loopback-{id}-")))
-        };
-        dir_names(Path::new(CNI_CACHE))
-            .into_iter()
-            .filter(|n| ours(n))
-            .map(|n| format!("libcni cache file left: {CNI_CACHE}/{n}"))
-            .collect()
-    }
-}
-
-/// libcni's result cache (fixed in go-cni 1.1.6).
-const CNI_CACHE: &str = "/var/lib/cni/results";
-
-fn dir_names(p: &Path) -> Vec<String> {
-    match std::fs::read_dir(p) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
     }
 }
 
@@ -613,4 +533,54 @@ pub fn toml_set(text: &str, section: &str, key: &str, value: &str) -> String {
     }
     assert!(done, "config has no key {key} in [{section}]:\n{text}");
     out.join("\n") + "\n"
+}
+
+/// Sets `key = value` (value as TOML text) in `[section]` of a config text, adding the key as
+/// the section's first line when it is not there (a default the baked config leaves out).
+pub fn toml_set_or_add(text: &str, section: &str, key: &str, value: &str) -> String {
+    let header = format!("[{section}]");
+    let mut in_section = false;
+    let has_key = text.lines().any(|line| {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_section = t == header;
+        }
+        in_section && t.split_once('=').is_some_and(|(k, _)| k.trim() == key)
+    });
+    if has_key {
+        return toml_set(text, section, key, value);
+    }
+    assert!(
+        text.lines().any(|l| l.trim() == header),
+        "config has no section {header}:\n{text}"
+    );
+    let mut out = Vec::new();
+    for line in text.lines() {
+        out.push(line.to_string());
+        if line.trim() == header {
+            out.push(format!("{key} = {value}"));
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_set_or_add_sets_or_adds() {
+        let text = "[hypervisor.qemu]\npath = \"q\"\n\n[runtime]\nenable_debug = false\n";
+        let added = toml_set_or_add(text, "runtime", "internetworking_model", "\"none\"");
+        assert_eq!(
+            added,
+            "[hypervisor.qemu]\npath = \"q\"\n\n[runtime]\ninternetworking_model = \"none\"\nenable_debug = false\n"
+        );
+        let set = toml_set_or_add(&added, "runtime", "internetworking_model", "\"tcfilter\"");
+        assert!(
+            set.contains("internetworking_model = \"tcfilter\"\n"),
+            "{set}"
+        );
+        assert!(!set.contains("none"), "{set}");
+    }
 }

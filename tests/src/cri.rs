@@ -17,6 +17,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub const CRI_NAMESPACE: &str = "k8s.io";
 /// The runtime handler (containerd `runtimes.kata-cc`) of kata-cc pods.
 pub const HANDLER: &str = "kata-cc";
+/// The runtime handler (containerd `runtimes.runc`) of baseline pods in the same containerd.
+pub const RUNC_HANDLER: &str = "runc";
 
 /// A connection to one containerd's CRI services, with its own (current-thread) tokio runtime.
 pub struct Cri {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::checks::Checks;
 use crate::cri::{self, api, ContainerSpec, Cri, PodSpec, HANDLER};
+use crate::leak::CriNetwork;
 use crate::podfs::PodDir;
 use crate::registry::{Pushed, Registry};
 use crate::stream::Session;
@@ -35,6 +36,8 @@ pub struct Node {
 /// A running pod sandbox.
 pub struct Pod {
     pub id: String,
+    /// The runtime handler it runs with (`kata-cc`, or `runc` for baselines).
+    pub handler: String,
     pub spec: PodSpec,
     pub config: api::PodSandboxConfig,
     /// The kubelet's dir of this pod (volumes, etc-hosts, termination logs).
@@ -84,23 +87,34 @@ impl Node {
     /// A node for the test `test`: registry, images pushed, containerd with CRI, busybox pulled.
     pub fn start(test: &str) -> Node {
         let reg = Registry::start_for_test();
-        Self::start_with_registry(reg, |opts| Containerd::start_with(test, opts))
+        Self::start_with_registry(reg, true, |opts| Containerd::start_with(test, opts))
+    }
+
+    /// A node whose pods run with the `runc` handler only (the harness's own tests): kata-cc's
+    /// build products are not needed.
+    pub fn start_runc_only(test: &str) -> Node {
+        let reg = Registry::start_for_test();
+        Self::start_with_registry(reg, false, |opts| Containerd::start_with(test, opts))
     }
 
     /// A node in `dir` (the demo's), its registry in `dir/registry`.
     pub fn start_in(dir: &Path) -> Node {
         let reg = Registry::start(&dir.join("registry"));
-        Self::start_with_registry(reg, |opts| {
+        Self::start_with_registry(reg, true, |opts| {
             Containerd::start_in(&dir.join("containerd"), "demo", opts)
         })
     }
 
-    fn start_with_registry(reg: Registry, start: impl FnOnce(Options) -> Containerd) -> Node {
+    fn start_with_registry(
+        reg: Registry,
+        kata: bool,
+        start: impl FnOnce(Options) -> Containerd,
+    ) -> Node {
         let busybox = reg.push(&TestImage::busybox(), BUSYBOX_REPO, "gzip");
         let pause = reg.push(&TestImage::pause(), PAUSE_REPO, "3.6");
         let cd = start(Options {
             images: Vec::new(),
-            kata: true,
+            kata,
             cri: Some(CriSetup {
                 sandbox_image: pause.reference.clone(),
                 plain_http_registry: Some(reg.addr.clone()),
@@ -187,8 +201,13 @@ impl Node {
     /// RunPodSandbox as the kubelet calls it, then its IP from PodSandboxStatus and the
     /// kubelet's etc-hosts. Panics unless the pod is READY.
     pub fn run_pod(&self, spec: &PodSpec) -> Pod {
+        self.run_pod_with(spec, HANDLER)
+    }
+
+    /// [`Node::run_pod`] with another runtime handler (`runc` for a baseline pod).
+    pub fn run_pod_with(&self, spec: &PodSpec, handler: &str) -> Pod {
         let id = self
-            .try_run_pod(spec)
+            .try_run_pod_with(spec, handler)
             .unwrap_or_else(|e| self.fail("RunPodSandbox", &e));
         let status = self.sandbox_status(&id);
         assert_eq!(
@@ -202,6 +221,7 @@ impl Node {
         let etc_hosts = dir.etc_hosts(&spec.name, &ip);
         Pod {
             id,
+            handler: handler.to_string(),
             spec: spec.clone(),
             config: cri::pod_sandbox_config(spec),
             dir,
@@ -212,6 +232,10 @@ impl Node {
 
     /// RunPodSandbox; the sandbox id (remembered for the leak check).
     pub fn try_run_pod(&self, spec: &PodSpec) -> Result<String, tonic::Status> {
+        self.try_run_pod_with(spec, HANDLER)
+    }
+
+    pub fn try_run_pod_with(&self, spec: &PodSpec, handler: &str) -> Result<String, tonic::Status> {
         let mut rt = self.cri.runtime();
         let id = self
             .cri
@@ -220,7 +244,7 @@ impl Node {
                 paths::run_timeout(),
                 rt.run_pod_sandbox(api::RunPodSandboxRequest {
                     config: Some(cri::pod_sandbox_config(spec)),
-                    runtime_handler: HANDLER.to_string(),
+                    runtime_handler: handler.to_string(),
                 }),
             )?
             .pod_sandbox_id;
@@ -435,6 +459,54 @@ impl Node {
             .unwrap_or_else(|| panic!("PodSandboxStatus {id}: no status"))
     }
 
+    /// PodSandboxStatus' verbose `info` (containerd's sandbox info as JSON: `runtimeSpec`,
+    /// `cniResult`, ...).
+    pub fn sandbox_info(&self, id: &str) -> serde_json::Value {
+        let mut rt = self.cri.runtime();
+        let r = self
+            .cri
+            .call(
+                "PodSandboxStatus (verbose)",
+                paths::ctr_timeout(),
+                rt.pod_sandbox_status(api::PodSandboxStatusRequest {
+                    pod_sandbox_id: id.to_string(),
+                    verbose: true,
+                }),
+            )
+            .unwrap_or_else(|e| self.fail(&format!("PodSandboxStatus {id}"), &e));
+        let info = r
+            .info
+            .get("info")
+            .unwrap_or_else(|| panic!("PodSandboxStatus {id}: no verbose info: {:?}", r.info));
+        serde_json::from_str(info)
+            .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: info is not JSON ({e}): {info}"))
+    }
+
+    /// The pod's network namespace on the host: the network namespace path of its sandbox's
+    /// runtime spec (a bind mount under containerd's state dir).
+    pub fn netns_path(&self, pod: &Pod) -> PathBuf {
+        let info = self.sandbox_info(&pod.id);
+        let path = info["runtimeSpec"]["linux"]["namespaces"]
+            .as_array()
+            .and_then(|ns| {
+                ns.iter()
+                    .find(|n| n["type"] == "network")
+                    .and_then(|n| n["path"].as_str())
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "pod {}: no network namespace path in the sandbox's runtime spec: {}",
+                    pod.spec.name, info["runtimeSpec"]["linux"]["namespaces"]
+                )
+            });
+        PathBuf::from(path)
+    }
+
+    /// The node's CNI network (bridge, subnet, gateway).
+    pub fn network(&self) -> &CriNetwork {
+        self.cd.cri_network()
+    }
+
     pub fn container_stats(&self, cid: &str) -> api::ContainerStats {
         let mut rt = self.cri.runtime();
         self.cri
@@ -510,7 +582,7 @@ impl Node {
     }
 
     /// The kubelet's teardown of a pod: StopPodSandbox (its containers, the pause, CNI DEL,
-    /// the netns), RemovePodSandbox; then CRI lists no pod and `qemu_pid` (when given) has
+    /// the netns), RemovePodSandbox; then CRI no longer lists it and `qemu_pid` (when given) has
     /// ended within the leak grace.
     pub fn teardown(&self, pod: &Pod, qemu_pid: Option<i32>) {
         self.stop_pod(&pod.id)
@@ -519,9 +591,11 @@ impl Node {
             .unwrap_or_else(|e| self.fail(&format!("RemovePodSandbox {}", pod.spec.name), &e));
         let left = self.list_pods();
         assert!(
-            left.is_empty(),
-            "pods left after RemovePodSandbox: {left:?}"
+            !left.iter().any(|p| p.id == pod.id),
+            "pod {} still listed after RemovePodSandbox: {left:?}",
+            pod.spec.name
         );
+        remove_pod_cgroups(&pod.spec.uid);
         if let Some(pid) = qemu_pid {
             let deadline = Instant::now() + paths::leak_grace();
             while procs::alive(pid) {
@@ -565,6 +639,24 @@ impl Node {
             .join("root/io.containerd.grpc.v1.cri/sandboxes")
             .join(&pod.id)
             .join(name)
+    }
+}
+
+/// The kubelet removes a pod's cgroup (`<cgroup_parent>` of its PodSandboxConfig:
+/// `kubepods/burstable/pod<uid>`) once the pod is gone; runc creates it on the host (kata-cc's
+/// pods have theirs in the VM). Each hierarchy's (cgroup v1) or the unified one's, if empty.
+pub fn remove_pod_cgroups(uid: &str) {
+    let rel = format!("kubepods/burstable/pod{uid}");
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(&rel)];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        dirs.extend(rd.flatten().map(|e| e.path().join(&rel)));
+    }
+    for d in dirs {
+        // rmdir of a cgroup fails while it has processes or children: then it is not ours to end.
+        if d.is_dir() {
+            let _ = std::fs::remove_dir(&d);
+        }
     }
 }
 

@@ -18,6 +18,8 @@ pub mod kubelet;
 pub mod leak;
 /// The demo's Kubernetes manifest (Pod, ConfigMaps) and resource quantities.
 pub mod manifest;
+/// Pod networking: the pod's netns on the host, a container's view, TCP from the test.
+pub mod net;
 pub mod paths;
 /// The kubelet's pod directory: volumes written as its atomic writer does, etc-hosts, logs.
 pub mod podfs;

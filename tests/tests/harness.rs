@@ -4,8 +4,12 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use kata_cc_tests::checks::Checks;
 use kata_cc_tests::containerd::Containerd;
-use kata_cc_tests::{procs, Options, TestImage};
+use kata_cc_tests::cri::{PodSpec, RUNC_HANDLER};
+use kata_cc_tests::kubelet::Node;
+use kata_cc_tests::net::{self, NetPods};
+use kata_cc_tests::{leak, procs, Options, TestImage};
 
 fn runc_options() -> Options {
     Options {
@@ -106,4 +110,79 @@ fn harness_scenarios_on_runc_streams_and_signals() {
     kata_cc_tests::scenarios::ten_mib_of_stdout_in_large_writes(&cd);
     kata_cc_tests::scenarios::signals_arrive(&cd);
     cd.finish();
+}
+
+// The CRI network on runc pods (handler `runc` of the same CRI containerd): the checks the
+// kata-cc network tests run (tests/cri_net.rs) hold for runc, and the leak checker sees what a
+// pod leaves of its network.
+
+#[test]
+fn harness_cri_network_on_runc() {
+    let node = Node::start_runc_only("harness-net");
+    let pods = NetPods::start(
+        &node,
+        RUNC_HANDLER,
+        [
+            "5f0e7a10-0000-4000-8000-00000000a001",
+            "5f0e7a10-0000-4000-8000-00000000a002",
+        ],
+    );
+    let mut checks = Checks::new();
+    pods.check(&node, &mut checks);
+    pods.teardown(&node, [None, None]);
+    node.finish_with(checks);
+}
+
+#[test]
+fn harness_detects_a_pods_network_left_behind() {
+    let node = Node::start_runc_only("harness-net-leak");
+    let host_port = net::free_port();
+    let mut spec = PodSpec::new(
+        "net-leak",
+        "5f0e7a10-0000-4000-8000-00000000a003",
+        &node.log_root,
+    );
+    spec.ports.push((8080, i32::from(host_port)));
+    let pod = node.run_pod_with(&spec, RUNC_HANDLER);
+    let network = node.network().clone();
+    let chain = leak::portmap_chain(&network.network, &pod.id);
+    let nat = network.nat_leaks(std::slice::from_ref(&pod.id));
+    // The chain name the harness computes is the one portmap made (the leak check relies on it).
+    assert!(
+        nat.iter().any(|l| l.contains(&format!("-N {chain}"))),
+        "no portmap chain {chain} for the running pod: {nat:?}"
+    );
+    let dir = node.cd.dir.clone();
+    // The pod is left running: the leak check must fail and name its network's leftovers.
+    let result = catch_unwind(AssertUnwindSafe(|| node.finish()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let msg = match result {
+        Ok(()) => panic!("the leak check passed with a pod left running"),
+        Err(e) => e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default(),
+    };
+    for want in [
+        "leak check failed",
+        "IP address still reserved",
+        &format!("interface still on bridge {}", network.bridge),
+        &format!("nat rule left: -N {chain}"),
+        "CRI state left: netns/",
+    ] {
+        assert!(msg.contains(want), "the leak report lacks {want:?}: {msg}");
+    }
+    // hack/containerd.sh stop (the failed test's cleanup) removed the pod's portmap rules and
+    // the bridge although CNI DEL never ran.
+    kata_cc_tests::kubelet::remove_pod_cgroups(&spec.uid);
+    let after = network.nat_leaks(std::slice::from_ref(&pod.id));
+    assert!(after.is_empty(), "nat rules left after stop: {after:?}");
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&network.bridge)
+            .exists(),
+        "bridge {} left after stop",
+        network.bridge
+    );
 }

@@ -9,10 +9,16 @@
 //!   process's stdout through the agent versus 64 MiB written by a guest process to a vsock port
 //!   and read through the sandbox's hybrid-vsock socket (`kata-cc-vsock-blast`, copied into
 //!   the bench image): the raw throughput of the same path, in the same VM;
-//! - 4 and 8 pods started at once: all must succeed; total time and host memory per idle pod.
+//! - 4 and 8 pods started at once: all must succeed; total time and host memory per idle pod;
+//! - pod networking (net.rs): TCP from the host into a kata-cc pod through its VM NIC next to a
+//!   runc pod on the same CRI bridge.
 //!
-//! Prints a table and writes the same figures as JSON (`KATA_CC_BENCH_OUT`, default
-//! build/bench/pods.json). `KATA_CC_BENCH_RUNS` (default 5) runs per figure.
+//! Prints tables and writes the same figures as JSON (`KATA_CC_BENCH_OUT`, default
+//! build/bench/pods.json; the network part `KATA_CC_BENCH_NET_OUT`, default
+//! build/bench/net.json). `KATA_CC_BENCH_RUNS` (default 5) runs per figure;
+//! `KATA_CC_BENCH_PARTS` (default `pods,net`) which parts run.
+
+mod net;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -413,11 +419,49 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// Writes a JSON document (pretty) to `path`, creating its dir.
+fn write_json(path: &Path, doc: &Value) {
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(path, format!("{doc:#}\n"))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    println!("JSON: {}", path.display());
+}
+
+fn out_path(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| paths::repo().join(default))
+}
+
 fn main() {
     let runs = env_usize("KATA_CC_BENCH_RUNS", 5);
-    let out_path = std::env::var_os("KATA_CC_BENCH_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| paths::repo().join("build/bench/pods.json"));
+    let parts = std::env::var("KATA_CC_BENCH_PARTS").unwrap_or_else(|_| "pods,net".to_string());
+    let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
+    if let Some(bad) = parts.iter().find(|p| !matches!(**p, "pods" | "net")) {
+        eprintln!("kata-cc-bench: KATA_CC_BENCH_PARTS: unknown part {bad:?} (pods, net)");
+        std::process::exit(2);
+    }
+    // One at a time: each part has its own private containerd, and the harness runs one.
+    if parts.contains(&"pods") {
+        let doc = pods(runs);
+        write_json(
+            &out_path("KATA_CC_BENCH_OUT", "build/bench/pods.json"),
+            &doc,
+        );
+    }
+    if parts.contains(&"net") {
+        let doc = net::run(runs);
+        write_json(
+            &out_path("KATA_CC_BENCH_NET_OUT", "build/bench/net.json"),
+            &doc,
+        );
+    }
+}
+
+/// The pod part: start, memory, agent, stdout, concurrency (see the module doc).
+fn pods(runs: usize) -> Value {
     let cd = Containerd::start("bench");
     let img = TestImage::busybox();
     let blast_img = TestImage::busybox_with(
@@ -715,11 +759,6 @@ fn main() {
         "concurrent": concurrent,
         "bare_boot_qemu_args": bare,
     });
-    if let Some(parent) = out_path.parent() {
-        let _ = std::fs::create_dir_all(parent);
-    }
-    std::fs::write(&out_path, format!("{doc:#}\n"))
-        .unwrap_or_else(|e| panic!("{}: {e}", out_path.display()));
-    println!("JSON: {}", out_path.display());
     cd.finish();
+    doc
 }
