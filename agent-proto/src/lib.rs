@@ -162,6 +162,8 @@ pub mod contract {
         pub const AGENT_READY: &str = "agent_ready";
         /// Not a wall-clock time: the guest's uptime (ms) when the agent started listening.
         pub const GUEST_UPTIME_AT_AGENT_MS: &str = "guest_uptime_at_agent_ms";
+        /// The guest has the pod's network (the agent took its interfaces and routes).
+        pub const NETWORK_CONFIGURED: &str = "network_configured";
         pub const SANDBOX_CREATED: &str = "sandbox_created";
         pub const LAYERS_SENT: &str = "layers_sent";
         pub const CONTAINER_CREATED: &str = "container_created";

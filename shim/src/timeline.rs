@@ -7,10 +7,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The log line's marker word.
 pub use agent_proto::contract::timeline::*;
 
-/// The guest has the pod's network (the agent took its interfaces and routes). Not yet in
-/// `agent_proto::contract::timeline`, where the bench reads the phases from.
-pub const NETWORK_CONFIGURED: &str = "network_configured";
-
 /// Logs that `id` reached `phase` now.
 pub fn mark(id: &str, phase: &str) {
     let ms = SystemTime::now()
