@@ -25,7 +25,7 @@ pub const SCHEMA1_MESSAGE: &str = "version 1 container images are not supported"
 
 /// Largest blob we accept for a manifest, index or config (they are small JSON documents; a
 /// huge one is a malformed or hostile image).
-const MAX_METADATA_BYTES: usize = 16 << 20;
+pub const MAX_METADATA_BYTES: usize = 16 << 20;
 
 /// Platform the guest runs.
 const WANT_OS: &str = "linux";
@@ -136,6 +136,52 @@ struct Manifest {
 #[derive(Debug, Deserialize)]
 struct ImageConfig {
     rootfs: RootFs,
+    /// The runtime defaults (`config` in the OCI image config; null or absent in some images).
+    #[serde(default)]
+    config: Option<RuntimeDefaults>,
+}
+
+/// The image config's runtime defaults a pod's container inherits (OCI image-spec `config`:
+/// `User`, `Env`, `Entrypoint`, `Cmd`, `WorkingDir`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct RuntimeDefaults {
+    #[serde(rename = "User", default, deserialize_with = "null_default")]
+    pub user: String,
+    #[serde(rename = "Env", default, deserialize_with = "null_default")]
+    pub env: Vec<String>,
+    #[serde(rename = "Entrypoint", default, deserialize_with = "string_or_list")]
+    pub entrypoint: Vec<String>,
+    #[serde(rename = "Cmd", default, deserialize_with = "string_or_list")]
+    pub cmd: Vec<String>,
+    #[serde(rename = "WorkingDir", default, deserialize_with = "null_default")]
+    pub working_dir: String,
+}
+
+/// `null` reads as the type's default (Docker writes `"Env": null`).
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Docker's command fields accept one string as well as a list (old images carry `"Cmd": "sh"`).
+fn string_or_list<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,6 +341,15 @@ pub fn choose_platform<'a>(
 
 /// The config's `rootfs.diff_ids`.
 pub fn parse_diff_ids(image: &str, digest: &str, bytes: &[u8]) -> Result<Vec<String>, ImageError> {
+    Ok(parse_config(image, digest, bytes)?.1)
+}
+
+/// The config's runtime defaults and `rootfs.diff_ids`.
+pub fn parse_config(
+    image: &str,
+    digest: &str,
+    bytes: &[u8],
+) -> Result<(RuntimeDefaults, Vec<String>), ImageError> {
     let config: ImageConfig = serde_json::from_slice(bytes)
         .map_err(|e| invalid(image, digest, format!("bad image config: {e}")))?;
     if !config.rootfs.kind.is_empty() && config.rootfs.kind != "layers" {
@@ -307,7 +362,7 @@ pub fn parse_diff_ids(image: &str, digest: &str, bytes: &[u8]) -> Result<Vec<Str
             ),
         ));
     }
-    Ok(config.rootfs.diff_ids)
+    Ok((config.config.unwrap_or_default(), config.rootfs.diff_ids))
 }
 
 fn check_digest(image: &str, digest: &str) -> Result<(), ImageError> {
@@ -423,8 +478,8 @@ impl ImageStore {
         Ok(image)
     }
 
-    /// Resolve an image name to its layers, lowest first.
-    pub async fn layers(&self, image: &str) -> Result<ImageLayers, ImageError> {
+    /// The descriptor an image name points at (an index or a manifest).
+    pub async fn target(&self, image: &str) -> Result<Descriptor, ImageError> {
         let mut client = ImagesClient::new(self.channel.clone());
         let resp = client
             .get(with_ns(
@@ -443,6 +498,17 @@ impl ImageStore {
             .image
             .and_then(|i| i.target)
             .ok_or_else(|| invalid(image, "(none)", "image record has no target descriptor"))?;
+        Ok(Descriptor {
+            media_type: target.media_type,
+            digest: target.digest,
+            size: target.size,
+            platform: None,
+        })
+    }
+
+    /// Resolve an image name to its layers, lowest first.
+    pub async fn layers(&self, image: &str) -> Result<ImageLayers, ImageError> {
+        let target = self.target(image).await?;
         let mut digest = target.digest.clone();
         let mut media_type = target.media_type.clone();
         // An index may nest another index; bound the walk.
@@ -493,7 +559,8 @@ impl ImageStore {
         })
     }
 
-    async fn read_small(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+    /// A whole metadata blob (manifest, index, config), at most [`MAX_METADATA_BYTES`].
+    pub async fn read_small(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
         let mut reader = self.open(digest).await?;
         let mut out = Vec::new();
         while let Some(chunk) = reader.next_chunk().await? {

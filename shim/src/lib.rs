@@ -18,5 +18,7 @@ pub mod image;
 pub mod install;
 // The guest image's manifest.json (hack/bake-image.sh).
 pub mod manifest;
+// `kata-cc policy gen`: policies generated from Kubernetes manifests (image facts in `images`).
+pub mod policy_gen;
 pub mod policy_source;
 pub mod service;
