@@ -7,7 +7,12 @@
 # 3. Pod network (kata-cc-bench, through a private containerd with CRI and its CNI bridge): TCP
 #    throughput, HTTP request/response and TCP round trips from the host into a kata-cc pod
 #    through its VM NIC, next to a runc pod on the same bridge (build/bench/net.json).
-# KATA_CC_BENCH_PARTS (default policy,pods,net) picks the parts.
+# 4. Policy generation (kata-cc-bench, a loopback registry and a private containerd): the time of
+#    `kata-cc policy gen` (registry and containerd content store as image sources) beside Kata's
+#    genpolicy (../shared/tools/genpolicy or KATA_CC_GENPOLICY_DIR) on the same manifests, one of
+#    them a pod of five containers on images of KATA_CC_BENCH_POLICYGEN_MB (300) MB each
+#    (build/bench/policygen.json).
+# KATA_CC_BENCH_PARTS (default policy,pods,net,policygen) picks the parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KATA_CC=${KATA_CC:-target/x86_64-unknown-linux-gnu/release/kata-cc}
@@ -23,7 +28,7 @@ OUT=build/bench
 for b in "$KATA_CC" "$BENCH"; do
   [ -x "$b" ] || { echo "bench: $b missing: run make build" >&2; exit 1; }
 done
-PARTS=${KATA_CC_BENCH_PARTS:-policy,pods,net}
+PARTS=${KATA_CC_BENCH_PARTS:-policy,pods,net,policygen}
 # The binary's parts (pods, net): the list without `policy`.
 BENCH_PARTS=$(tr ',' '\n' <<<"$PARTS" | grep -vx policy | paste -sd, || true)
 mkdir -p "$OUT"
@@ -74,5 +79,6 @@ policy_bench() {
 if grep -qx policy <<<"$(tr ',' '\n' <<<"$PARTS")"; then policy_bench; fi
 if [ -n "$BENCH_PARTS" ]; then
   KATA_CC_BENCH_PARTS=$BENCH_PARTS KATA_CC_BENCH_OUT="$PWD/$OUT/pods.json" \
-    KATA_CC_BENCH_NET_OUT="$PWD/$OUT/net.json" "$BENCH"
+    KATA_CC_BENCH_NET_OUT="$PWD/$OUT/net.json" \
+    KATA_CC_BENCH_POLICYGEN_OUT="$PWD/$OUT/policygen.json" "$BENCH"
 fi

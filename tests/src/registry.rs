@@ -175,6 +175,40 @@ impl Registry {
         }
     }
 
+    /// Pushes an image given as its blobs (config and layers, by digest) and its manifest as
+    /// `<repo>:<tag>`: images generated in memory (the bench's large ones), not archives.
+    pub fn push_blobs(
+        &self,
+        repo: &str,
+        tag: &str,
+        manifest_media_type: &str,
+        manifest: &[u8],
+        blobs: &[(&str, &[u8])],
+    ) -> Pushed {
+        let parsed: serde_json::Value = serde_json::from_slice(manifest).expect("manifest is JSON");
+        let config_digest = parsed["config"]["digest"]
+            .as_str()
+            .expect("manifest names a config")
+            .to_string();
+        for (d, data) in blobs {
+            self.push_blob(repo, d, data);
+        }
+        let r = self
+            .request(
+                "PUT",
+                &format!("/v2/{repo}/manifests/{tag}"),
+                &[("Content-Type", manifest_media_type)],
+                manifest,
+            )
+            .unwrap_or_else(|e| panic!("PUT manifest {repo}:{tag}: {e}"));
+        assert_eq!(r.status, 201, "PUT manifest {repo}:{tag}: {}", r.describe());
+        Pushed {
+            reference: format!("{}/{repo}:{tag}", self.addr),
+            manifest_digest: format!("sha256:{}", hex_digest(manifest)),
+            config_digest,
+        }
+    }
+
     fn push_blob(&self, repo: &str, digest: &str, data: &[u8]) {
         let head = self
             .request("HEAD", &format!("/v2/{repo}/blobs/{digest}"), &[], &[])
@@ -225,8 +259,10 @@ impl Registry {
             .parse()
             .map_err(|e| std::io::Error::other(format!("{}: {e}", self.addr)))?;
         let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        // Large blobs (the bench's 300 MB layers) need longer than small ones.
+        let secs = 30 + (body.len() as u64 >> 24);
+        s.set_read_timeout(Some(Duration::from_secs(secs)))?;
+        s.set_write_timeout(Some(Duration::from_secs(secs)))?;
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
             self.addr,

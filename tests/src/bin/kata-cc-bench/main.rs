@@ -11,14 +11,18 @@
 //!   the bench image): the raw throughput of the same path, in the same VM;
 //! - 4 and 8 pods started at once: all must succeed; total time and host memory per idle pod;
 //! - pod networking (net.rs): TCP from the host into a kata-cc pod through its VM NIC next to a
-//!   runc pod on the same CRI bridge.
+//!   runc pod on the same CRI bridge;
+//! - policy generation (policygen.rs): `kata-cc policy gen` beside Kata's genpolicy on the same
+//!   manifests and loopback registry.
 //!
 //! Prints tables and writes the same figures as JSON (`KATA_CC_BENCH_OUT`, default
 //! build/bench/pods.json; the network part `KATA_CC_BENCH_NET_OUT`, default
-//! build/bench/net.json). `KATA_CC_BENCH_RUNS` (default 5) runs per figure;
-//! `KATA_CC_BENCH_PARTS` (default `pods,net`) which parts run.
+//! build/bench/net.json; the policy generation part `KATA_CC_BENCH_POLICYGEN_OUT`, default
+//! build/bench/policygen.json). `KATA_CC_BENCH_RUNS` (default 5) runs per figure;
+//! `KATA_CC_BENCH_PARTS` (default `pods,net,policygen`) which parts run.
 
 mod net;
+mod policygen;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -437,10 +441,16 @@ fn out_path(var: &str, default: &str) -> PathBuf {
 
 fn main() {
     let runs = env_usize("KATA_CC_BENCH_RUNS", 5);
-    let parts = std::env::var("KATA_CC_BENCH_PARTS").unwrap_or_else(|_| "pods,net".to_string());
+    let parts =
+        std::env::var("KATA_CC_BENCH_PARTS").unwrap_or_else(|_| "pods,net,policygen".to_string());
     let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
-    if let Some(bad) = parts.iter().find(|p| !matches!(**p, "pods" | "net")) {
-        eprintln!("kata-cc-bench: KATA_CC_BENCH_PARTS: unknown part {bad:?} (pods, net)");
+    if let Some(bad) = parts
+        .iter()
+        .find(|p| !matches!(**p, "pods" | "net" | "policygen"))
+    {
+        eprintln!(
+            "kata-cc-bench: KATA_CC_BENCH_PARTS: unknown part {bad:?} (pods, net, policygen)"
+        );
         std::process::exit(2);
     }
     // One at a time: each part has its own private containerd, and the harness runs one.
@@ -455,6 +465,13 @@ fn main() {
         let doc = net::run(runs);
         write_json(
             &out_path("KATA_CC_BENCH_NET_OUT", "build/bench/net.json"),
+            &doc,
+        );
+    }
+    if parts.contains(&"policygen") {
+        let doc = policygen::run(runs);
+        write_json(
+            &out_path("KATA_CC_BENCH_POLICYGEN_OUT", "build/bench/policygen.json"),
             &doc,
         );
     }
