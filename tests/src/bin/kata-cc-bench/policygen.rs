@@ -215,7 +215,11 @@ fn run_tool(tool: &Tool, yaml: &str, work: &Path, tag: &str) -> Result<f64, Stri
     let out = cmd::run(c, None, Duration::from_secs(1800));
     let secs = t.elapsed().as_secs_f64();
     if !out.success() {
-        return Err(first_lines(&out.describe()));
+        // The full command line and output go to stderr; the table gets the first line.
+        eprintln!("bench: {}", out.describe());
+        let stderr = out.stderr_str();
+        let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        return Err(format!("exit {:?}: {}", out.code, first.trim()));
     }
     let written = std::fs::read_to_string(&file).unwrap_or_default();
     if !written.contains(ANNOTATION_PREFIX) {
@@ -225,10 +229,6 @@ fn run_tool(tool: &Tool, yaml: &str, work: &Path, tag: &str) -> Result<f64, Stri
         ));
     }
     Ok(secs)
-}
-
-fn first_lines(s: &str) -> String {
-    s.lines().take(6).collect::<Vec<_>>().join(" | ")
 }
 
 fn genpolicy_dir() -> PathBuf {
@@ -284,7 +284,8 @@ async fn facts_of(src: &dyn ImageSource, images: &[String]) -> Result<u64, Strin
 
 pub fn run(runs: usize) -> Value {
     let mb = env_usize("KATA_CC_BENCH_POLICYGEN_MB", 300);
-    let dir = paths::e2e_dir().join(format!("bench-policygen-{}", std::process::id()));
+    // Not `bench-policygen-<pid>`: that is the private containerd's own dir (emptied at start).
+    let dir = paths::e2e_dir().join(format!("policygen-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench dir");
     let reg = Registry::start(&dir.join("registry"));
@@ -425,7 +426,7 @@ pub fn run(runs: usize) -> Value {
                     Ok(s) => times[ci][ti].push(s),
                     Err(e) => {
                         eprintln!("bench: {} on {:?}: {e}", tool.name, case.name);
-                        tool.unavailable = Some(format!("failed: {e}"));
+                        tool.unavailable = Some(format!("failed on {:?}: {e}", case.name));
                     }
                 }
             }
@@ -459,7 +460,7 @@ pub fn run(runs: usize) -> Value {
         "== policy generation time, {runs} interleaved rounds (seconds: median, min, max); images from a loopback registry"
     );
     println!(
-        "{:<34} {:>4} {:>10}  {:<32} {:>7} {:>7} {:>7}",
+        "{:<34} {:>4} {:>10}  {:<42} {:>7} {:>7} {:>7}",
         "manifest", "ctrs", "layers MB", "tool", "median", "min", "max"
     );
     let mut doc_cases = Vec::new();
@@ -470,14 +471,14 @@ pub fn run(runs: usize) -> Value {
             if v.is_empty() {
                 let why = why.cloned().unwrap_or_else(|| "no runs".to_string());
                 println!(
-                    "{:<34} {:>4} {:>10.1}  {label:<32} {why}",
+                    "{:<34} {:>4} {:>10.1}  {label:<42} {why}",
                     case.name, case.containers, mbytes
                 );
                 tools_json.insert(label.to_string(), json!({ "error": why }));
             } else {
                 let (m, lo, hi) = stats(v);
                 println!(
-                    "{:<34} {:>4} {:>10.1}  {label:<32} {m:>7.3} {lo:>7.3} {hi:>7.3}",
+                    "{:<34} {:>4} {:>10.1}  {label:<42} {m:>7.3} {lo:>7.3} {hi:>7.3}",
                     case.name, case.containers, mbytes
                 );
                 tools_json.insert(label.to_string(), stats_json(v));
