@@ -182,6 +182,11 @@ impl RegistrySource {
         }
     }
 
+    /// What could not be used from the Docker config (for `warning: ` lines).
+    pub fn warnings(&self) -> &[String] {
+        &self.credentials.warnings
+    }
+
     /// Bytes fetched so far.
     pub fn stats(&self) -> FetchStats {
         self.counters.snapshot()
