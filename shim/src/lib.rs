@@ -18,5 +18,6 @@ pub mod image;
 pub mod install;
 // The guest image's manifest.json (hack/bake-image.sh).
 pub mod manifest;
+pub mod policy_gen;
 pub mod policy_source;
 pub mod service;
