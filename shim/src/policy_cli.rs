@@ -11,6 +11,9 @@ use thiserror::Error;
 
 pub const USAGE: &str = "  policy replay --policy P --requests LOG [--verbose]\n                           feed a request log through the policy in order; one `allow|deny <Request>` line each\n  policy bench --policy P --requests LOG [--iterations N]\n                           per-request-type evaluation time (p50/p99) over the log;\n                           --interpreter: without the compiled (VM) fast path; --json FILE: also as JSON\n  policy check --policy P --pod POD.yaml [--base LOG]\n                           which of a pod's container creations/exec probes the policy denies (--help)\n";
 
+/// `policy gen`'s usage lines (with [`USAGE`] in `kata-cc help`).
+pub const GEN_USAGE: &str = kata_cc_shim::policy_gen::cli::USAGE;
+
 /// A command line `kata-cc policy` cannot take (exit status 2).
 #[derive(Debug, Error, PartialEq, Eq)]
 enum ArgsError {
@@ -168,12 +171,15 @@ pub fn main(args: &[String]) -> ExitCode {
     let (cmd, rest) = match args.split_first() {
         Some((c, r)) => (c.as_str(), r),
         None => {
-            eprint!("usage:\n{USAGE}");
+            eprint!("usage:\n{USAGE}{GEN_USAGE}");
             return ExitCode::from(2);
         }
     };
     if cmd == "check" {
         return check_main(rest);
+    }
+    if cmd == "gen" {
+        return kata_cc_shim::policy_gen::cli::main(rest);
     }
     let parsed = match cmd {
         "replay" | "bench" => parse_args(cmd, rest),
