@@ -692,13 +692,18 @@ mount_allowed(p, m) if {
 	mount_source_allowed(pm.source, m.source)
 }
 
+# A policy source is a regex when it starts with ^ or a placeholder ($(sfprefix)).
+regex_source(ps) if startswith(ps, "^")
+
+regex_source(ps) if startswith(ps, "$(")
+
 mount_source_allowed(ps, s) if {
-	not startswith(ps, "^")
+	not regex_source(ps)
 	ps == s
 }
 
 mount_source_allowed(ps, s) if {
-	startswith(ps, "^")
+	regex_source(ps)
 	r1 := replace(ps, "$(sfprefix)", policy_data.common.sfprefix)
 	r2 := replace(r1, "$(cpath)", policy_data.common.cpath)
 	r3 := replace(r2, "$(bundle-id)", input.container_id)
