@@ -88,7 +88,7 @@ state_ops(adds) := ops if {
 known(cid) := policy_data.containers[pstate[cid]]
 
 label(cid) := name if {
-	name := known(cid).kata_cc.name
+	name := sprintf("\"%v\"", [known(cid).kata_cc.name])
 } else := sprintf("id %v (not created under this policy)", [cid])
 
 # A name escaped for a regex (DNS names: only '.' is special).

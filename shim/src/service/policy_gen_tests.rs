@@ -102,10 +102,14 @@ fn source() -> MemorySource {
 }
 
 fn generated(opts: Options) -> (String, MemorySource) {
+    generated_from(MANIFEST, opts)
+}
+
+fn generated_from(manifest: &str, opts: Options) -> (String, MemorySource) {
     let src = source();
     let g = futures::executor::block_on(generate(
         "pod-lifecycle.yaml",
-        MANIFEST.to_string(),
+        manifest.to_string(),
         &[],
         &src,
         &Options {
@@ -206,6 +210,11 @@ struct Started {
 }
 
 async fn start(rego: &str, src: &MemorySource) -> Started {
+    start_as(rego, src, "pod-lifecycle").await
+}
+
+/// As [`start`], the pod named `pod` (the configs' "pod-lifecycle" replaced).
+async fn start_as(rego: &str, src: &MemorySource, pod: &str) -> Started {
     let mut agent = Agent {
         engine: PolicyEngine::new(rego).unwrap(),
     };
@@ -214,7 +223,7 @@ async fn start(rego: &str, src: &MemorySource) -> Started {
     let rec = Recorder::default();
     let empty_dirs = Default::default();
     let pause_caps = &nth(&kata, "CreateContainerRequest", 0)["OCI"]["Process"]["Capabilities"]["Bounding"];
-    let pause_config = host.fill(PAUSE_CONFIG, pause_caps);
+    let pause_config = host.fill(PAUSE_CONFIG, pause_caps).replace("pod-lifecycle", pod);
     let pause_spec = BundleSpec::parse(pause_config.as_bytes(), "config.json")
         .unwrap()
         .to_agent()
@@ -246,7 +255,7 @@ async fn start(rego: &str, src: &MemorySource) -> Started {
     );
 
     let app_caps = &nth(&kata, "CreateContainerRequest", 1)["OCI"]["Process"]["Capabilities"]["Bounding"];
-    let app_config = host.fill(APP_CONFIG, app_caps);
+    let app_config = host.fill(APP_CONFIG, app_caps).replace("pod-lifecycle", pod);
     let (app, pidns) = shape_for_guest(&app_config, APP_ID, &rec, &empty_dirs).await;
     let copies = rec.take();
     assert_eq!(copies.len(), 13);
@@ -303,7 +312,7 @@ async fn the_generated_policy_allows_the_pods_life_and_nothing_else() {
     a.allow("ExecProcessRequest", &exec(&s.app_config, &["echo", "hello from postStart hook"]));
     let e = a.deny("ExecProcessRequest", &exec(&s.app_config, &["cat", "/etc/shadow"]));
     assert!(
-        e.starts_with("ExecProcessRequest is blocked by policy: ExecProcessRequest: container busybox: command [\"cat\", \"/etc/shadow\"] is not one of the policy's exec commands"),
+        e.starts_with("ExecProcessRequest is blocked by policy: ExecProcessRequest: container \"busybox\": command [\"cat\", \"/etc/shadow\"] is not one of the policy's exec commands"),
         "{e}"
     );
     // Logs and stdin are off.
@@ -315,7 +324,7 @@ async fn the_generated_policy_allows_the_pods_life_and_nothing_else() {
     let e = a.deny("ReadStreamRequest", &read);
     assert_eq!(
         e,
-        "ReadStreamRequest is blocked by policy: ReadStreamRequest: container busybox: reading its output (logs) is off: kata-cc policy gen --allow-logs allows it"
+        "ReadStreamRequest is blocked by policy: ReadStreamRequest: container \"busybox\": reading its output (logs) is off: kata-cc policy gen --allow-logs allows it"
     );
     let write = WriteStreamRequest {
         container_id: APP_ID.into(),
@@ -456,4 +465,58 @@ async fn exec_and_logs_when_asked() {
             ..Default::default()
         },
     );
+}
+
+fn deployment_manifest() -> String {
+    let template: String = MANIFEST
+        .split_once("spec:\n")
+        .unwrap()
+        .1
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: lifecycle\n  namespace: default\n\
+         spec:\n  replicas: 1\n  selector: {{matchLabels: {{app: lc}}}}\n  template:\n    \
+         metadata:\n      labels: {{app: lc}}\n    spec:\n{template}"
+    )
+}
+
+/// The same pod from a Deployment: its name (and hostname, HOSTNAME, POD_NAME, the command's
+/// echo) is the generated `<deployment>-<hash>-<5>`, its namespace pinned by the manifest.
+#[tokio::test]
+async fn a_deployments_generated_pod_names_are_allowed() {
+    let (rego, src) = generated_from(&deployment_manifest(), Options::default());
+    let mut s = start_as(&rego, &src, "lifecycle-7c9d8bb6f4-x2kqz").await;
+    s.agent.allow("CreateContainerRequest", &s.app);
+    s.agent
+        .allow("ExecProcessRequest", &exec(&s.app_config, &["echo", "hello from postStart hook"]));
+
+    // A name its controller would not give, another namespace.
+    let mut agent = Agent {
+        engine: PolicyEngine::new(&rego).unwrap(),
+    };
+    let host = Host::new();
+    let config = host.fill(PAUSE_CONFIG, &json!([])).replace("pod-lifecycle", "lifecycle-x2kqz");
+    let spec = BundleSpec::parse(config.as_bytes(), "config.json")
+        .unwrap()
+        .to_agent()
+        .unwrap();
+    let mut setup = SandboxSetup::from_spec(&spec).unwrap();
+    setup.shm_size = agent_proto::contract::DEFAULT_SHM_SIZE;
+    let e = agent.deny("CreateSandboxRequest", &setup.request(SANDBOX_ID));
+    assert!(
+        e.ends_with("CreateSandboxRequest: hostname \"lifecycle-x2kqz\" is not the pod's (^lifecycle-[bcdfghjklmnpqrstvwxz2456789]{1,10}-[bcdfghjklmnpqrstvwxz2456789]{5}$)"),
+        "{e}"
+    );
+    let mut s = start_as(&rego, &src, "lifecycle-7c9d8bb6f4-x2kqz").await;
+    s.app
+        .OCI
+        .as_mut()
+        .unwrap()
+        .Annotations
+        .insert("io.kubernetes.cri.sandbox-namespace".into(), "kube-system".into());
+    let e = s.agent.deny("CreateContainerRequest", &s.app);
+    assert!(e.contains("annotation io.kubernetes.cri.sandbox-namespace=\"kube-system\" is not allowed by the policy"), "{e}");
+    assert!(e.contains("namespace \"kube-system\" is not the sandbox's \"default\""), "{e}");
 }
