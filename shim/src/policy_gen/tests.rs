@@ -314,3 +314,36 @@ fn jobs_cronjobs_and_lists() {
     // No command: the image's (busybox: sh).
     assert_eq!(data_of(&g, 1)["containers"][1]["OCI"]["Process"]["Args"], serde_json::json!(["sh"]));
 }
+
+/// The network requests of a real Kata pod (the regorus corpus's `web`), as kata-cc's shim
+/// sends them too (network::requests matches them): allowed; a loopback one refused.
+#[test]
+fn network_requests_as_genpolicys_defaults_allow_them() {
+    let g = gen(POD).unwrap();
+    let mut e = kata_cc_policy::PolicyEngine::new(&g.policies[0].rego).unwrap();
+    let path = kata_cc_fixtures::package_file("regorus", "tests/kata/data/web/inputs.txt");
+    let log = kata_cc_policy::log::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut seen = 0;
+    for entry in &log {
+        if matches!(entry.name.as_str(), "UpdateInterfaceRequest" | "UpdateRoutesRequest") {
+            let d = e.evaluate(&entry.name, &entry.input).unwrap();
+            assert!(d.allowed, "{}: {:?}", entry.name, d.prints);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2);
+    let lo = serde_json::json!({"interface": {"device": "lo", "name": "lo", "IPAddresses": [], "mtu": 65536, "hwAddr": "", "devicePath": "", "type_": "", "raw_flags": 0}});
+    let d = e.evaluate("UpdateInterfaceRequest", &lo).unwrap();
+    assert!(!d.allowed);
+    assert!(d.denial_message("UpdateInterfaceRequest").ends_with("UpdateInterfaceRequest: interface lo"), "{:?}", d.prints);
+    let arp = |state: i32| serde_json::json!({"neighbors": {"ARPNeighbors": [{"toIPAddress": {"family": 0, "address": "10.244.0.9", "mask": ""}, "device": "eth0", "lladdr": "aa:bb:cc:00:01:02", "state": state, "flags": 0}]}});
+    assert!(e.evaluate("AddARPNeighborsRequest", &arp(128)).unwrap().allowed);
+    assert!(!e.evaluate("AddARPNeighborsRequest", &arp(1)).unwrap().allowed);
+    // Requests the shim never sends for a pod.
+    for name in ["ListInterfacesRequest", "GetMetricsRequest", "PauseContainerRequest", "SetGuestDateTimeRequest"] {
+        assert!(!e.evaluate(name, &serde_json::json!({})).unwrap().allowed, "{name}");
+    }
+    for name in ["GetOOMEventRequest", "DestroySandboxRequest"] {
+        assert!(e.evaluate(name, &serde_json::json!({})).unwrap().allowed, "{name}");
+    }
+}
