@@ -79,6 +79,12 @@ pub enum GenError {
         #[source]
         source: images::ImageFactsError,
     },
+    /// The node's sandbox image (not in the manifest).
+    #[error("pause image (--pause-image): {source}")]
+    PauseImage {
+        #[source]
+        source: images::ImageFactsError,
+    },
     #[error("{file}: no pod in the manifest (kinds with pods: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob, List)")]
     NoPods { file: String },
     #[error("{file}: {message}")]
@@ -146,6 +152,24 @@ pub struct Generated {
     pub warnings: Vec<String>,
 }
 
+/// An image that cannot be read: named with the manifest's line (the pause image has none).
+fn image_error(
+    file: &workload::File,
+    doc: usize,
+    field: &yaml::FieldPath,
+    source: images::ImageFactsError,
+) -> GenError {
+    if field.0.is_empty() {
+        return GenError::PauseImage { source };
+    }
+    GenError::Image {
+        file: file.path.clone(),
+        line: file.line(doc, field),
+        field: field.to_string(),
+        source,
+    }
+}
+
 /// Generates the policies of every pod of `manifest` (its text), reading ConfigMaps/Secrets
 /// from `config_files` ((path, text)) and image facts from `images`. Every input error comes
 /// before any image is fetched.
@@ -179,19 +203,20 @@ pub async fn generate(
     let mut refs: BTreeMap<String, (usize, yaml::FieldPath)> = BTreeMap::new();
     for plan in &plans {
         for c in &plan.containers {
+            // The pause's image is not in the manifest: its field stays empty.
+            let field = if c.image_field.0.is_empty() {
+                yaml::FieldPath::default()
+            } else {
+                plan.source.field(&c.image_field)
+            };
             refs.entry(c.image.clone())
-                .or_insert_with(|| (plan.source.doc, c.image_field.clone()));
+                .or_insert_with(|| (plan.source.doc, field));
         }
     }
     let fetched = futures::future::join_all(refs.keys().map(|r| images.image(r))).await;
     let mut facts: BTreeMap<String, ImageFacts> = BTreeMap::new();
     for ((r, (doc, field)), f) in refs.iter().zip(fetched) {
-        let f = f.map_err(|source| GenError::Image {
-            file: file.path.clone(),
-            line: file.line(*doc, field),
-            field: field.to_string(),
-            source,
-        })?;
+        let f = f.map_err(|source| image_error(&file, *doc, field, source))?;
         facts.insert(r.clone(), f);
     }
     // Accounts only for the images whose user needs them.
@@ -211,12 +236,7 @@ pub async fn generate(
     let mut accounts: BTreeMap<String, Accounts> = BTreeMap::new();
     for (r, a) in need.iter().zip(read) {
         let (doc, field) = &refs[r];
-        let a = a.map_err(|source| GenError::Image {
-            file: file.path.clone(),
-            line: file.line(*doc, field),
-            field: field.to_string(),
-            source,
-        })?;
+        let a = a.map_err(|source| image_error(&file, *doc, field, source))?;
         accounts.insert(r.clone(), a);
     }
 

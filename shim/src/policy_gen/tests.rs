@@ -90,6 +90,12 @@ fn errors_name_the_file_line_and_field() {
     );
     let e = err(&POD.replace("    command:", "    volumeMounts: [{name: v, mountPath: /v}]\n    command:"));
     assert_eq!(e, "pod.yaml:9: spec.containers[0].volumeMounts[0].name: no volume \"v\" in spec.volumes");
+    let d = DEPLOYMENT.replace("      - name: side\n        image: busybox:1.36", "      - name: side\n        image: nope:2");
+    let e = err(&format!("{d}---\n{CONFIGS}"));
+    assert_eq!(e, "pod.yaml:29: spec.template.spec.containers[1].image: image nope:2: not found");
+    let src = MemorySource::default().with_busybox("busybox:1.36", "docker.io/library/busybox:1.36", "b");
+    let e = gen_with(POD, &src, &opts(), false).unwrap_err().to_string();
+    assert_eq!(e, "pause image (--pause-image): image registry.k8s.io/pause:3.6: not found");
     let e = err("kind: Service\nmetadata: {name: s}\n");
     assert_eq!(e, "pod.yaml: no pod in the manifest (kinds with pods: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob, List)");
 }
