@@ -290,6 +290,7 @@ cc_violations contains msg if {
 
 # Annotations.
 cc_violations contains msg if {
+	cc
 	some k, v in input.OCI.Annotations
 	not annotation_allowed(k, v)
 	msg := sprintf("annotation %v=\"%v\" is not allowed by the policy", [k, v])
