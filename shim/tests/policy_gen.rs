@@ -79,24 +79,38 @@ fn input_errors_name_the_line_and_write_nothing() {
     let pod = POD.replace("IMAGE", "busybox:1.36");
     assert_eq!(
         input_error(
-            &pod.replace("    command:", "    volumeDevices: [{name: d, devicePath: /dev/xvda}]\n    command:"),
+            &pod.replace(
+                "    command:",
+                "    volumeDevices: [{name: d, devicePath: /dev/xvda}]\n    command:"
+            ),
             &[]
         ),
         "kata-cc policy gen: pod.yaml:10: spec.containers[0].volumeDevices: not supported"
     );
     assert_eq!(
-        input_error(&format!("{pod}---\nkind: Gadget\nmetadata: {{name: g}}\n"), &[]),
+        input_error(
+            &format!("{pod}---\nkind: Gadget\nmetadata: {{name: g}}\n"),
+            &[]
+        ),
         "kata-cc policy gen: pod.yaml:12: kind Gadget: not supported (kinds with pods: Pod, \
          Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob, \
          List; and ConfigMap, Secret)"
     );
     // YAML allows no tab in indentation.
     let e = input_error(&pod.replace("    image:", "\timage:"), &[]);
-    assert!(e.starts_with("kata-cc policy gen: pod.yaml:9: not YAML: "), "{e}");
+    assert!(
+        e.starts_with("kata-cc policy gen: pod.yaml:9: not YAML: "),
+        "{e}"
+    );
     // An image the registry does not have (nothing listens on the discard port).
     let e = input_error(
         &POD.replace("IMAGE", "127.0.0.1:9/nope:1"),
-        &["--insecure-registry", "127.0.0.1:9", "--pause-image", "127.0.0.1:9/pause:3.6"],
+        &[
+            "--insecure-registry",
+            "127.0.0.1:9",
+            "--pause-image",
+            "127.0.0.1:9/pause:3.6",
+        ],
     );
     assert!(
         e.starts_with("kata-cc policy gen: pod.yaml:9: spec.containers[0].image: "),
@@ -110,7 +124,14 @@ fn usage_errors_exit_2_and_help_exits_0() {
     let out = kata_cc(&["policy", "gen", "-r"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).starts_with("kata-cc policy gen: -y/--yaml-file is required"));
-    let out = kata_cc(&["policy", "gen", "-y", "x.yaml", "--allow-exec-command", "date"]);
+    let out = kata_cc(&[
+        "policy",
+        "gen",
+        "-y",
+        "x.yaml",
+        "--allow-exec-command",
+        "date",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("expected a JSON array of strings"));
     let out = kata_cc(&["policy", "gen", "--help"]);
@@ -118,7 +139,9 @@ fn usage_errors_exit_2_and_help_exits_0() {
     assert!(text(&out.stdout).starts_with("kata-cc policy gen -y|--yaml-file FILE"));
     let out = kata_cc(&["policy", "gen", "-y", "/nonexistent/pod.yaml"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).starts_with("kata-cc policy gen: /nonexistent/pod.yaml: No such file"));
+    assert!(
+        text(&out.stderr).starts_with("kata-cc policy gen: /nonexistent/pod.yaml: No such file")
+    );
     let out = kata_cc(&["help"]);
     assert!(text(&out.stdout).contains("  policy gen -y POD.yaml"));
 }
@@ -165,7 +188,11 @@ impl Registry {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while http(&r.addr, "GET", "/v2/", &[], &[]).map(|x| x.0).ok() != Some(200) {
-            assert!(Instant::now() < deadline, "registry on {} did not answer", r.addr);
+            assert!(
+                Instant::now() < deadline,
+                "registry on {} did not answer",
+                r.addr
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         r
@@ -173,8 +200,14 @@ impl Registry {
 
     fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let digest = format!("sha256:{}", hex(&Sha256::digest(data)));
-        let (code, headers, _) =
-            http(&self.addr, "POST", &format!("/v2/{repo}/blobs/uploads/"), &[], &[]).unwrap();
+        let (code, headers, _) = http(
+            &self.addr,
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(code, 202);
         let location = header(&headers, "location").unwrap();
         let path = location
@@ -351,7 +384,11 @@ fn generates_from_a_loopback_registry() {
     assert!(written.starts_with("# a comment that stays\n"), "{written}");
     assert!(written.ends_with(service), "{written}");
     let value = annotation(&written, "io.katacontainers.config.agent.policy").unwrap();
-    let rego = text(&base64::engine::general_purpose::STANDARD.decode(&value).unwrap());
+    let rego = text(
+        &base64::engine::general_purpose::STANDARD
+            .decode(&value)
+            .unwrap(),
+    );
     assert_eq!(rego, raw);
     assert_eq!(digest, hex(&Sha256::digest(rego.as_bytes())));
     kata_cc_policy::PolicyEngine::new(&rego).unwrap();

@@ -220,14 +220,14 @@ pub async fn run(args: &Args, images: &dyn ImageSource) -> Result<Outcome, super
     }
     if args.print_digest {
         for (p, v) in g.policies.iter().zip(&values) {
-            let hex = output::host_data_hex(carrier, v).map_err(|message| {
-                super::GenError::Output {
+            let hex =
+                output::host_data_hex(carrier, v).map_err(|message| super::GenError::Output {
                     file: args.yaml.clone(),
                     message,
-                }
-            })?;
+                })?;
             if several {
-                out.stdout.push_str(&format!("{hex}  {}\n", p.source.label()));
+                out.stdout
+                    .push_str(&format!("{hex}  {}\n", p.source.label()));
             } else {
                 out.stdout.push_str(&format!("{hex}\n"));
             }
@@ -254,8 +254,14 @@ pub async fn run(args: &Args, images: &dyn ImageSource) -> Result<Outcome, super
 /// permissions.
 fn write_over(path: &str, text: &str) -> std::io::Result<()> {
     let p = std::path::Path::new(path);
-    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.kata-cc-gen.tmp"));
     std::fs::write(&tmp, text)?;
     if let Ok(meta) = std::fs::metadata(p) {
@@ -278,7 +284,10 @@ pub fn main(argv: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kata-cc policy gen: {e}");
@@ -350,7 +359,10 @@ mod tests {
         assert_eq!(a.options.pause_image, DEFAULT_PAUSE_IMAGE);
         assert_eq!(args(&["-r"]).unwrap_err(), ArgsError::NoYaml);
         assert_eq!(args(&["-y"]).unwrap_err(), ArgsError::NoValue("-y".into()));
-        assert_eq!(args(&["-y", "x", "--frob"]).unwrap_err(), ArgsError::Unknown("--frob".into()));
+        assert_eq!(
+            args(&["-y", "x", "--frob"]).unwrap_err(),
+            ArgsError::Unknown("--frob".into())
+        );
         assert!(matches!(
             args(&["-y", "x", "--allow-exec-command", "sh -c date"]).unwrap_err(),
             ArgsError::ExecCommand { .. }

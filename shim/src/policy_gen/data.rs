@@ -101,7 +101,10 @@ fn mount_source(s: &Source) -> String {
     match s {
         Source::Copy(name) => format!("$(sfprefix){}$", regex::escape(name)),
         Source::PodCopy(name) => {
-            format!("^$(cpath)/$(sandbox-id)-[0-9a-f]{{16}}-{}$", regex::escape(name))
+            format!(
+                "^$(cpath)/$(sandbox-id)-[0-9a-f]{{16}}-{}$",
+                regex::escape(name)
+            )
         }
         Source::Literal(p) => p.clone(),
     }
@@ -310,7 +313,12 @@ fn copy_roots(pod: &PodModel) -> Vec<String> {
     }
     names
         .iter()
-        .map(|n| format!("^$(cpath)/[0-9a-f]{{64}}-[0-9a-f]{{16}}-{}", regex::escape(n)))
+        .map(|n| {
+            format!(
+                "^$(cpath)/[0-9a-f]{{64}}-[0-9a-f]{{16}}-{}",
+                regex::escape(n)
+            )
+        })
         .collect()
 }
 

@@ -448,8 +448,12 @@ pub fn plan(
             for (i, s) in a.iter().enumerate() {
                 let at = psc_at.key("sysctls").index(i);
                 cx.keys(s, &at, &["name", "value"])?;
-                let name = cx.string(get(s, "name"), &at.key("name"))?.unwrap_or_default();
-                let value = cx.string(get(s, "value"), &at.key("value"))?.unwrap_or_default();
+                let name = cx
+                    .string(get(s, "name"), &at.key("name"))?
+                    .unwrap_or_default();
+                let value = cx
+                    .string(get(s, "value"), &at.key("value"))?
+                    .unwrap_or_default();
                 sysctls.insert(name, value);
             }
         }
@@ -481,7 +485,10 @@ pub fn plan(
         .map(Text::lit)
         .unwrap_or_else(|| Text::dynamic(Dyn::NodeName));
     let service_account = cx
-        .string(get(spec, "serviceAccountName"), &spec_at.key("serviceAccountName"))?
+        .string(
+            get(spec, "serviceAccountName"),
+            &spec_at.key("serviceAccountName"),
+        )?
         .or(cx.string(get(spec, "serviceAccount"), &spec_at.key("serviceAccount"))?)
         .unwrap_or_else(|| "default".to_string());
     let automount = cx
@@ -814,14 +821,21 @@ fn plan_container(
         if !caps.is_null() {
             let cat = sc_at.key("capabilities");
             cx.keys(caps, &cat, &["add", "drop"])?;
-            caps_add = cx.strings(get(caps, "add"), &cat.key("add"))?.unwrap_or_default();
-            caps_drop = cx.strings(get(caps, "drop"), &cat.key("drop"))?.unwrap_or_default();
+            caps_add = cx
+                .strings(get(caps, "add"), &cat.key("add"))?
+                .unwrap_or_default();
+            caps_drop = cx
+                .strings(get(caps, "drop"), &cat.key("drop"))?
+                .unwrap_or_default();
         }
     }
     let stdin = cx.bool(get(c, "stdin"), &at.key("stdin"))?.unwrap_or(false);
     let tty = cx.bool(get(c, "tty"), &at.key("tty"))?.unwrap_or(false);
     let termination_message_path = cx
-        .string(get(c, "terminationMessagePath"), &at.key("terminationMessagePath"))?
+        .string(
+            get(c, "terminationMessagePath"),
+            &at.key("terminationMessagePath"),
+        )?
         .unwrap_or_else(|| "/dev/termination-log".to_string());
     let termination_message_policy = cx
         .string(
@@ -893,8 +907,17 @@ fn is_service_var(name: &str) -> bool {
     static SUFFIXES: &[&str] = &["_SERVICE_HOST", "_SERVICE_PORT", "_PORT"];
     SUFFIXES.iter().any(|s| name.ends_with(s))
         || name.contains("_SERVICE_PORT_")
-        || (name.contains("_PORT_") && (name.ends_with("_TCP") || name.ends_with("_UDP") || name.ends_with("_SCTP") || name.ends_with("_PROTO") || name.ends_with("_ADDR") || name.ends_with("_PORT")))
+        || (name.contains("_PORT_")
+            && (name.ends_with("_TCP")
+                || name.ends_with("_UDP")
+                || name.ends_with("_SCTP")
+                || name.ends_with("_PROTO")
+                || name.ends_with("_ADDR")
+                || name.ends_with("_PORT")))
 }
+
+/// The kubelet's env of a container: (name, value), in order.
+type Env = Vec<(String, Text)>;
 
 fn lookup_env(env: &[(String, Text)], name: &str) -> Option<Text> {
     match env.iter().rev().find(|(n, _)| n == name) {
@@ -919,7 +942,7 @@ fn plan_env(
     c: &Value,
     at: &FieldPath,
     pod: &PodContext,
-) -> Result<(Vec<(String, Text)>, BTreeSet<String>), GenError> {
+) -> Result<(Env, BTreeSet<String>), GenError> {
     let mut env: Vec<(String, Text)> = Vec::new();
     let mut optional = BTreeSet::new();
     if let Some(items) = c.get("envFrom") {
@@ -930,7 +953,9 @@ fn plan_env(
         for (i, e) in items.iter().enumerate() {
             let eat = fat.index(i);
             cx.keys(e, &eat, &["configMapRef", "prefix", "secretRef"])?;
-            let prefix = cx.string(get(e, "prefix"), &eat.key("prefix"))?.unwrap_or_default();
+            let prefix = cx
+                .string(get(e, "prefix"), &eat.key("prefix"))?
+                .unwrap_or_default();
             for (key, what) in [("configMapRef", "ConfigMap"), ("secretRef", "Secret")] {
                 let r = get(e, key);
                 if r.is_null() {
@@ -938,8 +963,12 @@ fn plan_env(
                 }
                 let rat = eat.key(key);
                 cx.keys(r, &rat, &["name", "optional"])?;
-                let name = cx.string(get(r, "name"), &rat.key("name"))?.unwrap_or_default();
-                let is_optional = cx.bool(get(r, "optional"), &rat.key("optional"))?.unwrap_or(false);
+                let name = cx
+                    .string(get(r, "name"), &rat.key("name"))?
+                    .unwrap_or_default();
+                let is_optional = cx
+                    .bool(get(r, "optional"), &rat.key("optional"))?
+                    .unwrap_or(false);
                 let source = if what == "ConfigMap" {
                     pod.inputs.config_maps.get(&name)
                 } else {
@@ -980,7 +1009,14 @@ fn plan_env(
                 let lookup = |n: &str| lookup_env(&env, n);
                 Some(expand(&v, &lookup))
             } else if !get(e, "valueFrom").is_null() {
-                value_from(cx, get(e, "valueFrom"), &vat.key("valueFrom"), c, pod, &name)?
+                value_from(
+                    cx,
+                    get(e, "valueFrom"),
+                    &vat.key("valueFrom"),
+                    c,
+                    pod,
+                    &name,
+                )?
             } else {
                 Some(Text::lit(""))
             };
@@ -1009,12 +1045,19 @@ fn value_from(
     cx.keys(
         v,
         at,
-        &["configMapKeyRef", "fieldRef", "resourceFieldRef", "secretKeyRef"],
+        &[
+            "configMapKeyRef",
+            "fieldRef",
+            "resourceFieldRef",
+            "secretKeyRef",
+        ],
     )?;
     if let Some(f) = v.get("fieldRef") {
         let fat = at.key("fieldRef");
         cx.keys(f, &fat, &["apiVersion", "fieldPath"])?;
-        let path = cx.string(get(f, "fieldPath"), &fat.key("fieldPath"))?.unwrap_or_default();
+        let path = cx
+            .string(get(f, "fieldPath"), &fat.key("fieldPath"))?
+            .unwrap_or_default();
         let pv = pod.values;
         let t = match path.as_str() {
             "metadata.name" => pv.name.clone(),
@@ -1051,7 +1094,9 @@ fn value_from(
     if let Some(r) = v.get("resourceFieldRef") {
         let rat = at.key("resourceFieldRef");
         cx.keys(r, &rat, &["containerName", "divisor", "resource"])?;
-        let resource = cx.string(get(r, "resource"), &rat.key("resource"))?.unwrap_or_default();
+        let resource = cx
+            .string(get(r, "resource"), &rat.key("resource"))?
+            .unwrap_or_default();
         let divisor = match get(r, "divisor") {
             Value::Null => "1".to_string(),
             Value::String(s) => s.clone(),
@@ -1062,17 +1107,24 @@ fn value_from(
             Some(n) => find_container(pod.all, &n).unwrap_or(&Value::Null),
             None => c,
         };
-        return Ok(Some(resource_value(container, &resource, &divisor).unwrap_or_else(|| {
-            Text::dynamic(Dyn::Resource)
-        })));
+        return Ok(Some(
+            resource_value(container, &resource, &divisor)
+                .unwrap_or_else(|| Text::dynamic(Dyn::Resource)),
+        ));
     }
     for (key, what) in [("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")] {
         let Some(r) = v.get(key) else { continue };
         let rat = at.key(key);
         cx.keys(r, &rat, &["key", "name", "optional"])?;
-        let name = cx.string(get(r, "name"), &rat.key("name"))?.unwrap_or_default();
-        let k = cx.string(get(r, "key"), &rat.key("key"))?.unwrap_or_default();
-        let is_optional = cx.bool(get(r, "optional"), &rat.key("optional"))?.unwrap_or(false);
+        let name = cx
+            .string(get(r, "name"), &rat.key("name"))?
+            .unwrap_or_default();
+        let k = cx
+            .string(get(r, "key"), &rat.key("key"))?
+            .unwrap_or_default();
+        let is_optional = cx
+            .bool(get(r, "optional"), &rat.key("optional"))?
+            .unwrap_or(false);
         let source = if what == "ConfigMap" {
             pod.inputs.config_maps.get(&name)
         } else {
@@ -1098,7 +1150,10 @@ fn value_from(
 
 /// `metadata.labels['key']` -> `key`.
 fn subscript(path: &str, field: &str) -> Option<String> {
-    let rest = path.strip_prefix(field)?.strip_prefix('[')?.strip_suffix(']')?;
+    let rest = path
+        .strip_prefix(field)?
+        .strip_prefix('[')?
+        .strip_suffix(']')?;
     let rest = rest.trim_matches(|c| c == '\'' || c == '"');
     Some(rest.to_string())
 }
@@ -1140,7 +1195,9 @@ fn quantity(s: &str) -> Option<i128> {
         "Ti" => 1 << 40,
         "Pi" => 1 << 50,
         "Ei" => 1 << 60,
-        e if e.starts_with('e') || e.starts_with('E') => 10i128.checked_pow(e[1..].parse().ok()?)?,
+        e if e.starts_with('e') || e.starts_with('E') => {
+            10i128.checked_pow(e[1..].parse().ok()?)?
+        }
         _ => return None,
     };
     nano.checked_mul(mul)
@@ -1151,11 +1208,13 @@ fn quantity(s: &str) -> Option<i128> {
 fn resource_value(container: &Value, resource: &str, divisor: &str) -> Option<Text> {
     let (kind, name) = resource.split_once('.')?;
     let res = container.get("resources")?;
-    let q = |k: &str| res.get(k)?.get(name).and_then(|v| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    });
+    let q = |k: &str| {
+        res.get(k)?.get(name).and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
     let value = match kind {
         "limits" => q("limits")?,
         "requests" => q("requests").or_else(|| q("limits"))?,
@@ -1270,21 +1329,36 @@ fn plan_mounts(
         cx.keys(
             m,
             &mat,
-            &["mountPath", "mountPropagation", "name", "readOnly", "recursiveReadOnly", "subPath", "subPathExpr"],
+            &[
+                "mountPath",
+                "mountPropagation",
+                "name",
+                "readOnly",
+                "recursiveReadOnly",
+                "subPath",
+                "subPathExpr",
+            ],
         )?;
-        let name = cx.string(get(m, "name"), &mat.key("name"))?.unwrap_or_default();
+        let name = cx
+            .string(get(m, "name"), &mat.key("name"))?
+            .unwrap_or_default();
         let Some(dest) = cx.string(get(m, "mountPath"), &mat.key("mountPath"))? else {
             return Err(cx.invalid(&mat.key("mountPath"), "missing"));
         };
         let prop = cx.string(get(m, "mountPropagation"), &mat.key("mountPropagation"))?;
         if prop.as_deref().is_some_and(|p| p != "None") {
-            cx.unsupported(&mat.key("mountPropagation"), ": copies in the guest share nothing with the host")?;
+            cx.unsupported(
+                &mat.key("mountPropagation"),
+                ": copies in the guest share nothing with the host",
+            )?;
         }
         let rro = cx.string(get(m, "recursiveReadOnly"), &mat.key("recursiveReadOnly"))?;
         if rro.as_deref().is_some_and(|p| p != "Disabled") {
             cx.unsupported(&mat.key("recursiveReadOnly"), ": only Disabled")?;
         }
-        let mut ro = cx.bool(get(m, "readOnly"), &mat.key("readOnly"))?.unwrap_or(false);
+        let mut ro = cx
+            .bool(get(m, "readOnly"), &mat.key("readOnly"))?
+            .unwrap_or(false);
         let Some(volume) = pod.volumes.get(&name) else {
             return Err(cx.invalid(
                 &mat.key("name"),
@@ -1295,7 +1369,10 @@ fn plan_mounts(
             .all
             .get("volumes")
             .and_then(Value::as_array)
-            .and_then(|vs| vs.iter().find(|v| v.get("name").and_then(Value::as_str) == Some(&name)));
+            .and_then(|vs| {
+                vs.iter()
+                    .find(|v| v.get("name").and_then(Value::as_str) == Some(&name))
+            });
         // The kubelet mounts these read-only whatever the mount says.
         if kind.is_some_and(|v| {
             ["configMap", "secret", "projected", "downwardAPI"]
@@ -1321,7 +1398,11 @@ fn plan_mounts(
         ));
     }
     if !has(&out, "/etc/hosts") {
-        out.push(bind("/etc/hosts", Source::Copy("hosts".into()), &["rbind", "rprivate", "rw"]));
+        out.push(bind(
+            "/etc/hosts",
+            Source::Copy("hosts".into()),
+            &["rbind", "rprivate", "rw"],
+        ));
     }
     if !termination_path.is_empty() && !has(&out, termination_path) {
         out.push(bind(
@@ -1331,13 +1412,24 @@ fn plan_mounts(
         ));
     }
     let access = if readonly_root { "ro" } else { "rw" };
-    for (dest, name) in [("/etc/hostname", "hostname"), ("/etc/resolv.conf", "resolv.conf")] {
+    for (dest, name) in [
+        ("/etc/hostname", "hostname"),
+        ("/etc/resolv.conf", "resolv.conf"),
+    ] {
         if !has(&out, dest) {
-            out.push(bind(dest, Source::Copy(name.into()), &["rbind", "rprivate", access]));
+            out.push(bind(
+                dest,
+                Source::Copy(name.into()),
+                &["rbind", "rprivate", access],
+            ));
         }
     }
     if !has(&out, "/dev/shm") {
-        out.push(bind("/dev/shm", Source::Literal(SANDBOX_SHM.into()), &["rbind"]));
+        out.push(bind(
+            "/dev/shm",
+            Source::Literal(SANDBOX_SHM.into()),
+            &["rbind"],
+        ));
     }
     Ok(out)
 }
@@ -1353,11 +1445,22 @@ fn kernel_mounts(pause: bool, privileged: bool) -> Vec<Mount> {
     };
     let mut v = vec![
         m("/proc", "proc", &["nosuid", "noexec", "nodev"]),
-        m("/dev", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        m(
+            "/dev",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
         m(
             "/dev/pts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         ),
         m("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
         m("/sys", "sysfs", &["nosuid", "noexec", "nodev", rw]),
@@ -1378,10 +1481,10 @@ fn merge_env(env: &mut Vec<Text>, name: &str, value: Text) {
     let mut t = Text::lit(format!("{name}="));
     t.push_text(&value);
     let prefix = format!("{name}=");
-    if let Some(e) = env
-        .iter_mut()
-        .find(|e| e.0.first().is_some_and(|p| matches!(p, super::text::Part::Lit(l) if l.starts_with(&prefix))))
-    {
+    if let Some(e) = env.iter_mut().find(|e| {
+        e.0.first()
+            .is_some_and(|p| matches!(p, super::text::Part::Lit(l) if l.starts_with(&prefix)))
+    }) {
         *e = t;
     } else {
         env.push(t);
@@ -1411,7 +1514,10 @@ fn caps(add: &[String], drop: &[String]) -> Caps {
         return Caps::Privileged;
     }
     let mut set: BTreeSet<String> = if all(add) {
-        super::data::PRIVILEGED_CAPS.iter().map(|s| s.to_string()).collect()
+        super::data::PRIVILEGED_CAPS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
     };
@@ -1457,7 +1563,11 @@ pub fn build(
         };
         // Args (containerd's `WithProcessArgs` of CRI).
         let args: Vec<Text> = if c.kind == Kind::Pause {
-            cfg.entrypoint.iter().chain(&cfg.cmd).map(Text::lit).collect()
+            cfg.entrypoint
+                .iter()
+                .chain(&cfg.cmd)
+                .map(Text::lit)
+                .collect()
         } else {
             let mut command = c.command.clone().unwrap_or_default();
             let mut args = c.args.clone().unwrap_or_default();
@@ -1500,9 +1610,14 @@ pub fn build(
             (_, w) if !w.is_empty() => w.to_string(),
             _ => "/".to_string(),
         };
-        let user_string = user::user_string(c.run_as_user, c.run_as_group, &cfg.user).map_err(&err)?;
-        let user = user::resolve(&user_string, accounts.get(&c.image), &plan.supplemental_groups)
-            .map_err(|e| err(format!("image {}: {e}", image.name)))?;
+        let user_string =
+            user::user_string(c.run_as_user, c.run_as_group, &cfg.user).map_err(&err)?;
+        let user = user::resolve(
+            &user_string,
+            accounts.get(&c.image),
+            &plan.supplemental_groups,
+        )
+        .map_err(|e| err(format!("image {}: {e}", image.name)))?;
         if plan.run_as_non_root && user.uid == 0 && c.kind != Kind::Pause {
             diag.warn(format!(
                 "{}: container {:?} runs as root but runAsNonRoot is set: the kubelet will not start it",
@@ -1572,9 +1687,27 @@ mod tests {
         assert_eq!(quantity("1e3"), Some(1_000_000_000_000));
         assert_eq!(quantity("x"), None);
         let c = serde_json::json!({"resources": {"limits": {"cpu": "500m", "memory": "128Mi"}}});
-        assert_eq!(resource_value(&c, "limits.cpu", "1").unwrap().literal().unwrap(), "1");
-        assert_eq!(resource_value(&c, "limits.cpu", "1m").unwrap().literal().unwrap(), "500");
-        assert_eq!(resource_value(&c, "requests.memory", "1Mi").unwrap().literal().unwrap(), "128");
+        assert_eq!(
+            resource_value(&c, "limits.cpu", "1")
+                .unwrap()
+                .literal()
+                .unwrap(),
+            "1"
+        );
+        assert_eq!(
+            resource_value(&c, "limits.cpu", "1m")
+                .unwrap()
+                .literal()
+                .unwrap(),
+            "500"
+        );
+        assert_eq!(
+            resource_value(&c, "requests.memory", "1Mi")
+                .unwrap()
+                .literal()
+                .unwrap(),
+            "128"
+        );
         assert!(resource_value(&c, "limits.ephemeral-storage", "1").is_none());
     }
 

@@ -109,7 +109,9 @@ pub fn annotate(
         if !meta.get("annotations").is_some_and(Value::is_object) {
             meta["annotations"] = json!({});
         }
-        let annos = meta["annotations"].as_object_mut().expect("just made an object");
+        let annos = meta["annotations"]
+            .as_object_mut()
+            .expect("just made an object");
         annos.remove(carrier.other());
         annos.insert(carrier.key().to_string(), json!(e.value));
     }
@@ -212,7 +214,11 @@ fn value_end(lines: &[&str], line: usize, col0: usize) -> usize {
 /// a sequence dash.
 fn starts_line(line: &str, col0: usize) -> bool {
     let before = &line[..col0.min(line.len())];
-    before.trim_start_matches(' ').trim_end_matches(' ').chars().all(|c| c == '-')
+    before
+        .trim_start_matches(' ')
+        .trim_end_matches(' ')
+        .chars()
+        .all(|c| c == '-')
 }
 
 fn pad(n: usize) -> String {
@@ -303,13 +309,16 @@ fn splices_for(file: &File, lines: &[&str], e: &Edit, carrier: Carrier) -> Optio
 
 fn textual(file: &File, edits: &[Edit], carrier: Carrier) -> Option<String> {
     let lines: Vec<&str> = file.text.split_inclusive('\n').collect();
-    let bare: Vec<&str> = lines.iter().map(|l| l.trim_end_matches(['\n', '\r'])).collect();
+    let bare: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim_end_matches(['\n', '\r']))
+        .collect();
     let mut splices = Vec::new();
     for e in edits {
         splices.extend(splices_for(file, &bare, e, carrier)?);
     }
     // From the bottom up, so that earlier line numbers stay valid.
-    splices.sort_by(|a, b| b.start.cmp(&a.start));
+    splices.sort_by_key(|s| std::cmp::Reverse(s.start));
     let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     let mut last_start = usize::MAX;
     for s in splices {
@@ -323,7 +332,10 @@ fn textual(file: &File, edits: &[Edit], carrier: Carrier) -> Option<String> {
     let mut text = out.concat();
     if !file.text.ends_with('\n') && text.ends_with('\n') && !file.text.is_empty() {
         // Keep a missing final newline missing only if the last line was untouched.
-        if lines.last().is_some_and(|l| text.ends_with(&format!("{l}\n"))) {
+        if lines
+            .last()
+            .is_some_and(|l| text.ends_with(&format!("{l}\n")))
+        {
             text.pop();
         }
     }
@@ -436,7 +448,10 @@ spec:
         let v = annotation_value(rego, Carrier::InitData);
         let p = policy_source::from_initdata_annotation(&v).unwrap();
         assert_eq!(p.text, rego);
-        assert_eq!(p.document.as_deref(), Some(initdata_document(rego).as_str()));
+        assert_eq!(
+            p.document.as_deref(),
+            Some(initdata_document(rego).as_str())
+        );
         let want: String = kata_cc_policy::initdata::digest::compute(
             kata_cc_policy::initdata::digest::Algorithm::Sha256,
             initdata_document(rego).as_bytes(),

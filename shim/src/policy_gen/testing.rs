@@ -6,9 +6,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::images::{
-    Accounts, ImageConfig, ImageFacts, ImageFactsError, ImageSource, LayerFacts,
-};
+use super::images::{Accounts, ImageConfig, ImageFacts, ImageFactsError, ImageSource, LayerFacts};
 
 /// Images by reference, with their accounts; counts the accounts reads.
 #[derive(Default)]
@@ -53,8 +51,7 @@ impl MemorySource {
                 })
                 .collect(),
         };
-        self.images
-            .insert(reference.to_string(), (facts, accounts));
+        self.images.insert(reference.to_string(), (facts, accounts));
     }
 
     /// The pause image (registry.k8s.io/pause:3.6 as its config says).
@@ -91,7 +88,10 @@ impl MemorySource {
                 working_dir: String::new(),
             },
             Accounts {
-                passwd: Some("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n".into()),
+                passwd: Some(
+                    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n"
+                        .into(),
+                ),
                 group: Some("root:x:0:\nwheel:x:10:root\nnogroup:x:65534:\n".into()),
             },
         );

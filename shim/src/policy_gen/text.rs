@@ -187,12 +187,18 @@ mod tests {
             "POD" => Some(Text::dynamic(Dyn::SandboxName)),
             _ => None,
         };
-        assert_eq!(expand("$(A)-$(B) $$(A) $", &lookup).literal().unwrap(), "x.y-$(B) $(A) $");
+        assert_eq!(
+            expand("$(A)-$(B) $$(A) $", &lookup).literal().unwrap(),
+            "x.y-$(B) $(A) $"
+        );
         let t = expand("echo $(POD); sleep 1", &lookup);
         assert_eq!(t.literal(), None);
         assert_eq!(t.shown(), "echo $(sandbox-name); sleep 1");
         assert_eq!(t.regex(), "^echo $(sandbox-name); sleep 1$");
         assert_eq!(Text::lit("a.b(c)").regex(), "^a\\.b\\(c\\)$");
-        assert_eq!(expand("$(unclosed", &lookup).literal().unwrap(), "$(unclosed");
+        assert_eq!(
+            expand("$(unclosed", &lookup).literal().unwrap(),
+            "$(unclosed"
+        );
     }
 }

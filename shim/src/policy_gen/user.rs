@@ -140,9 +140,10 @@ pub fn resolve(
                 (uid, e.map_or(0, |e| e.gid), e.map(|e| e.name.clone()))
             }
             None => {
-                let e = pw.iter().find(|e| e.name == u).ok_or_else(|| {
-                    format!("user {u:?} is not in the image's /etc/passwd")
-                })?;
+                let e = pw
+                    .iter()
+                    .find(|e| e.name == u)
+                    .ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd"))?;
                 (e.uid, e.gid, Some(u.to_string()))
             }
         }
@@ -186,13 +187,18 @@ mod tests {
                 "root:x:0:0:root:/root:/bin/sh\nnginx:x:101:101::/:/sbin/nologin\nbad line\n"
                     .into(),
             ),
-            group: Some("root:x:0:\nwheel:x:10:root\nnginx:x:101:nginx\nweb:x:200:nginx,other\n".into()),
+            group: Some(
+                "root:x:0:\nwheel:x:10:root\nnginx:x:101:nginx\nweb:x:200:nginx,other\n".into(),
+            ),
         }
     }
 
     #[test]
     fn the_user_string_is_cris() {
-        assert_eq!(user_string(Some(1000), Some(3000), "x").unwrap(), "1000:3000");
+        assert_eq!(
+            user_string(Some(1000), Some(3000), "x").unwrap(),
+            "1000:3000"
+        );
         assert_eq!(user_string(Some(1000), None, "x").unwrap(), "1000");
         assert_eq!(user_string(None, None, "nginx").unwrap(), "nginx");
         assert!(user_string(None, Some(5), "x").is_err());

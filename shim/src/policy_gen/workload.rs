@@ -129,7 +129,15 @@ pub fn collect(
         if d.value.is_null() {
             continue;
         }
-        collect_object(file, d.index, &FieldPath::default(), &d.value, pods_wanted, inputs, diag)?;
+        collect_object(
+            file,
+            d.index,
+            &FieldPath::default(),
+            &d.value,
+            pods_wanted,
+            inputs,
+            diag,
+        )?;
     }
     Ok(())
 }
@@ -161,7 +169,10 @@ fn collect_object(
         .unwrap_or_default();
     let base = match (&name, &generate_name) {
         (Some(n), _) => Some(regex::escape(n)),
-        (None, Some(g)) => Some(format!("{}{NAME_SUFFIX}{{5}}", regex::escape(&generate_prefix(g)))),
+        (None, Some(g)) => Some(format!(
+            "{}{NAME_SUFFIX}{{5}}",
+            regex::escape(&generate_prefix(g))
+        )),
         (None, None) => None,
     };
     let suffix5 = format!("{NAME_SUFFIX}{{5}}");
@@ -187,14 +198,27 @@ fn collect_object(
         ),
         // A CronJob's Job is `<cronjob>-<scheduled time in minutes>`.
         "CronJob" => (
-            Some(FieldPath::keys(&["spec", "jobTemplate", "spec", "template"])),
+            Some(FieldPath::keys(&[
+                "spec",
+                "jobTemplate",
+                "spec",
+                "template",
+            ])),
             base.as_ref()
                 .map(|b| format!("{b}-[0-9]+(-[0-9]+)?-{suffix5}")),
         ),
         "List" => {
             let items = obj.get("items").and_then(Value::as_array);
             for (i, item) in items.into_iter().flatten().enumerate() {
-                collect_object(file, doc, &at.key("items").index(i), item, pods_wanted, inputs, diag)?;
+                collect_object(
+                    file,
+                    doc,
+                    &at.key("items").index(i),
+                    item,
+                    pods_wanted,
+                    inputs,
+                    diag,
+                )?;
             }
             return Ok(());
         }
@@ -284,8 +308,16 @@ fn key_values(
         field: field.to_string(),
         problem,
     };
-    let plain = if kind == "ConfigMap" { "data" } else { "stringData" };
-    let encoded = if kind == "ConfigMap" { "binaryData" } else { "data" };
+    let plain = if kind == "ConfigMap" {
+        "data"
+    } else {
+        "stringData"
+    };
+    let encoded = if kind == "ConfigMap" {
+        "binaryData"
+    } else {
+        "data"
+    };
     if let Some(m) = obj.get(encoded).and_then(Value::as_object) {
         for (k, v) in m {
             let f = at.key(encoded).key(k);
@@ -373,7 +405,14 @@ stringData: {user: admin}
         let names: Vec<String> = i.pods.iter().map(PodSource::label).collect();
         assert_eq!(
             names,
-            ["Deployment/web", "StatefulSet/db", "Job/j", "CronJob/c", "DaemonSet/d", "Pod/p-"]
+            [
+                "Deployment/web",
+                "StatefulSet/db",
+                "Job/j",
+                "CronJob/c",
+                "DaemonSet/d",
+                "Pod/p-"
+            ]
         );
         assert!(matches(&i.pods[0].name_regex, "web-7c9d8bb6f4-x2kqz"));
         assert!(!matches(&i.pods[0].name_regex, "web-x2kqz"));
@@ -410,6 +449,9 @@ stringData: {user: admin}
         collect(&f, true, &mut inputs, &mut diag).unwrap();
         assert_eq!(diag.warnings.len(), 1, "{:?}", diag.warnings);
         let e = pods("metadata: {name: x}\n").unwrap_err();
-        assert_eq!(e.to_string(), "m.yaml:1: kind: missing: every document must name its kind");
+        assert_eq!(
+            e.to_string(),
+            "m.yaml:1: kind: missing: every document must name its kind"
+        );
     }
 }

@@ -354,7 +354,10 @@ spec:
         assert_eq!(locate(TEXT, 1, &p.index(1).key("image")), Some((15, 5)));
         let env = p.index(1).key("env").index(0).key("value");
         assert_eq!(locate(TEXT, 1, &env), Some((16, 21)));
-        assert_eq!(locate(TEXT, 0, &FieldPath::keys(&["data", "a"])), Some((3, 8)));
+        assert_eq!(
+            locate(TEXT, 0, &FieldPath::keys(&["data", "a"])),
+            Some((3, 8))
+        );
         assert_eq!(locate(TEXT, 1, &p.index(2)), None);
         assert_eq!(locate(TEXT, 1, &FieldPath::keys(&["spec", "nope"])), None);
         // The nearest ancestor stands in for a missing field.

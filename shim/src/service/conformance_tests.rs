@@ -24,7 +24,8 @@ use super::spec::{exec_process_to_agent, BundleSpec};
 use super::volumes::tests::{kubelet_volume, Recorder};
 use super::volumes::{prepare, MountContext};
 
-pub(super) const SANDBOX_ID: &str = "a3e5b029b23f8e3a63e5c231cf63688477a77f5036f249f722823eef73771098";
+pub(super) const SANDBOX_ID: &str =
+    "a3e5b029b23f8e3a63e5c231cf63688477a77f5036f249f722823eef73771098";
 pub(super) const APP_ID: &str = "45bd74c304beec46aa5a433009e3ab6703d7995c37154ebe6a0d859924ebdf67";
 const POD_UID: &str = "078af1e8-328a-4f89-adfb-bae4455fbf50";
 const TS: &str = "..2024_05_08_18_12_07.1887069138";

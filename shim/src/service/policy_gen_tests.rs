@@ -119,7 +119,11 @@ fn generated_from(manifest: &str, opts: Options) -> (String, MemorySource) {
         false,
     ))
     .unwrap();
-    assert!(g.warnings.iter().all(|w| w.contains("privileged")), "{:?}", g.warnings);
+    assert!(
+        g.warnings.iter().all(|w| w.contains("privileged")),
+        "{:?}",
+        g.warnings
+    );
     (g.policies[0].rego.clone(), src)
 }
 
@@ -147,7 +151,10 @@ impl Agent {
     }
 
     fn check_json(&mut self, name: &str, input: &Value) -> Result<(), String> {
-        let d = self.engine.evaluate(name, input).map_err(|e| e.to_string())?;
+        let d = self
+            .engine
+            .evaluate(name, input)
+            .map_err(|e| e.to_string())?;
         if d.allowed {
             Ok(())
         } else {
@@ -187,7 +194,13 @@ fn layer_copies(cid: &str, layers: &[Layer]) -> Vec<CopyFileRequest> {
         .collect()
 }
 
-fn create(cid: &str, spec: oci::Spec, pidns: bool, image: &str, layers: &[Layer]) -> CreateContainerRequest {
+fn create(
+    cid: &str,
+    spec: oci::Spec,
+    pidns: bool,
+    image: &str,
+    layers: &[Layer],
+) -> CreateContainerRequest {
     CreateContainerRequest {
         container_id: cid.to_string(),
         exec_id: cid.to_string(),
@@ -222,8 +235,11 @@ async fn start_as(rego: &str, src: &MemorySource, pod: &str) -> Started {
     let host = Host::new();
     let rec = Recorder::default();
     let empty_dirs = Default::default();
-    let pause_caps = &nth(&kata, "CreateContainerRequest", 0)["OCI"]["Process"]["Capabilities"]["Bounding"];
-    let pause_config = host.fill(PAUSE_CONFIG, pause_caps).replace("pod-lifecycle", pod);
+    let pause_caps =
+        &nth(&kata, "CreateContainerRequest", 0)["OCI"]["Process"]["Capabilities"]["Bounding"];
+    let pause_config = host
+        .fill(PAUSE_CONFIG, pause_caps)
+        .replace("pod-lifecycle", pod);
     let pause_spec = BundleSpec::parse(pause_config.as_bytes(), "config.json")
         .unwrap()
         .to_agent()
@@ -254,8 +270,11 @@ async fn start_as(rego: &str, src: &MemorySource, pod: &str) -> Started {
         },
     );
 
-    let app_caps = &nth(&kata, "CreateContainerRequest", 1)["OCI"]["Process"]["Capabilities"]["Bounding"];
-    let app_config = host.fill(APP_CONFIG, app_caps).replace("pod-lifecycle", pod);
+    let app_caps =
+        &nth(&kata, "CreateContainerRequest", 1)["OCI"]["Process"]["Capabilities"]["Bounding"];
+    let app_config = host
+        .fill(APP_CONFIG, app_caps)
+        .replace("pod-lifecycle", pod);
     let (app, pidns) = shape_for_guest(&app_config, APP_ID, &rec, &empty_dirs).await;
     let copies = rec.take();
     assert_eq!(copies.len(), 13);
@@ -309,8 +328,14 @@ async fn the_generated_policy_allows_the_pods_life_and_nothing_else() {
         },
     );
     // The hook's exec command; another command is refused, naming the container's.
-    a.allow("ExecProcessRequest", &exec(&s.app_config, &["echo", "hello from postStart hook"]));
-    let e = a.deny("ExecProcessRequest", &exec(&s.app_config, &["cat", "/etc/shadow"]));
+    a.allow(
+        "ExecProcessRequest",
+        &exec(&s.app_config, &["echo", "hello from postStart hook"]),
+    );
+    let e = a.deny(
+        "ExecProcessRequest",
+        &exec(&s.app_config, &["cat", "/etc/shadow"]),
+    );
     assert!(
         e.starts_with("ExecProcessRequest is blocked by policy: ExecProcessRequest: container \"busybox\": command [\"cat\", \"/etc/shadow\"] is not one of the policy's exec commands"),
         "{e}"
@@ -411,8 +436,14 @@ async fn changes_after_generation_are_denied_naming_the_field() {
     });
     spec.Process.as_mut().unwrap().User.as_mut().unwrap().UID = 1000;
     let e = s.agent.deny("CreateContainerRequest", &s.app);
-    assert!(e.contains("mount /host (bind from /run/kata-containers/shared/containers/x"), "{e}");
-    assert!(e.contains("process.User.UID 1000 is not the policy's 0"), "{e}");
+    assert!(
+        e.contains("mount /host (bind from /run/kata-containers/shared/containers/x"),
+        "{e}"
+    );
+    assert!(
+        e.contains("process.User.UID 1000 is not the policy's 0"),
+        "{e}"
+    );
 
     // A copy outside the pod's volumes.
     let mut s = start(&rego, &src).await;
@@ -422,7 +453,10 @@ async fn changes_after_generation_are_denied_naming_the_field() {
         ..Default::default()
     };
     let e = s.agent.deny("CopyFileRequest", &bad);
-    assert!(e.contains("not a copy of one of the pod's volumes or image layers"), "{e}");
+    assert!(
+        e.contains("not a copy of one of the pod's volumes or image layers"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -489,15 +523,19 @@ async fn a_deployments_generated_pod_names_are_allowed() {
     let (rego, src) = generated_from(&deployment_manifest(), Options::default());
     let mut s = start_as(&rego, &src, "lifecycle-7c9d8bb6f4-x2kqz").await;
     s.agent.allow("CreateContainerRequest", &s.app);
-    s.agent
-        .allow("ExecProcessRequest", &exec(&s.app_config, &["echo", "hello from postStart hook"]));
+    s.agent.allow(
+        "ExecProcessRequest",
+        &exec(&s.app_config, &["echo", "hello from postStart hook"]),
+    );
 
     // A name its controller would not give, another namespace.
     let mut agent = Agent {
         engine: PolicyEngine::new(&rego).unwrap(),
     };
     let host = Host::new();
-    let config = host.fill(PAUSE_CONFIG, &json!([])).replace("pod-lifecycle", "lifecycle-x2kqz");
+    let config = host
+        .fill(PAUSE_CONFIG, &json!([]))
+        .replace("pod-lifecycle", "lifecycle-x2kqz");
     let spec = BundleSpec::parse(config.as_bytes(), "config.json")
         .unwrap()
         .to_agent()
@@ -510,13 +548,14 @@ async fn a_deployments_generated_pod_names_are_allowed() {
         "{e}"
     );
     let mut s = start_as(&rego, &src, "lifecycle-7c9d8bb6f4-x2kqz").await;
-    s.app
-        .OCI
-        .as_mut()
-        .unwrap()
-        .Annotations
-        .insert("io.kubernetes.cri.sandbox-namespace".into(), "kube-system".into());
+    s.app.OCI.as_mut().unwrap().Annotations.insert(
+        "io.kubernetes.cri.sandbox-namespace".into(),
+        "kube-system".into(),
+    );
     let e = s.agent.deny("CreateContainerRequest", &s.app);
     assert!(e.contains("annotation io.kubernetes.cri.sandbox-namespace=\"kube-system\" is not allowed by the policy"), "{e}");
-    assert!(e.contains("namespace \"kube-system\" is not the sandbox's \"default\""), "{e}");
+    assert!(
+        e.contains("namespace \"kube-system\" is not the sandbox's \"default\""),
+        "{e}"
+    );
 }
