@@ -285,7 +285,7 @@ fn bench(
 pub const CHECK_HELP: &str = "\
 kata-cc policy check --policy P --pod POD.yaml [--base LOG] [--verbose]
   Builds the agent requests the pod's creation would cause and says, per container, whether the
-  policy allows them: the sandbox (pause) container first, then each container's
+  policy allows them: CreateSandboxRequest and the sandbox (pause) container first, then each container's
   CreateContainerRequest, then one ExecProcessRequest per exec probe (liveness/readiness/startup).
   POD: a Kubernetes manifest, YAML or JSON (several documents allowed): its first Pod, or the
   pod template of its first Deployment/StatefulSet/DaemonSet/ReplicaSet/Job/CronJob.
@@ -309,6 +309,39 @@ const ANNO_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 const ANNO_SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
 const ANNO_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 const ANNO_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+const ANNO_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The CreateSandboxRequest of the pod: the base log's (its sandbox id replaced), else the
+/// shim's shape: the pod's hostname, CRI's 64 MiB shm.
+fn create_sandbox_request(sk: &Skeletons, pod: &Value, name: &str, sandbox_id: &str) -> Value {
+    if let Some(base) = &sk.create_sandbox {
+        let mut v = with_id(base, sandbox_id);
+        v["sandbox_id"] = json!(sandbox_id);
+        return v;
+    }
+    let hostname: String = pod
+        .pointer("/spec/hostname")
+        .and_then(Value::as_str)
+        .unwrap_or(name)
+        .chars()
+        .take(64)
+        .collect();
+    use agent_proto::contract;
+    let req = agent_proto::agent::CreateSandboxRequest {
+        hostname,
+        storages: vec![agent_proto::agent::Storage {
+            driver: contract::EPHEMERAL_DRIVER.to_string(),
+            source: "shm".to_string(),
+            fstype: "tmpfs".to_string(),
+            options: contract::shm_options(contract::DEFAULT_SHM_SIZE),
+            mount_point: contract::SANDBOX_SHM_DIR.to_string(),
+            ..Default::default()
+        }],
+        sandbox_id: sandbox_id.to_string(),
+        ..Default::default()
+    };
+    input::to_json(&req)
+}
 
 struct CheckArgs {
     policy: String,
@@ -349,6 +382,8 @@ fn parse_check_args(args: &[String]) -> Result<CheckArgs, ArgsError> {
 
 /// Request skeletons: everything the pod spec does not say.
 struct Skeletons {
+    /// The base log's CreateSandboxRequest, if it has one.
+    create_sandbox: Option<Value>,
     sandbox: Value,
     container: Value,
     exec: Value,
@@ -376,6 +411,7 @@ fn container_type(req: &Value) -> Option<&str> {
 
 fn skeletons(base: Option<&str>) -> Result<Skeletons, InputError> {
     let mut s = Skeletons {
+        create_sandbox: None,
         sandbox: empty_request("CreateContainerRequest", true),
         container: empty_request("CreateContainerRequest", true),
         exec: empty_request("ExecProcessRequest", false),
@@ -392,6 +428,9 @@ fn skeletons(base: Option<&str>) -> Result<Skeletons, InputError> {
                 _ => {}
             },
             "ExecProcessRequest" if exec.is_none() => exec = Some(e.input),
+            "CreateSandboxRequest" if s.create_sandbox.is_none() => {
+                s.create_sandbox = Some(e.input)
+            }
             _ => {}
         }
     }
@@ -623,9 +662,17 @@ runAsUser/runAsGroup, exec probe commands; from {}: everything else",
         }
     };
 
-    // The pause container: its id is the sandbox id.
+    // The sandbox, as CRI's first request to the agent makes it (its id is the pause's).
     let sandbox_id = container_id(&format!("{namespace}/{name}"));
+    let create_sandbox = create_sandbox_request(&sk, pod, name, &sandbox_id);
+    run(
+        &mut engine,
+        "CreateSandboxRequest",
+        "sandbox",
+        &create_sandbox,
+    );
     let mut sandbox = with_id(&sk.sandbox, &sandbox_id);
+    set_annotation(&mut sandbox, ANNO_SANDBOX_ID, &sandbox_id);
     set_annotation(&mut sandbox, ANNO_SANDBOX_NAME, name);
     set_annotation(&mut sandbox, ANNO_SANDBOX_NAMESPACE, namespace);
     run(
@@ -641,6 +688,7 @@ runAsUser/runAsGroup, exec probe commands; from {}: everything else",
         let mut req = with_id(&sk.container, &id);
         set_annotation(&mut req, ANNO_SANDBOX_NAME, name);
         set_annotation(&mut req, ANNO_SANDBOX_NAMESPACE, namespace);
+        set_annotation(&mut req, ANNO_SANDBOX_ID, &sandbox_id);
         set_annotation(&mut req, ANNO_CONTAINER_NAME, cname);
         if let Some(image) = c.get("image").and_then(Value::as_str) {
             set_annotation(&mut req, ANNO_IMAGE_NAME, image);
