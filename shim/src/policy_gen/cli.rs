@@ -301,7 +301,13 @@ pub fn main(argv: &[String]) -> ExitCode {
                     .await
                     .map_err(|e| format!("kata-cc policy gen: {e}"))?,
             ),
-            None => Box::new(RegistrySource::new(args.insecure_registries.clone())),
+            None => {
+                let r = RegistrySource::new(args.insecure_registries.clone());
+                for w in r.warnings() {
+                    eprintln!("warning: {w}");
+                }
+                Box::new(r)
+            }
         };
         run(&args, source.as_ref())
             .await

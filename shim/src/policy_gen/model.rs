@@ -1575,9 +1575,9 @@ pub fn build(
                 if args.is_empty() {
                     args = cfg.cmd.iter().map(Text::lit).collect();
                 }
-                if c.command.is_none()
-                    && !(cfg.entrypoint.len() == 1 && cfg.entrypoint[0].is_empty())
-                {
+                // CRI's repeated field: an empty `command` is no command (nil), so the
+                // image's entrypoint applies.
+                if !(cfg.entrypoint.len() == 1 && cfg.entrypoint[0].is_empty()) {
                     command = cfg.entrypoint.iter().map(Text::lit).collect();
                 }
             }

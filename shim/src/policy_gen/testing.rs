@@ -40,6 +40,7 @@ impl MemorySource {
             reference: reference.to_string(),
             name: name.to_string(),
             manifest_digest: digest(&format!("{seed}/manifest")),
+            index_digest: None,
             config_digest: digest(&format!("{seed}/config")),
             config,
             layers: (0..layers)
@@ -105,9 +106,9 @@ impl ImageSource for MemorySource {
         self.images
             .get(reference)
             .map(|(f, _)| f.clone())
-            .ok_or_else(|| ImageFactsError::Image {
+            .ok_or_else(|| ImageFactsError::NotFound {
                 image: reference.to_string(),
-                message: "not found".into(),
+                place: "the test's images".into(),
             })
     }
 

@@ -100,7 +100,7 @@ fn errors_name_the_file_line_and_field() {
     let e = err(&POD.replace("image: busybox:1.36", "image: nope:1"));
     assert_eq!(
         e,
-        "pod.yaml:8: spec.containers[0].image: image nope:1: not found"
+        "pod.yaml:8: spec.containers[0].image: image nope:1: not found in the test's images"
     );
     let e = err("kind: Pod\nmetadata:\n  name: x\n spec: {}\n");
     assert!(e.starts_with("pod.yaml:4: not YAML: "), "{e}");
@@ -129,14 +129,14 @@ fn errors_name_the_file_line_and_field() {
     let e = err(&format!("{d}---\n{CONFIGS}"));
     assert_eq!(
         e,
-        "pod.yaml:29: spec.template.spec.containers[1].image: image nope:2: not found"
+        "pod.yaml:29: spec.template.spec.containers[1].image: image nope:2: not found in the test's images"
     );
     let src =
         MemorySource::default().with_busybox("busybox:1.36", "docker.io/library/busybox:1.36", "b");
     let e = gen_with(POD, &src, &opts(), false).unwrap_err().to_string();
     assert_eq!(
         e,
-        "pause image (--pause-image): image registry.k8s.io/pause:3.6: not found"
+        "pause image (--pause-image): image registry.k8s.io/pause:3.6: not found in the test's images"
     );
     let e = err("kind: Service\nmetadata: {name: s}\n");
     assert_eq!(e, "pod.yaml: no pod in the manifest (kinds with pods: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob, List)");

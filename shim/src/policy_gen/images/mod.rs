@@ -35,6 +35,8 @@ pub struct ImageFacts {
     /// Normalized: `docker.io/library/busybox:latest`, `127.0.0.1:5000/x/y:tag`.
     pub name: String,
     pub manifest_digest: String,
+    /// The image index the reference resolved to, if it named one.
+    pub index_digest: Option<String>,
     pub config_digest: String,
     pub config: ImageConfig,
     pub layers: Vec<LayerFacts>,
@@ -47,10 +49,17 @@ pub struct Accounts {
     pub group: Option<String>,
 }
 
+/// The images branch's variants that the generator's tests use.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageFactsError {
-    #[error("image {image}: {message}")]
-    Image { image: String, message: String },
+    #[error("image {image}: not found in {place}")]
+    NotFound { image: String, place: String },
+    #[error("image {image}: registry {registry}: {detail}")]
+    Registry {
+        image: String,
+        registry: String,
+        detail: String,
+    },
 }
 
 #[async_trait]
@@ -71,20 +80,27 @@ impl RegistrySource {
             _insecure_hosts: insecure_hosts,
         }
     }
+
+    /// What the source found unusable in the Docker credentials (for the CLI to print).
+    pub fn warnings(&self) -> &[String] {
+        &[]
+    }
 }
 
 #[async_trait]
 impl ImageSource for RegistrySource {
     async fn image(&self, reference: &str) -> Result<ImageFacts, ImageFactsError> {
-        Err(ImageFactsError::Image {
+        Err(ImageFactsError::Registry {
             image: reference.to_string(),
-            message: "no registry source in this build (placeholder)".into(),
+            registry: String::new(),
+            detail: "no registry source in this build (placeholder)".into(),
         })
     }
     async fn accounts(&self, image: &ImageFacts) -> Result<Accounts, ImageFactsError> {
-        Err(ImageFactsError::Image {
+        Err(ImageFactsError::Registry {
             image: image.reference.clone(),
-            message: "no registry source in this build (placeholder)".into(),
+            registry: String::new(),
+            detail: "no registry source in this build (placeholder)".into(),
         })
     }
 }
@@ -107,15 +123,15 @@ impl ContainerdSource {
 #[async_trait]
 impl ImageSource for ContainerdSource {
     async fn image(&self, reference: &str) -> Result<ImageFacts, ImageFactsError> {
-        Err(ImageFactsError::Image {
+        Err(ImageFactsError::NotFound {
             image: reference.to_string(),
-            message: "no containerd source in this build (placeholder)".into(),
+            place: "no containerd source in this build (placeholder)".into(),
         })
     }
     async fn accounts(&self, image: &ImageFacts) -> Result<Accounts, ImageFactsError> {
-        Err(ImageFactsError::Image {
+        Err(ImageFactsError::NotFound {
             image: image.reference.clone(),
-            message: "no containerd source in this build (placeholder)".into(),
+            place: "no containerd source in this build (placeholder)".into(),
         })
     }
 }
