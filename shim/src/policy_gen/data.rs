@@ -293,7 +293,13 @@ fn container(pod: &PodModel, c: &ContainerModel, sysctls: &Value) -> Value {
             "args_regex": args_regex,
             "env_regex": env_regex,
             "env_optional": c.optional_env,
-            "additional_gids_exact": c.user.exact,
+            "additional_gids": if pause {
+                "within"
+            } else if c.user.exact {
+                "exact"
+            } else {
+                "include"
+            },
             "stdin": c.stdin,
         },
     })
@@ -380,7 +386,7 @@ pub fn policy_data(pod: &PodModel, opts: &Options) -> Value {
             "CopyFileRequest": copy_roots(pod),
             "ExecProcessRequest": {
                 "allowed_commands": opts.allow_exec_commands,
-                "regex": if opts.allow_exec { vec!["^.*$"] } else { Vec::new() },
+                "regex": if opts.allow_exec { vec!["(?s)^.*$"] } else { Vec::new() },
             },
             "UpdateInterfaceRequest": {
                 "allow_raw_flags": 128,

@@ -624,21 +624,32 @@ user_violations(p, u) := {m |
 	m := sprintf("process.User.AdditionalGids %v are not the policy's %v%v", [u.AdditionalGids, p.OCI.Process.User.AdditionalGids, gids_note(p)])
 }
 
+# How the policy's AdditionalGids bind: "exact" (the image's /etc/group was read), "include"
+# (they must be there; the image's supplementary groups, not read, may be too), "within" (the
+# pause: containerd versions differ on whether it gets the primary group; nothing may be
+# beyond the policy's).
 gids_note(p) := "" if {
-	p.kata_cc.additional_gids_exact
-} else := " (at least)"
+	p.kata_cc.additional_gids == "exact"
+} else := " (at least)" if {
+	p.kata_cc.additional_gids == "include"
+} else := " (at most)"
 
 gids_allowed(p, gids) if {
-	p.kata_cc.additional_gids_exact
+	p.kata_cc.additional_gids == "exact"
 	{g | some g in gids} == {g | some g in p.OCI.Process.User.AdditionalGids}
 }
 
-# The image's /etc/group was not read: the policy's groups (the primary and the pod's) must
-# be there; the image's supplementary groups may be too.
 gids_allowed(p, gids) if {
-	not p.kata_cc.additional_gids_exact
+	p.kata_cc.additional_gids == "include"
 	every g in p.OCI.Process.User.AdditionalGids {
 		g in gids
+	}
+}
+
+gids_allowed(p, gids) if {
+	p.kata_cc.additional_gids == "within"
+	every g in gids {
+		g in p.OCI.Process.User.AdditionalGids
 	}
 }
 

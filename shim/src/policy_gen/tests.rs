@@ -205,7 +205,8 @@ fn a_named_user_reads_the_images_accounts_a_numeric_one_does_not() {
     assert_eq!(user["UID"], 65534);
     assert_eq!(user["GID"], 65534);
     assert_eq!(user["AdditionalGids"], serde_json::json!([65534]));
-    assert_eq!(d["containers"][1]["kata_cc"]["additional_gids_exact"], true);
+    assert_eq!(d["containers"][1]["kata_cc"]["additional_gids"], "exact");
+    assert_eq!(d["containers"][0]["kata_cc"]["additional_gids"], "within");
     let src = source();
     let text = POD.replace(
         "    command:",

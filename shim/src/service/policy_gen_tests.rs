@@ -488,6 +488,10 @@ async fn exec_and_logs_when_asked() {
     let a = &mut s.agent;
     a.allow("CreateContainerRequest", &s.app);
     a.allow("ExecProcessRequest", &exec(&s.app_config, &["sh"]));
+    a.allow(
+        "ExecProcessRequest",
+        &exec(&s.app_config, &["sh", "-c", "a\nb"]),
+    );
     // An exec's output and stdin go with exec; the container's log does not.
     a.allow("ReadStreamRequest", &read("e1"));
     a.deny("ReadStreamRequest", &read(""));
