@@ -402,6 +402,29 @@ async fn changes_after_generation_are_denied_naming_the_field() {
          process.Env \"LD_PRELOAD=/tmp/evil.so\" is not allowed by the policy"
     );
 
+    // The kubelet's values have their patterns: a service link must be an address, the pod's
+    // IP an IP.
+    for (from, to) in [
+        (
+            "KUBERNETES_SERVICE_HOST=10.0.0.1",
+            "KUBERNETES_SERVICE_HOST=evil.example",
+        ),
+        ("POD_IP=10.244.0.17", "POD_IP=$(rm -rf /)"),
+        ("HOSTNAME=pod-lifecycle", "HOSTNAME=other"),
+    ] {
+        let mut s = start(&rego, &src).await;
+        let p = s.app.OCI.as_mut().unwrap().Process.as_mut().unwrap();
+        let i = p.Env.iter().position(|e| e == from).unwrap();
+        p.Env[i] = to.into();
+        let e = s.agent.deny("CreateContainerRequest", &s.app);
+        assert!(
+            e.contains(&format!(
+                "process.Env \"{to}\" is not allowed by the policy"
+            )),
+            "{e}"
+        );
+    }
+
     // Another image under the same name: its second layer differs.
     let mut s = start(&rego, &src).await;
     let mut other = layers_of(&s.busybox);
