@@ -919,6 +919,13 @@ fn is_service_var(name: &str) -> bool {
 /// The kubelet's env of a container: (name, value), in order.
 type Env = Vec<(String, Text)>;
 
+/// apimachinery's `IsEnvVarName`: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
+fn is_env_name(name: &str) -> bool {
+    let ok = |c: char| c == '-' || c == '.' || c == '_' || c.is_ascii_alphabetic();
+    let mut chars = name.chars();
+    chars.next().is_some_and(ok) && chars.all(|c| ok(c) || c.is_ascii_digit())
+}
+
 fn lookup_env(env: &[(String, Text)], name: &str) -> Option<Text> {
     match env.iter().rev().find(|(n, _)| n == name) {
         Some((_, v)) => Some(v.clone()),
@@ -977,7 +984,13 @@ fn plan_env(
                 match source {
                     Some(kv) => {
                         for (k, v) in &kv.values {
-                            set_env(&mut env, format!("{prefix}{k}"), Text::lit(v.clone()));
+                            let name = format!("{prefix}{k}");
+                            // The kubelet skips keys that are not env names (with an event).
+                            if is_env_name(&name) {
+                                set_env(&mut env, name, Text::lit(v.clone()));
+                            } else {
+                                cx.warn(&rat, &format!("{what} {name:?}: key {k:?} is not an env variable name: the kubelet leaves it out"));
+                            }
                         }
                     }
                     None if is_optional => cx.warn(
@@ -1737,5 +1750,6 @@ mod tests {
         assert!(is_service_var("KUBERNETES_SERVICE_HOST"));
         assert!(is_service_var("MY_SVC_PORT_80_TCP_ADDR"));
         assert!(!is_service_var("POD_NAME"));
+        assert!(is_env_name("a.b-c_D9") && !is_env_name("9x") && !is_env_name("a b"));
     }
 }

@@ -123,7 +123,20 @@ pub fn annotate(
             }
         }
     }
-    // Written out again from the documents.
+    // Written out again from the documents: JSON as JSON.
+    if expected.len() == 1 && serde_json::from_str::<Value>(&file.text).is_ok() {
+        let json = serde_json::to_string_pretty(&expected[0]).map_err(|e| GenError::Output {
+            file: file.path.clone(),
+            message: format!("writing JSON: {e}"),
+        })?;
+        return Ok((
+            json + "\n",
+            vec![format!(
+                "{}: JSON manifest written out again from its parsed document (keys sorted)",
+                file.path
+            )],
+        ));
+    }
     let mut out = String::new();
     for (i, v) in expected.iter().enumerate() {
         if i > 0 {
@@ -435,6 +448,17 @@ spec:
             docs[0].value["metadata"]["annotations"][INITDATA_ANNOTATION],
             "V0"
         );
+    }
+
+    #[test]
+    fn a_json_manifest_stays_json() {
+        let (out, warnings) = run(
+            r#"{"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "b:1"}]}}"#,
+            Carrier::Policy,
+        );
+        assert_eq!(warnings.len(), 1);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["metadata"]["annotations"][POLICY_ANNOTATION], "V0");
     }
 
     #[test]
