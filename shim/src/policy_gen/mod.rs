@@ -77,13 +77,13 @@ pub enum GenError {
         line: usize,
         field: String,
         #[source]
-        source: images::ImageFactsError,
+        source: Box<images::ImageFactsError>,
     },
     /// The node's sandbox image (not in the manifest).
     #[error("pause image (--pause-image): {source}")]
     PauseImage {
         #[source]
-        source: images::ImageFactsError,
+        source: Box<images::ImageFactsError>,
     },
     #[error("{file}: no pod in the manifest (kinds with pods: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob, List)")]
     NoPods { file: String },
@@ -159,6 +159,7 @@ fn image_error(
     field: &yaml::FieldPath,
     source: images::ImageFactsError,
 ) -> GenError {
+    let source = Box::new(source);
     if field.0.is_empty() {
         return GenError::PauseImage { source };
     }
