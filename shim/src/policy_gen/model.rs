@@ -798,8 +798,9 @@ fn plan_container(
         if privileged {
             cx.warn(
                 &sc_at.key("privileged"),
-                "a privileged container gets every capability and the node's devices; the \
-                 policy refuses host devices",
+                "a privileged container gets every capability and a writable /sys (host \
+                 devices only without the runtime's privileged_without_host_devices, which \
+                 kata-cc install sets; the policy refuses devices)",
             );
         }
         readonly_root = cx
