@@ -11,6 +11,9 @@ use thiserror::Error;
 
 pub const USAGE: &str = "  policy replay --policy P --requests LOG [--verbose]\n                           feed a request log through the policy in order; one `allow|deny <Request>` line each\n  policy bench --policy P --requests LOG [--iterations N]\n                           per-request-type evaluation time (p50/p99) over the log;\n                           --interpreter: without the compiled (VM) fast path; --json FILE: also as JSON\n  policy check --policy P --pod POD.yaml [--base LOG]\n                           which of a pod's container creations/exec probes the policy denies (--help)\n";
 
+/// `policy gen`'s usage lines (with [`USAGE`] in `kata-cc help`).
+pub const GEN_USAGE: &str = kata_cc_shim::policy_gen::cli::USAGE;
+
 /// A command line `kata-cc policy` cannot take (exit status 2).
 #[derive(Debug, Error, PartialEq, Eq)]
 enum ArgsError {
@@ -168,12 +171,15 @@ pub fn main(args: &[String]) -> ExitCode {
     let (cmd, rest) = match args.split_first() {
         Some((c, r)) => (c.as_str(), r),
         None => {
-            eprint!("usage:\n{USAGE}");
+            eprint!("usage:\n{USAGE}{GEN_USAGE}");
             return ExitCode::from(2);
         }
     };
     if cmd == "check" {
         return check_main(rest);
+    }
+    if cmd == "gen" {
+        return kata_cc_shim::policy_gen::cli::main(rest);
     }
     let parsed = match cmd {
         "replay" | "bench" => parse_args(cmd, rest),
@@ -279,7 +285,7 @@ fn bench(
 pub const CHECK_HELP: &str = "\
 kata-cc policy check --policy P --pod POD.yaml [--base LOG] [--verbose]
   Builds the agent requests the pod's creation would cause and says, per container, whether the
-  policy allows them: the sandbox (pause) container first, then each container's
+  policy allows them: CreateSandboxRequest and the sandbox (pause) container first, then each container's
   CreateContainerRequest, then one ExecProcessRequest per exec probe (liveness/readiness/startup).
   POD: a Kubernetes manifest, YAML or JSON (several documents allowed): its first Pod, or the
   pod template of its first Deployment/StatefulSet/DaemonSet/ReplicaSet/Job/CronJob.
@@ -303,6 +309,39 @@ const ANNO_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 const ANNO_SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
 const ANNO_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 const ANNO_IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+const ANNO_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The CreateSandboxRequest of the pod: the base log's (its sandbox id replaced), else the
+/// shim's shape: the pod's hostname, CRI's 64 MiB shm.
+fn create_sandbox_request(sk: &Skeletons, pod: &Value, name: &str, sandbox_id: &str) -> Value {
+    if let Some(base) = &sk.create_sandbox {
+        let mut v = with_id(base, sandbox_id);
+        v["sandbox_id"] = json!(sandbox_id);
+        return v;
+    }
+    let hostname: String = pod
+        .pointer("/spec/hostname")
+        .and_then(Value::as_str)
+        .unwrap_or(name)
+        .chars()
+        .take(64)
+        .collect();
+    use agent_proto::contract;
+    let req = agent_proto::agent::CreateSandboxRequest {
+        hostname,
+        storages: vec![agent_proto::agent::Storage {
+            driver: contract::EPHEMERAL_DRIVER.to_string(),
+            source: "shm".to_string(),
+            fstype: "tmpfs".to_string(),
+            options: contract::shm_options(contract::DEFAULT_SHM_SIZE),
+            mount_point: contract::SANDBOX_SHM_DIR.to_string(),
+            ..Default::default()
+        }],
+        sandbox_id: sandbox_id.to_string(),
+        ..Default::default()
+    };
+    input::to_json(&req)
+}
 
 struct CheckArgs {
     policy: String,
@@ -343,6 +382,8 @@ fn parse_check_args(args: &[String]) -> Result<CheckArgs, ArgsError> {
 
 /// Request skeletons: everything the pod spec does not say.
 struct Skeletons {
+    /// The base log's CreateSandboxRequest, if it has one.
+    create_sandbox: Option<Value>,
     sandbox: Value,
     container: Value,
     exec: Value,
@@ -370,6 +411,7 @@ fn container_type(req: &Value) -> Option<&str> {
 
 fn skeletons(base: Option<&str>) -> Result<Skeletons, InputError> {
     let mut s = Skeletons {
+        create_sandbox: None,
         sandbox: empty_request("CreateContainerRequest", true),
         container: empty_request("CreateContainerRequest", true),
         exec: empty_request("ExecProcessRequest", false),
@@ -386,6 +428,9 @@ fn skeletons(base: Option<&str>) -> Result<Skeletons, InputError> {
                 _ => {}
             },
             "ExecProcessRequest" if exec.is_none() => exec = Some(e.input),
+            "CreateSandboxRequest" if s.create_sandbox.is_none() => {
+                s.create_sandbox = Some(e.input)
+            }
             _ => {}
         }
     }
@@ -617,9 +662,17 @@ runAsUser/runAsGroup, exec probe commands; from {}: everything else",
         }
     };
 
-    // The pause container: its id is the sandbox id.
+    // The sandbox, as CRI's first request to the agent makes it (its id is the pause's).
     let sandbox_id = container_id(&format!("{namespace}/{name}"));
+    let create_sandbox = create_sandbox_request(&sk, pod, name, &sandbox_id);
+    run(
+        &mut engine,
+        "CreateSandboxRequest",
+        "sandbox",
+        &create_sandbox,
+    );
     let mut sandbox = with_id(&sk.sandbox, &sandbox_id);
+    set_annotation(&mut sandbox, ANNO_SANDBOX_ID, &sandbox_id);
     set_annotation(&mut sandbox, ANNO_SANDBOX_NAME, name);
     set_annotation(&mut sandbox, ANNO_SANDBOX_NAMESPACE, namespace);
     run(
@@ -635,6 +688,7 @@ runAsUser/runAsGroup, exec probe commands; from {}: everything else",
         let mut req = with_id(&sk.container, &id);
         set_annotation(&mut req, ANNO_SANDBOX_NAME, name);
         set_annotation(&mut req, ANNO_SANDBOX_NAMESPACE, namespace);
+        set_annotation(&mut req, ANNO_SANDBOX_ID, &sandbox_id);
         set_annotation(&mut req, ANNO_CONTAINER_NAME, cname);
         if let Some(image) = c.get("image").and_then(Value::as_str) {
             set_annotation(&mut req, ANNO_IMAGE_NAME, image);

@@ -10,6 +10,8 @@ mod events;
 mod guest_network;
 mod oom;
 mod pod;
+#[cfg(test)]
+mod policy_gen_tests;
 mod process;
 mod runtime_options;
 mod sandbox;

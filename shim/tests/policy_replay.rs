@@ -142,6 +142,7 @@ spec:
     assert_eq!(
         decisions,
         [
+            "allow CreateSandboxRequest sandbox",
             "allow CreateContainerRequest sandbox (pause)",
             "allow CreateContainerRequest container busybox",
             "allow ExecProcessRequest container busybox livenessProbe",

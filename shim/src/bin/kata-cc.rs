@@ -36,8 +36,9 @@ fn main() -> ExitCode {
         Some("uninstall") => install_cli::uninstall(&args[1..]),
         Some("help") | Some("--help") | Some("-h") => {
             print!(
-                "{USAGE}{}{}{}{}{}",
+                "{USAGE}{}{}{}{}{}{}",
                 policy_cli::USAGE,
+                policy_cli::GEN_USAGE,
                 agent_cli::USAGE,
                 snp_cli::USAGE,
                 kata_cc_shim::boot_cli::USAGE,

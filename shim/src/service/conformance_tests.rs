@@ -24,13 +24,14 @@ use super::spec::{exec_process_to_agent, BundleSpec};
 use super::volumes::tests::{kubelet_volume, Recorder};
 use super::volumes::{prepare, MountContext};
 
-const SANDBOX_ID: &str = "a3e5b029b23f8e3a63e5c231cf63688477a77f5036f249f722823eef73771098";
-const APP_ID: &str = "45bd74c304beec46aa5a433009e3ab6703d7995c37154ebe6a0d859924ebdf67";
+pub(super) const SANDBOX_ID: &str =
+    "a3e5b029b23f8e3a63e5c231cf63688477a77f5036f249f722823eef73771098";
+pub(super) const APP_ID: &str = "45bd74c304beec46aa5a433009e3ab6703d7995c37154ebe6a0d859924ebdf67";
 const POD_UID: &str = "078af1e8-328a-4f89-adfb-bae4455fbf50";
 const TS: &str = "..2024_05_08_18_12_07.1887069138";
 
 /// The requests of one Kata pod, in order: (endpoint, request).
-fn kata_requests() -> Vec<(String, Value)> {
+pub(super) fn kata_requests() -> Vec<(String, Value)> {
     let path =
         kata_cc_fixtures::package_file("regorus", "tests/kata/data/pod-lifecycle/inputs.txt");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -46,18 +47,18 @@ fn kata_requests() -> Vec<(String, Value)> {
         .collect()
 }
 
-fn nth<'a>(reqs: &'a [(String, Value)], ep: &str, n: usize) -> &'a Value {
+pub(super) fn nth<'a>(reqs: &'a [(String, Value)], ep: &str, n: usize) -> &'a Value {
     &reqs.iter().filter(|(e, _)| e == ep).nth(n).unwrap().1
 }
 
 /// The host side of the pod: CRI's sandbox dir and the kubelet's pod dir.
-struct Host {
+pub(super) struct Host {
     _dir: tempfile::TempDir,
     root: PathBuf,
 }
 
 impl Host {
-    fn new() -> Host {
+    pub(super) fn new() -> Host {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
@@ -100,14 +101,14 @@ impl Host {
         Host { _dir: dir, root }
     }
 
-    fn fill(&self, template: &str, caps: &Value) -> String {
+    pub(super) fn fill(&self, template: &str, caps: &Value) -> String {
         template
             .replace("@ROOT@", self.root.to_str().unwrap())
             .replace("@CAPS@", &caps.to_string())
     }
 }
 
-const PAUSE_CONFIG: &str = r#"{
+pub(super) const PAUSE_CONFIG: &str = r#"{
   "ociVersion": "1.1.0-rc.1",
   "process": {
     "user": {"uid": 65535, "gid": 65535, "additionalGids": [65535]},
@@ -161,7 +162,7 @@ const PAUSE_CONFIG: &str = r#"{
   }
 }"#;
 
-const APP_CONFIG: &str = r#"{
+pub(super) const APP_CONFIG: &str = r#"{
   "ociVersion": "1.1.0-rc.1",
   "process": {
     "user": {"uid": 0, "gid": 0, "additionalGids": [0, 10]},
@@ -343,7 +344,7 @@ fn kata_copy_summary(v: &Value) -> Value {
 }
 
 /// What Create does to a bundle's spec before CreateContainer, with a recorder for CopyFile.
-async fn shape_for_guest(
+pub(super) async fn shape_for_guest(
     config: &str,
     id: &str,
     rec: &Recorder,
