@@ -13,6 +13,8 @@ pub mod containerd;
 pub mod cri;
 /// Locally built OCI images, and tampering with files.
 pub mod image;
+/// The kubelet's translation of a Kubernetes manifest into CRI calls.
+pub mod kube;
 /// The kubelet's part: a node (registry, CRI containerd, kubelet dirs) and its CRI calls.
 pub mod kubelet;
 pub mod leak;
