@@ -475,13 +475,15 @@ impl Objects {
                             _ if TEMPLATE_KINDS.contains(&k) => {
                                 ("spec.template", o["spec"]["template"].clone())
                             }
-                            _ => return Err(field(
-                                "kind",
-                                format!(
+                            _ => {
+                                return Err(field(
+                                    "kind",
+                                    format!(
                                     "{k:?} is not a workload the kubelet runs (Pod, {}, CronJob)",
                                     TEMPLATE_KINDS.join(", ")
                                 ),
-                            )),
+                                ))
+                            }
                         };
                         let template = if k == "Pod" {
                             PodTemplate {

@@ -312,6 +312,20 @@ impl Node {
         Ok(cid)
     }
 
+    /// RemoveContainer (after StopContainer, as the kubelet's container GC does).
+    pub fn remove_container(&self, cid: &str) -> Result<(), tonic::Status> {
+        let mut rt = self.cri.runtime();
+        self.cri
+            .call(
+                "RemoveContainer",
+                paths::run_timeout(),
+                rt.remove_container(api::RemoveContainerRequest {
+                    container_id: cid.to_string(),
+                }),
+            )
+            .map(|_| ())
+    }
+
     /// StopContainer with the kubelet's grace period (seconds before SIGKILL).
     pub fn stop_container(&self, cid: &str, grace_secs: i64) -> Result<(), tonic::Status> {
         let mut rt = self.cri.runtime();

@@ -11,6 +11,8 @@ pub mod cmd;
 pub mod containerd;
 /// The mini-kubelet: CRI clients and kubelet-shaped requests.
 pub mod cri;
+/// Policy generators (Kata's genpolicy, `kata-cc policy gen`) run for the node's pods.
+pub mod genpolicy;
 /// Locally built OCI images, and tampering with files.
 pub mod image;
 /// The kubelet's translation of a Kubernetes manifest into CRI calls.
