@@ -342,6 +342,13 @@ impl Node {
     }
 
     pub fn start_container(&self, cid: &str) {
+        self.try_start_container(cid)
+            .unwrap_or_else(|e| self.fail(&format!("StartContainer {cid}"), &e));
+    }
+
+    /// StartContainer: containerd creates the task then (the shim's Create, the agent's
+    /// CreateContainer), so a policy's refusal of the container is StartContainer's error.
+    pub fn try_start_container(&self, cid: &str) -> Result<(), tonic::Status> {
         let mut rt = self.cri.runtime();
         self.cri
             .call(
@@ -351,7 +358,7 @@ impl Node {
                     container_id: cid.to_string(),
                 }),
             )
-            .unwrap_or_else(|e| self.fail(&format!("StartContainer {cid}"), &e));
+            .map(|_| ())
     }
 
     /// ExecSync (no CRI timeout; the call's deadline is KATA_CC_E2E_CTR_TIMEOUT); panics if the

@@ -122,6 +122,28 @@ impl Bench {
     }
 }
 
+/// CreateContainer then StartContainer, as the kubelet calls them: containerd creates the
+/// task, so the shim's CreateContainer request to the agent, at StartContainer. A refused
+/// container is removed again (the kubelet would retry it under a new attempt number); the
+/// error is StartContainer's.
+fn create_and_start(
+    node: &Node,
+    pod: &kata_cc_tests::kubelet::Pod,
+    spec: &kata_cc_tests::cri::ContainerSpec,
+) -> Result<String, tonic::Status> {
+    let cid = node
+        .try_create_container(pod, spec)
+        .unwrap_or_else(|e| panic!("CreateContainer {}: {e}", spec.name));
+    match node.try_start_container(&cid) {
+        Ok(()) => Ok(cid),
+        Err(e) => {
+            node.remove_container(&cid)
+                .unwrap_or_else(|r| panic!("RemoveContainer {cid} after {e}: {r}"));
+            Err(e)
+        }
+    }
+}
+
 /// The policy the shim gave the agent for sandbox `id` is the generated one, from the
 /// annotation the tool wrote (the shim's record in the sandbox's state dir).
 fn policy_in_force(sandbox_id: &str, g: &Generated) {
@@ -228,6 +250,9 @@ fn refusals(test: &str, tool: Result<PolicyTool, String>) {
     let Some(b) = start(test, tool) else {
         return;
     };
+    // The agent prints each request's policy input on the console: the refusals are replayed
+    // offline at the end, as a user would replay them.
+    enable_agent_debug(&b.node);
     let (g, configs) = b.generate(POD, &[]);
     let mut kp = b.prepare(&g, &configs);
     let pod = b.node.run_pod(&kp.sandbox);
@@ -244,10 +269,8 @@ fn refusals(test: &str, tool: Result<PolicyTool, String>) {
             .container_spec(&b.node, &pod, 0)
             .unwrap_or_else(|e| panic!("{e}"));
         kp.containers[0].yaml = original.clone();
-        let e = b
-            .node
-            .try_create_container(&pod, &spec)
-            .expect_err("CreateContainer with a changed command was admitted");
+        let e = create_and_start(&b.node, &pod, &spec)
+            .expect_err("a container with a changed command was admitted");
         eprintln!("changed command: {}", e.message());
         assert!(e.message().contains(CREATE_DENIED), "{e}");
     });
@@ -261,10 +284,8 @@ fn refusals(test: &str, tool: Result<PolicyTool, String>) {
             .container_spec(&b.node, &pod, 0)
             .unwrap_or_else(|e| panic!("{e}"));
         kp.containers[0].yaml = original.clone();
-        let e = b
-            .node
-            .try_create_container(&pod, &spec)
-            .expect_err("CreateContainer with an added env var was admitted");
+        let e = create_and_start(&b.node, &pod, &spec)
+            .expect_err("a container with an added env var was admitted");
         eprintln!("added env var: {}", e.message());
         assert!(e.message().contains(CREATE_DENIED), "{e}");
     });
@@ -346,7 +367,7 @@ fn refusals(test: &str, tool: Result<PolicyTool, String>) {
         .container_spec(&b.node, &pod, 0)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(spec.image, pulled, "the kubelet's image is the new one");
-    let answer = b.node.try_create_container(&pod, &spec);
+    let answer = create_and_start(&b.node, &pod, &spec);
     if b.tool.pins_layers() {
         checks.run(
             "a different image under the same tag is refused, naming the layer",
@@ -363,21 +384,96 @@ fn refusals(test: &str, tool: Result<PolicyTool, String>) {
             || {
                 let cid = answer
                     .as_ref()
-                    .unwrap_or_else(|e| panic!("CreateContainer: {e}"));
-                b.node.start_container(cid);
+                    .unwrap_or_else(|e| panic!("the other image: {e}"));
                 let st = b.node.container_status(cid);
                 assert_eq!(
                     st.state,
                     api::ContainerState::ContainerRunning as i32,
                     "{st:?}"
                 );
-                assert_eq!(st.image_ref, pulled, "{st:?}");
+                // CRI names the image by its repo digest: the other image's manifest.
+                assert!(
+                    st.image_ref
+                        .ends_with(&format!("@{}", pushed.manifest_digest)),
+                    "{st:?}"
+                );
             },
         );
     }
+    checks.run(
+        "the agent's request log replays offline to the same decisions",
+        || {
+            let decisions = replay_console(&b, &pod.id, &g);
+            let of = |name: &str| -> Vec<bool> {
+                decisions
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, d)| *d)
+                    .collect()
+            };
+            // The pause, the changed command, the added env var, the manifest's container,
+            // the other image.
+            assert_eq!(
+                of("CreateContainerRequest"),
+                [true, false, false, true, !b.tool.pins_layers()],
+                "{decisions:?}"
+            );
+            // The probe's command, then `cat /etc/motd`.
+            assert_eq!(of("ExecProcessRequest"), [true, false], "{decisions:?}");
+            let reads = of("ReadStreamRequest");
+            assert!(
+                !reads.is_empty() && reads.iter().all(|d| !d),
+                "{decisions:?}"
+            );
+            for (name, allowed) in &decisions {
+                if !matches!(
+                    name.as_str(),
+                    "CreateContainerRequest" | "ExecProcessRequest" | "ReadStreamRequest"
+                ) {
+                    assert!(allowed, "{name} denied on replay: {decisions:?}");
+                }
+            }
+        },
+    );
     b.node.teardown(&pod, Some(qemu.pid));
     drop(kp);
     b.node.finish_with(checks);
+}
+
+/// The requests the agent printed on sandbox `id`'s console (`[agent.kata] enable_debug`),
+/// replayed with `kata-cc policy replay` against the generated policy: (request, allowed).
+fn replay_console(b: &Bench, id: &str, g: &Generated) -> Vec<(String, bool)> {
+    let console = paths::sandbox_dir(id).join("console.log");
+    let text =
+        std::fs::read_to_string(&console).unwrap_or_else(|e| panic!("{}: {e}", console.display()));
+    let log: String = text
+        .lines()
+        .filter(|l| l.starts_with("[\"ep\":\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!log.is_empty(), "no request lines in {}", console.display());
+    let requests = b.work.join("requests.log");
+    let policy = b.work.join("policy.rego");
+    std::fs::write(&requests, &log).expect("requests.log");
+    std::fs::write(&policy, &g.rego).expect("policy.rego");
+    let mut c = std::process::Command::new(paths::workspace_bin("kata-cc"));
+    c.args(["policy", "replay", "--policy"])
+        .arg(&policy)
+        .arg("--requests")
+        .arg(&requests);
+    let out = kata_cc_tests::cmd::run(c, None, paths::ctr_timeout());
+    out.assert_success();
+    let decisions: Vec<(String, bool)> = out
+        .stdout_str()
+        .lines()
+        .map(|l| match l.split_once(' ') {
+            Some(("allow", n)) => (n.to_string(), true),
+            Some(("deny", n)) => (n.to_string(), false),
+            _ => panic!("replay printed {l:?}"),
+        })
+        .collect();
+    assert_eq!(decisions.len(), log.lines().count(), "{}", out.describe());
+    decisions
 }
 
 #[test]
