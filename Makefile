@@ -49,8 +49,13 @@ lint:
 # host tools of `make deps`). A plain `cargo test --workspace` runs the unit tier only. The e2e
 # tests serialize themselves (locks in the harness); --test-threads=1 keeps their output
 # readable too. They run the workspace's binaries of the same profile: `make build`'s.
+# A test whose outside tool is missing (genpolicy: ../shared/tools/genpolicy or
+# KATA_CC_GENPOLICY_DIR) claims nothing and leaves build/e2e/not-run/<test>: listed at the end.
 e2e: image
-	$(CARGO) test --release --workspace --no-fail-fast --features kata-cc-tests/e2e -- --test-threads=1
+	@rm -rf build/e2e/not-run
+	rc=0; $(CARGO) test --release --workspace --no-fail-fast --features kata-cc-tests/e2e -- --test-threads=1 || rc=$$?; \
+	if [ -d build/e2e/not-run ]; then echo "e2e: NOT RUN (these tests claimed nothing):"; cat build/e2e/not-run/*; fi; \
+	exit $$rc
 
 test: deps build image lint e2e
 

@@ -34,6 +34,9 @@ impl Agent {
     fn check(&self, req: &dyn MessageDyn) -> TResult<()> {
         let name = req.descriptor_dyn().name().to_string();
         let input = policy::input::to_json(req);
+        if log::log_enabled!(log::Level::Debug) {
+            log_policy_input(&name, &input);
+        }
         let decision = {
             // A poisoned lock means an evaluation panicked: deny rather than trust its state.
             let Ok(mut engine) = self.policy.lock() else {
@@ -66,31 +69,55 @@ impl Agent {
         }
     }
 
-    /// ReadStdout/ReadStderr: a denied read returns no data, but the stream is drained until the
-    /// process closes it, so the process never blocks on a full pipe.
+    /// ReadStdout/ReadStderr. A denied read answers the refusal at once (the host logs it:
+    /// that is where a user sees why a container's log stays empty), and the stream is drained
+    /// here until the process closes it, so the process never blocks on a full pipe.
     async fn read_stream(
         &self,
         req: agent::ReadStreamRequest,
         stdout: bool,
     ) -> TResult<agent::ReadStreamResponse> {
-        let allowed = self.check(&req).is_ok();
+        let denied = self.check(&req).err();
         let what = if stdout { "ReadStdout" } else { "ReadStderr" };
         let p = ok(
             self.sandbox.process(&req.container_id, &req.exec_id).await,
             what,
         )?;
+        if let Some(e) = denied {
+            let stream = if stdout { &p.io.stdout } else { &p.io.stderr };
+            if stream.as_ref().is_some_and(|s| s.start_draining()) {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    let stream = if stdout { &p.io.stdout } else { &p.io.stderr };
+                    if let Some(s) = stream {
+                        while !s.read(MAX_READ).await.is_empty() {}
+                    }
+                });
+            }
+            return Err(e);
+        }
         let mut r = agent::ReadStreamResponse::new();
         // A terminal process has no separate stderr: it reads as an empty stream (EOF).
         let stream = if stdout { &p.io.stdout } else { &p.io.stderr };
         if let Some(s) = stream {
-            if allowed {
-                r.data = s.read((req.len as usize).min(MAX_READ)).await;
-            } else {
-                while !s.read(MAX_READ).await.is_empty() {}
-            }
+            r.data = s.read((req.len as usize).min(MAX_READ)).await;
         }
         Ok(r)
     }
+}
+
+/// With the agent's debug log on (`[agent.kata] enable_debug`): a request's policy input as a
+/// line of Kata's request log (`["ep":"<Name>",{input}],`) on the console, which the shim keeps
+/// in the sandbox's console log, so a refusal can be replayed offline (`kata-cc policy replay`).
+/// SetPolicy is left out: its input is the whole policy, which the pod's annotation carries.
+fn log_policy_input(name: &str, input: &serde_json::Value) {
+    use std::io::Write;
+    if name == "SetPolicyRequest" {
+        return;
+    }
+    // One write for the whole line, so other console output cannot land inside it.
+    let line = format!("{}\n", policy::log::format_entry(name, input));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 fn denied(msg: String) -> ttrpc::Error {

@@ -74,6 +74,8 @@ impl AsyncFile {
 /// One output stream (stdout or stderr) of a process.
 pub struct OutStream {
     inner: Mutex<OutState>,
+    /// Set once the agent drains the stream itself (its reads are refused by the policy).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 struct OutState {
@@ -124,7 +126,15 @@ impl OutStream {
                 rx,
                 pending: Vec::new(),
             }),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// True the first time only: the caller then drains the stream to its end.
+    pub fn start_draining(&self) -> bool {
+        !self
+            .draining
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Up to `len` bytes; blocks until data is there; an empty result means end of stream.

@@ -215,7 +215,15 @@ fn replay(mut engine: PolicyEngine, entries: &[log::LogEntry], verbose: bool) ->
             Ok(d) => {
                 println!("{} {}", if d.allowed { "allow" } else { "deny" }, e.name);
                 if verbose && !d.allowed {
-                    eprintln!("line {}: {}", e.line, d.denial_message(&e.name));
+                    // Every print, not the agent's shortened message: the rule that failed is
+                    // among the last, the input often among the first.
+                    eprintln!(
+                        "line {}: {} is blocked by policy; its prints:",
+                        e.line, e.name
+                    );
+                    for p in &d.prints {
+                        eprintln!("  {p}");
+                    }
                 }
             }
             Err(err) => {

@@ -106,6 +106,26 @@ pub struct PodSpec {
     pub annotations: Vec<(String, String)>,
     /// The containers' ports (`containerPort`, `hostPort` 0 unless set), TCP.
     pub ports: Vec<(i32, i32)>,
+    /// The pod's hostname (`spec.hostname`, else its name; at most 63 characters).
+    pub hostname: String,
+    /// The pod's own labels (the kubelet adds `io.kubernetes.pod.*`).
+    pub labels: Vec<(String, String)>,
+    /// The pod's `securityContext` as the kubelet gives it to the sandbox.
+    pub security: PodSecurity,
+}
+
+/// A pod's `securityContext`, as the kubelet passes it to the sandbox (and, for the groups,
+/// to every container).
+#[derive(Debug, Clone, Default)]
+pub struct PodSecurity {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    /// `supplementalGroups`, then `fsGroup` (the kubelet adds it to every container's groups).
+    pub supplemental_groups: Vec<i64>,
+    /// `securityContext.sysctls`.
+    pub sysctls: Vec<(String, String)>,
+    /// A container of the pod is privileged (the sandbox is then privileged too).
+    pub privileged: bool,
 }
 
 impl PodSpec {
@@ -115,6 +135,11 @@ impl PodSpec {
         let log_directory = log_root.join(format!("default_{name}_{uid}"));
         std::fs::create_dir_all(&log_directory)
             .unwrap_or_else(|e| panic!("{}: {e}", log_directory.display()));
+        Self::new_in(name, uid, log_directory)
+    }
+
+    /// A pod in namespace `default` with no limits, logging to `log_directory` (not created).
+    pub fn new_in(name: &str, uid: &str, log_directory: PathBuf) -> PodSpec {
         PodSpec {
             name: name.to_string(),
             namespace: "default".to_string(),
@@ -126,6 +151,9 @@ impl PodSpec {
             share_process_namespace: false,
             annotations: Vec::new(),
             ports: Vec::new(),
+            hostname: name.chars().take(63).collect(),
+            labels: Vec::new(),
+            security: PodSecurity::default(),
         }
     }
 
@@ -160,7 +188,8 @@ impl PodSpec {
 /// labels, annotations, cgroup parent, namespace options (network POD, pid CONTAINER or POD,
 /// ipc POD) and the pod's resources.
 pub fn pod_sandbox_config(p: &PodSpec) -> api::PodSandboxConfig {
-    let labels = HashMap::from([
+    let mut labels: HashMap<String, String> = p.labels.iter().cloned().collect();
+    labels.extend([
         ("io.kubernetes.pod.name".to_string(), p.name.clone()),
         (
             "io.kubernetes.pod.namespace".to_string(),
@@ -186,7 +215,7 @@ pub fn pod_sandbox_config(p: &PodSpec) -> api::PodSandboxConfig {
             namespace: p.namespace.clone(),
             attempt: 0,
         }),
-        hostname: p.name.clone(),
+        hostname: p.hostname.clone(),
         log_directory: p.log_directory.to_string_lossy().into_owned(),
         dns_config: Some(api::DnsConfig {
             servers: vec!["10.96.0.10".to_string()],
@@ -222,8 +251,19 @@ pub fn pod_sandbox_config(p: &PodSpec) -> api::PodSandboxConfig {
                     profile_type: api::security_profile::ProfileType::Unconfined as i32,
                     ..Default::default()
                 }),
+                run_as_user: p
+                    .security
+                    .run_as_user
+                    .map(|value| api::Int64Value { value }),
+                run_as_group: p
+                    .security
+                    .run_as_group
+                    .map(|value| api::Int64Value { value }),
+                supplemental_groups: p.security.supplemental_groups.clone(),
+                privileged: p.security.privileged,
                 ..Default::default()
             }),
+            sysctls: p.security.sysctls.iter().cloned().collect(),
             resources: Some(resources),
             ..Default::default()
         }),
@@ -237,7 +277,14 @@ pub struct ContainerSpec {
     pub name: String,
     /// The image as pulled (the reference or the image id).
     pub image: String,
+    /// The image as the pod spec names it (CRI's `user_specified_image`; empty: `image`).
+    pub user_image: String,
+    /// CRI `command` (replaces the image's entrypoint when not empty).
     pub command: Vec<String>,
+    /// CRI `args` (replace the image's Cmd when not empty).
+    pub args: Vec<String>,
+    /// `workingDir` (empty: the image's).
+    pub working_dir: String,
     pub envs: Vec<(String, String)>,
     /// Relative to the pod's log directory (kubelet: <name>/<restart count>.log).
     pub log_path: String,
@@ -250,7 +297,92 @@ pub struct ContainerSpec {
     /// `stdin: true` and `tty: true` of the pod spec (`kubectl run -it`), for CRI Attach.
     pub stdin: bool,
     pub tty: bool,
+    /// `terminationMessagePath` and `terminationMessagePolicy` (the kubelet's annotations).
+    pub termination_message_path: String,
+    pub termination_message_policy: String,
+    /// The container's effective security context (pod's and container's merged).
+    pub security: ContainerSecurity,
 }
+
+/// A container's security context as the kubelet sends it (`determineEffectiveSecurityContext`).
+#[derive(Debug, Clone)]
+pub struct ContainerSecurity {
+    /// `runAsUser`, else the image's numeric user (the kubelet reads it with ImageStatus);
+    /// None: not given (containerd takes the image's).
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    /// The image's user by name, when it is not numeric and `runAsUser` is not given.
+    pub run_as_username: String,
+    pub readonly_rootfs: bool,
+    pub privileged: bool,
+    /// `allowPrivilegeEscalation: false` (and not privileged).
+    pub no_new_privs: bool,
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    pub supplemental_groups: Vec<i64>,
+    /// The kubelet's default masked and read-only /proc and /sys paths (none when
+    /// privileged).
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+}
+
+/// The kubelet's masked paths for a container with the default proc mount
+/// (`securitycontext.ConvertToRuntimeMaskedPaths`).
+pub const DEFAULT_MASKED_PATHS: [&str; 10] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+/// The kubelet's read-only paths for a container with the default proc mount.
+pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+impl Default for ContainerSecurity {
+    fn default() -> Self {
+        ContainerSecurity {
+            run_as_user: None,
+            run_as_group: None,
+            run_as_username: String::new(),
+            readonly_rootfs: false,
+            privileged: false,
+            no_new_privs: false,
+            add_capabilities: Vec::new(),
+            drop_capabilities: Vec::new(),
+            supplemental_groups: Vec::new(),
+            masked_paths: DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
+            readonly_paths: DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// The service-link variables of the cluster's `kubernetes` service (ClusterIP 10.96.0.1, port
+/// 443 named `https`), which the kubelet gives every container whatever `enableServiceLinks`
+/// says (`getServiceEnvVarMap`: the master service of the default namespace).
+pub const KUBERNETES_SERVICE_ENV: [(&str, &str); 8] = [
+    ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+    ("KUBERNETES_SERVICE_PORT", "443"),
+    ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+    ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+    ("KUBERNETES_PORT_443_TCP", "tcp://10.96.0.1:443"),
+    ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+    ("KUBERNETES_PORT_443_TCP_PORT", "443"),
+    ("KUBERNETES_PORT_443_TCP_ADDR", "10.96.0.1"),
+];
 
 impl ContainerSpec {
     /// A container of `image` running `command`, logging to `<name>/0.log`, without limits.
@@ -258,7 +390,10 @@ impl ContainerSpec {
         ContainerSpec {
             name: name.to_string(),
             image: image.to_string(),
+            user_image: String::new(),
             command: command.iter().map(|s| s.to_string()).collect(),
+            args: Vec::new(),
+            working_dir: String::new(),
             envs: Vec::new(),
             log_path: format!("{name}/0.log"),
             memory_limit: 0,
@@ -267,6 +402,9 @@ impl ContainerSpec {
             mounts: Vec::new(),
             stdin: false,
             tty: false,
+            termination_message_path: "/dev/termination-log".to_string(),
+            termination_message_policy: "File".to_string(),
+            security: ContainerSecurity::default(),
         }
     }
 
@@ -292,7 +430,8 @@ pub fn mount(container_path: &str, host_path: &Path, readonly: bool) -> api::Mou
     }
 }
 
-/// The ContainerConfig a kubelet sends (`generateContainerConfig`).
+/// The ContainerConfig a kubelet sends (`generateContainerConfig`): the container's env
+/// first, then the `kubernetes` service's variables it does not set itself.
 pub fn container_config(c: &ContainerSpec, pod: &PodSpec) -> api::ContainerConfig {
     let labels = HashMap::from([
         ("io.kubernetes.container.name".to_string(), c.name.clone()),
@@ -310,14 +449,13 @@ pub fn container_config(c: &ContainerSpec, pod: &PodSpec) -> api::ContainerConfi
         ),
         (
             "io.kubernetes.container.terminationMessagePath".to_string(),
-            "/dev/termination-log".to_string(),
+            c.termination_message_path.clone(),
         ),
         (
             "io.kubernetes.container.terminationMessagePolicy".to_string(),
-            "File".to_string(),
+            c.termination_message_policy.clone(),
         ),
     ]);
-    // The service environment the kubelet adds to every container.
     let mut envs: Vec<api::KeyValue> = c
         .envs
         .iter()
@@ -326,16 +464,21 @@ pub fn container_config(c: &ContainerSpec, pod: &PodSpec) -> api::ContainerConfi
             value: v.clone(),
         })
         .collect();
-    for (k, v) in [
-        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
-        ("KUBERNETES_SERVICE_PORT", "443"),
-        ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
-    ] {
-        envs.push(api::KeyValue {
-            key: k.to_string(),
-            value: v.to_string(),
-        });
+    for (k, v) in KUBERNETES_SERVICE_ENV {
+        if !c.envs.iter().any(|(name, _)| name == k) {
+            envs.push(api::KeyValue {
+                key: k.to_string(),
+                value: v.to_string(),
+            });
+        }
     }
+    let sec = &c.security;
+    let capabilities = (!sec.add_capabilities.is_empty() || !sec.drop_capabilities.is_empty())
+        .then(|| api::Capability {
+            add_capabilities: sec.add_capabilities.clone(),
+            drop_capabilities: sec.drop_capabilities.clone(),
+            ..Default::default()
+        });
     api::ContainerConfig {
         metadata: Some(api::ContainerMetadata {
             name: c.name.clone(),
@@ -343,9 +486,12 @@ pub fn container_config(c: &ContainerSpec, pod: &PodSpec) -> api::ContainerConfi
         }),
         image: Some(api::ImageSpec {
             image: c.image.clone(),
+            user_specified_image: c.user_image.clone(),
             ..Default::default()
         }),
         command: c.command.clone(),
+        args: c.args.clone(),
+        working_dir: c.working_dir.clone(),
         envs,
         mounts: c.mounts.clone(),
         stdin: c.stdin,
@@ -363,18 +509,26 @@ pub fn container_config(c: &ContainerSpec, pod: &PodSpec) -> api::ContainerConfi
                 ..Default::default()
             }),
             security_context: Some(api::LinuxContainerSecurityContext {
+                capabilities,
+                privileged: sec.privileged,
                 namespace_options: Some(api::NamespaceOption {
                     network: api::NamespaceMode::Pod as i32,
                     pid: pod.pid_mode(),
                     ipc: api::NamespaceMode::Pod as i32,
                     ..Default::default()
                 }),
+                run_as_user: sec.run_as_user.map(|value| api::Int64Value { value }),
+                run_as_group: sec.run_as_group.map(|value| api::Int64Value { value }),
+                run_as_username: sec.run_as_username.clone(),
+                readonly_rootfs: sec.readonly_rootfs,
+                supplemental_groups: sec.supplemental_groups.clone(),
+                no_new_privs: sec.no_new_privs,
                 seccomp: Some(api::SecurityProfile {
                     profile_type: api::security_profile::ProfileType::Unconfined as i32,
                     ..Default::default()
                 }),
-                masked_paths: Vec::new(),
-                readonly_paths: Vec::new(),
+                masked_paths: sec.masked_paths.clone(),
+                readonly_paths: sec.readonly_paths.clone(),
                 ..Default::default()
             }),
         }),

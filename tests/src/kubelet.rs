@@ -198,6 +198,31 @@ impl Node {
             .image_ref
     }
 
+    /// CRI ImageStatus: the image's id and user as CRI reports them (what the kubelet reads
+    /// before it builds a container's security context); None when CRI has no such image.
+    pub fn image_status(&self, image: &str) -> Option<crate::kube::ImageUser> {
+        let mut img = self.cri.images();
+        let r = self
+            .cri
+            .call(
+                "ImageStatus",
+                paths::ctr_timeout(),
+                img.image_status(api::ImageStatusRequest {
+                    image: Some(api::ImageSpec {
+                        image: image.to_string(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                }),
+            )
+            .unwrap_or_else(|e| self.fail(&format!("ImageStatus {image}"), &e));
+        r.image.map(|i| crate::kube::ImageUser {
+            id: i.id,
+            uid: i.uid.map(|u| u.value),
+            username: i.username,
+        })
+    }
+
     /// RunPodSandbox as the kubelet calls it, then its IP from PodSandboxStatus and the
     /// kubelet's etc-hosts. Panics unless the pod is READY.
     pub fn run_pod(&self, spec: &PodSpec) -> Pod {
@@ -260,6 +285,16 @@ impl Node {
     }
 
     pub fn create_container(&self, pod: &Pod, c: &ContainerSpec) -> String {
+        self.try_create_container(pod, c)
+            .unwrap_or_else(|e| self.fail(&format!("CreateContainer {}", c.name), &e))
+    }
+
+    /// CreateContainer; the container id, or CRI's error (e.g. a policy's refusal).
+    pub fn try_create_container(
+        &self,
+        pod: &Pod,
+        c: &ContainerSpec,
+    ) -> Result<String, tonic::Status> {
         let mut rt = self.cri.runtime();
         let cid = self
             .cri
@@ -271,14 +306,49 @@ impl Node {
                     config: Some(cri::container_config(c, &pod.spec)),
                     sandbox_config: Some(pod.config.clone()),
                 }),
-            )
-            .unwrap_or_else(|e| self.fail(&format!("CreateContainer {}", c.name), &e))
+            )?
             .container_id;
         self.cd.track(&cid);
-        cid
+        Ok(cid)
+    }
+
+    /// RemoveContainer (after StopContainer, as the kubelet's container GC does).
+    pub fn remove_container(&self, cid: &str) -> Result<(), tonic::Status> {
+        let mut rt = self.cri.runtime();
+        self.cri
+            .call(
+                "RemoveContainer",
+                paths::run_timeout(),
+                rt.remove_container(api::RemoveContainerRequest {
+                    container_id: cid.to_string(),
+                }),
+            )
+            .map(|_| ())
+    }
+
+    /// StopContainer with the kubelet's grace period (seconds before SIGKILL).
+    pub fn stop_container(&self, cid: &str, grace_secs: i64) -> Result<(), tonic::Status> {
+        let mut rt = self.cri.runtime();
+        self.cri
+            .call(
+                "StopContainer",
+                paths::run_timeout(),
+                rt.stop_container(api::StopContainerRequest {
+                    container_id: cid.to_string(),
+                    timeout: grace_secs,
+                }),
+            )
+            .map(|_| ())
     }
 
     pub fn start_container(&self, cid: &str) {
+        self.try_start_container(cid)
+            .unwrap_or_else(|e| self.fail(&format!("StartContainer {cid}"), &e));
+    }
+
+    /// StartContainer: containerd creates the task then (the shim's Create, the agent's
+    /// CreateContainer), so a policy's refusal of the container is StartContainer's error.
+    pub fn try_start_container(&self, cid: &str) -> Result<(), tonic::Status> {
         let mut rt = self.cri.runtime();
         self.cri
             .call(
@@ -288,7 +358,7 @@ impl Node {
                     container_id: cid.to_string(),
                 }),
             )
-            .unwrap_or_else(|e| self.fail(&format!("StartContainer {cid}"), &e));
+            .map(|_| ())
     }
 
     /// ExecSync (no CRI timeout; the call's deadline is KATA_CC_E2E_CTR_TIMEOUT); panics if the

@@ -11,8 +11,12 @@ pub mod cmd;
 pub mod containerd;
 /// The mini-kubelet: CRI clients and kubelet-shaped requests.
 pub mod cri;
+/// Policy generators (Kata's genpolicy, `kata-cc policy gen`) run for the node's pods.
+pub mod genpolicy;
 /// Locally built OCI images, and tampering with files.
 pub mod image;
+/// The kubelet's translation of a Kubernetes manifest into CRI calls.
+pub mod kube;
 /// The kubelet's part: a node (registry, CRI containerd, kubelet dirs) and its CRI calls.
 pub mod kubelet;
 pub mod leak;

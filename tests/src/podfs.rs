@@ -77,6 +77,21 @@ impl PodDir {
         )
     }
 
+    /// An atomic-writer volume of `plugin` whose files have their own modes (`items[].mode`).
+    pub fn api_volume_modes(
+        &self,
+        plugin: &str,
+        name: &str,
+        files: &[(&str, &[u8], u32)],
+        default_mode: u32,
+    ) -> ApiVolume {
+        let dir = self.volume_dir(plugin, name);
+        mkdir(&dir, 0o750);
+        let mut v = ApiVolume { dir, default_mode };
+        v.write_modes(files);
+        v
+    }
+
     /// Any atomic-writer volume of `plugin`.
     pub fn api_volume(
         &self,

@@ -138,6 +138,14 @@ fn read_stream_denied_withholds_output_without_blocking() {
         "stderr reached ctr: {}",
         out.describe()
     );
+    // Where the node's admin sees why: the shim logs the agent's refusal in containerd's log.
+    let log = std::fs::read_to_string(cd.dir.join("containerd.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ReadStreamRequest is blocked by policy") && l.contains(&id)),
+        "no ReadStream refusal for {id} in containerd's log\n{}",
+        cd.log_tail()
+    );
     cd.finish();
 }
 

@@ -16,6 +16,13 @@
 //! (same size limit); a pattern that does not compile, or a non-string argument, abandons the
 //! VM run so that the interpreter decides with regorus's own error semantics.
 //!
+//! regorus's RVM binds `x := <undefined>` and goes on (the interpreter, like OPA, makes the
+//! body undefined there), so a rule whose body assigns a value it never tests again would be
+//! allowed by the VM and denied by the policy. The VM's copy therefore says `x = ...` in rule
+//! bodies ([`bind_strictly`]): unification binds a fresh variable only to a defined value, and
+//! compares where the name is bound already, so the VM can only be stricter than the policy
+//! there, and what it refuses goes to the interpreter anyway.
+//!
 //! A policy the RVM cannot compile simply has no fast path.
 
 use std::collections::{HashMap, HashSet};
@@ -81,7 +88,10 @@ impl FastPath {
         engine.set_rego_v0(true);
         engine.set_strict_builtin_errors(false);
         engine
-            .add_policy(source_name.to_string(), strip_prints(rego_text))
+            .add_policy(
+                source_name.to_string(),
+                bind_strictly(&strip_prints(rego_text)),
+            )
             .ok()?;
         let compiled = engine.compile_with_entrypoint(&first).ok()?;
         let refs: Vec<&str> = rules.iter().map(String::as_str).collect();
@@ -188,6 +198,61 @@ pub(super) fn strip_prints(src: &str) -> String {
     out
 }
 
+/// Turns `name :=` into `name  =` (same columns) where it assigns inside braces: a rule body,
+/// a comprehension or an `every` body (rule heads and `else` clauses are outside braces, object
+/// keys use `:`). Comments, strings and raw strings are left alone; a destructuring assignment
+/// (`[a, b] := ...`) is not rewritten.
+pub(super) fn bind_strictly(src: &str) -> String {
+    let b = src.as_bytes();
+    let mut out = String::with_capacity(src.len());
+    let mut copied = 0;
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' => i = skip_string(b, i),
+            b'`' => i = skip_raw(b, i),
+            b'{' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            c if (c.is_ascii_alphabetic() || c == b'_')
+                && (i == 0
+                    || !(b[i - 1].is_ascii_alphanumeric() || matches!(b[i - 1], b'_' | b'.'))) =>
+            {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                    j += 1;
+                }
+                let mut k = j;
+                while k < b.len() && matches!(b[k], b' ' | b'\t') {
+                    k += 1;
+                }
+                if depth > 0 && b[k..].starts_with(b":=") {
+                    out.push_str(&src[copied..k]);
+                    out.push_str(" =");
+                    copied = k + 2;
+                    i = k + 2;
+                } else {
+                    i = j;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&src[copied..]);
+    out
+}
+
 /// Index after the string literal starting at `start` (a `"`).
 fn skip_string(b: &[u8], start: usize) -> usize {
     let mut i = start + 1;
@@ -250,7 +315,34 @@ fn call_end(b: &[u8], open: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_prints;
+    use super::{bind_strictly, strip_prints};
+
+    #[test]
+    fn assignments_in_bodies_become_unifications() {
+        let src = "package p\n\
+                   default R := false\n\
+                   R := {\"ops\": ops} if {\n  \
+                     op := f(input.x) # x := 1\n  \
+                     ops := [o | o := [op][_]; o != null]\n  \
+                     s := \"a := b\"\n  \
+                     [a, b] := [1, 2]\n  \
+                     t.u := 1\n\
+                   } else := false\n\
+                   f(x) := y if { y:=x }\n";
+        assert_eq!(
+            bind_strictly(src),
+            "package p\n\
+             default R := false\n\
+             R := {\"ops\": ops} if {\n  \
+               op  = f(input.x) # x := 1\n  \
+               ops  = [o | o  = [op][_]; o != null]\n  \
+               s  = \"a := b\"\n  \
+               [a, b] := [1, 2]\n  \
+               t.u := 1\n\
+             } else := false\n\
+             f(x) := y if { y =x }\n"
+        );
+    }
 
     #[test]
     fn strips_print_calls_only() {

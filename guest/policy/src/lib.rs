@@ -207,6 +207,15 @@ impl PolicyEngine {
         let package = engine
             .add_policy(SOURCE_NAME.to_string(), rego_text.to_string())
             .map_err(|e| parse_error(&e))?;
+        // Kata's agent starts every policy with an empty state object, `data.pstate`: the
+        // state helpers of genpolicy's rules (`get_state() := data["pstate"]`) are undefined,
+        // and so deny, without it.
+        engine
+            .add_data(
+                Value::from_json_str(&format!("{{\"{STATE_KEY}\": {{}}}}"))
+                    .map_err(|e| parse_error(&e))?,
+            )
+            .map_err(|e| parse_error(&e))?;
         if package != format!("data.{PACKAGE}") {
             return Err(PolicyError::MissingPackage {
                 found: package
@@ -465,6 +474,9 @@ impl PolicyEngine {
         Ok(ops.len())
     }
 }
+
+/// The data document's key for the policy's state (Kata's agent's name).
+pub const STATE_KEY: &str = "pstate";
 
 /// Requests whose input has `storages` (of `Storage` messages).
 const STORAGE_REQUESTS: &[&str] = &["CreateSandboxRequest", "CreateContainerRequest"];

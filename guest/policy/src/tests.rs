@@ -104,7 +104,7 @@ ExecProcessRequest := {"allowed": true, "ops": []} if {
             .unwrap()
             .allowed
     );
-    assert_eq!(p.state(), json!({"seen": true}));
+    assert_eq!(p.state(), json!({"pstate": {}, "seen": true}));
     assert!(!p.install_fast_path(other_job.compile()));
     assert!(!p.has_fast_path());
     assert!(p.install_fast_path(job.compile()));
@@ -152,6 +152,8 @@ ExecProcessRequest := {"allowed": true, "ops": ops} if {
 ReadStreamRequest := {"allowed": true, "ops": [{"op": "remove", "path": "/nope"}]}
 "#;
     let mut p = PolicyEngine::new(rego).unwrap();
+    // Every policy starts with an empty state, as under Kata's agent.
+    assert_eq!(p.state(), json!({"pstate": {}}));
     let req = |args: &[&str]| json!({"container_id": "c1", "process": {"Args": args}});
     let d = p.evaluate("ExecProcessRequest", &req(&["ls"])).unwrap();
     assert!(d.allowed);
@@ -169,6 +171,59 @@ ReadStreamRequest := {"allowed": true, "ops": [{"op": "remove", "path": "/nope"}
     let e = p.evaluate("ReadStreamRequest", &json!({})).unwrap_err();
     assert!(e.to_string().contains("state op 0"), "{e}");
     assert_eq!(p.state(), json!({"pstate": {"c1": ["ls"]}}));
+}
+
+/// genpolicy's state helpers read `data["pstate"]` before anything was recorded: the state
+/// must exist, empty, from the start (as Kata's agent makes it), or every CreateContainer is
+/// refused.
+#[test]
+fn genpolicy_state_helpers_start_from_an_empty_state() {
+    let rego = r#"package agent_policy
+import future.keywords.if
+
+default CreateContainerRequest := {"allowed": false}
+
+CreateContainerRequest := {"allowed": true, "ops": ops} if {
+    op := state_allows("sandbox_name", input.OCI.Annotations["io.kubernetes.cri.sandbox-name"])
+    ops := [o | o := [op][_]; o != null]
+}
+
+state_allows(key, value) = action if {
+    state := data["pstate"]
+    not state[key]
+    action := {"op": "add", "path": concat("/", ["/pstate", key]), "value": value}
+}
+
+state_allows(key, value) = action if {
+    state := data["pstate"]
+    value == state[key]
+    action := null
+}
+"#;
+    let mut p = PolicyEngine::new(rego).unwrap();
+    let req =
+        |name: &str| json!({"OCI": {"Annotations": {"io.kubernetes.cri.sandbox-name": name}}});
+    let d = p.evaluate("CreateContainerRequest", &req("web")).unwrap();
+    assert!(d.allowed, "{:?}", d.prints);
+    assert_eq!(p.state(), json!({"pstate": {"sandbox_name": "web"}}));
+    assert!(
+        p.evaluate("CreateContainerRequest", &req("web"))
+            .unwrap()
+            .allowed
+    );
+    let mut interp = p.clone();
+    interp.disable_fast_path();
+    let d = interp
+        .evaluate("CreateContainerRequest", &req("other"))
+        .unwrap();
+    assert!(
+        !d.allowed,
+        "interpreter: {:?} state {}",
+        d.prints,
+        interp.state()
+    );
+    let d = p.evaluate("CreateContainerRequest", &req("other")).unwrap();
+    assert!(!d.allowed, "fast path: {:?} state {}", d.prints, p.state());
 }
 
 #[test]
@@ -497,4 +552,65 @@ fn storage_shared_follows_the_policy() {
     assert!(!names_storage_shared(
         "\"/run/kata-containers/shared/containers\""
     ));
+}
+
+/// A value assigned and never tested again still has to be defined (OPA's semantics, and the
+/// interpreter's): the fast path must not allow what the policy denies. regorus's VM binds
+/// `x := <undefined>` and goes on; the VM's copy of the policy unifies instead.
+#[test]
+fn fast_path_never_allows_what_the_policy_denies() {
+    let bodies = [
+        "op := input.missing",
+        "op := f(input.v)",
+        "op := f(input.v); ops := [o | o := [op][_]; o != null]",
+        "x := input.missing; y := x.allowed",
+        "s := data.pstate; v := s[input.v]",
+        "every a in [1] { b := input.missing }",
+    ];
+    for body in bodies {
+        let rego = format!(
+            "package agent_policy\nimport future.keywords.if\nimport future.keywords.every\n\
+             default CreateContainerRequest := false\n\
+             CreateContainerRequest if {{ {body} }}\n\
+             f(v) := a if {{ v == 1; a := 1 }}\n\
+             ExecProcessRequest := {{\"allowed\": true, \"ops\": [{{\"op\": \"add\", \"path\": \"/pstate/k\", \"value\": \"web\"}}]}}\n"
+        );
+        let mut p = PolicyEngine::new(&rego).unwrap();
+        assert!(p.has_fast_path(), "{body}: no fast path");
+        assert!(
+            p.evaluate("ExecProcessRequest", &json!({}))
+                .unwrap()
+                .allowed
+        );
+        for v in [json!(2), json!("other")] {
+            let input = json!({ "v": v });
+            let mut interp = p.clone();
+            interp.disable_fast_path();
+            assert!(
+                !interp
+                    .evaluate("CreateContainerRequest", &input)
+                    .unwrap()
+                    .allowed,
+                "{body}: the interpreter allows {input}"
+            );
+            assert!(
+                !p.evaluate("CreateContainerRequest", &input)
+                    .unwrap()
+                    .allowed,
+                "{body}: the fast path allows {input}"
+            );
+        }
+        // And what the policy allows, the fast path still allows.
+        let ok = format!(
+            "{}\nCreateContainerRequest if {{ op := f(input.v); op == 1 }}\n",
+            rego
+        );
+        let mut p = PolicyEngine::new(&ok).unwrap();
+        assert!(p.has_fast_path());
+        assert!(
+            p.evaluate("CreateContainerRequest", &json!({"v": 1}))
+                .unwrap()
+                .allowed
+        );
+    }
 }

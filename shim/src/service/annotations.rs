@@ -6,6 +6,9 @@ use std::collections::HashMap;
 pub const ANNOTATION_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// CRI's `sandbox` / `container` marker.
 pub const ANNOTATION_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The pod's network namespace, which Kata's runtime puts on the sandbox (pause) container's
+/// spec (named after nerdctl, which reads it): generated policies check it on the pause.
+pub const ANNOTATION_NETWORK_NAMESPACE: &str = "nerdctl/network-namespace";
 /// Its value on the pod's sandbox (pause) container.
 pub const CONTAINER_TYPE_SANDBOX: &str = "sandbox";
 

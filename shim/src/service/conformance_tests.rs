@@ -131,7 +131,6 @@ pub(super) const PAUSE_CONFIG: &str = r#"{
     {"destination": "/etc/resolv.conf", "type": "bind", "source": "@ROOT@/cri/sandboxes/a3e5b029b23f8e3a63e5c231cf63688477a77f5036f249f722823eef73771098/resolv.conf", "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}
   ],
   "annotations": {
-    "nerdctl/network-namespace": "/var/run/netns/cni-b894e817-0cf4-867e-21d1-af214f3a1a59",
     "io.kubernetes.cri.sandbox-namespace": "default",
     "io.kubernetes.cri.sandbox-log-directory": "/var/log/pods/default_pod-lifecycle_078af1e8-328a-4f89-adfb-bae4455fbf50",
     "io.kubernetes.cri.sandbox-cpu-quota": "0",
@@ -496,6 +495,45 @@ async fn pause_and_app_requests_match_katas() {
     }
     // Kept as containerd gives it (Kata's exec drops it to 0; no policy rule reads it).
     assert_eq!(got["Process"]["OOMScoreAdj"], json!(1000));
+}
+
+/// containerd's `pod_annotations` put the pod's policy (or init-data) annotation on every
+/// container's spec; Kata's runtime drops both before CreateContainer, and so does the shim.
+/// The pause names the pod's network namespace as Kata's runtime does.
+#[test]
+fn the_policy_annotations_stay_out_of_the_specs() {
+    for (config, id, sandbox) in [
+        (PAUSE_CONFIG, SANDBOX_ID, true),
+        (APP_CONFIG, APP_ID, false),
+    ] {
+        let mut v: Value =
+            serde_json::from_str(&config.replace("@ROOT@", "/x").replace("@CAPS@", "[]")).unwrap();
+        v["annotations"]["io.katacontainers.config.agent.policy"] = json!("cGFja2FnZQ==");
+        v["annotations"]["io.katacontainers.config.hypervisor.cc_init_data"] = json!("H4sI");
+        let mut spec = BundleSpec::parse(v.to_string().as_bytes(), "config.json")
+            .unwrap()
+            .to_agent()
+            .unwrap();
+        let input = ShapeInput {
+            container_id: id,
+            bundle: "/b",
+            pass_seccomp: false,
+        };
+        shape_container(&mut spec, &input);
+        let keys: Vec<&String> = spec.Annotations.keys().collect();
+        assert!(
+            !keys
+                .iter()
+                .any(|k| k.starts_with("io.katacontainers.config.")),
+            "{keys:?}"
+        );
+        assert_eq!(
+            spec.Annotations
+                .get("nerdctl/network-namespace")
+                .map(|s| s.as_str()),
+            sandbox.then_some("/var/run/netns/cni-b894e817-0cf4-867e-21d1-af214f3a1a59"),
+        );
+    }
 }
 
 /// `shareProcessNamespace: true`: CRI gives the pause's pid namespace by path.

@@ -7,7 +7,8 @@ use agent_proto::contract;
 use agent_proto::oci;
 use protobuf::MessageField;
 
-use super::annotations::is_pod_sandbox;
+use super::annotations::{is_pod_sandbox, ANNOTATION_NETWORK_NAMESPACE};
+use crate::policy_source::{INITDATA_ANNOTATION, POLICY_ANNOTATION};
 
 /// What shaping needs besides the spec.
 pub struct ShapeInput<'a> {
@@ -28,11 +29,30 @@ pub fn shape_container(spec: &mut oci::Spec, input: &ShapeInput) -> bool {
         Readonly: readonly,
         ..Default::default()
     });
-    let container_type = if is_pod_sandbox(&spec.Annotations) {
+    let sandbox = is_pod_sandbox(&spec.Annotations);
+    let container_type = if sandbox {
         contract::POD_SANDBOX
     } else {
         contract::POD_CONTAINER
     };
+    // Kata's runtime names the pod's network namespace on the sandbox (the namespace itself
+    // stays on the host and is dropped below).
+    let netns = spec
+        .Linux
+        .as_ref()
+        .and_then(|l| l.Namespaces.iter().find(|n| n.Type == "network"))
+        .map(|n| n.Path.clone())
+        .filter(|p| !p.is_empty());
+    if let (true, Some(path)) = (sandbox, netns) {
+        spec.Annotations
+            .insert(ANNOTATION_NETWORK_NAMESPACE.to_string(), path);
+    }
+    // The policy travels by SetPolicy, never inside a container's spec (Kata's runtime drops
+    // both annotations from every spec it sends): generated policies refuse annotations they
+    // do not list, and the policy cannot list itself.
+    for a in [POLICY_ANNOTATION, INITDATA_ANNOTATION] {
+        spec.Annotations.remove(a);
+    }
     spec.Annotations.insert(
         contract::BUNDLE_PATH_ANNOTATION.to_string(),
         input.bundle.to_string(),

@@ -390,6 +390,20 @@ pub async fn prepare(
 ) -> Result<Vec<WatchTarget>, VolumeError> {
     let mut watches = Vec::new();
     let mut kept = Vec::with_capacity(spec.Mounts.len());
+    // containerd 1.6 leaves its default /dev/shm tmpfs in the pause's spec beneath CRI's bind
+    // of the sandbox shm (1.7 takes it out): the later mount hides the earlier one, so only
+    // the last /dev/shm goes to the guest, as a pause's spec from containerd 1.7 has it.
+    // (Generated policies match each mount of the request with one of their own.)
+    let last_shm = spec
+        .Mounts
+        .iter()
+        .rposition(|m| m.destination == "/dev/shm");
+    let mut index = 0;
+    spec.Mounts.retain(|m| {
+        let keep = m.destination != "/dev/shm" || Some(index) == last_shm;
+        index += 1;
+        keep
+    });
     for mut m in std::mem::take(&mut spec.Mounts) {
         match plan(&m) {
             Plan::Keep => {}
@@ -744,6 +758,8 @@ pub(crate) mod tests {
             Mounts: [
                 vec![
                     mount("/proc", "proc", "proc", &["nosuid"]),
+                    // containerd 1.6's pause: its default shm tmpfs, hidden by CRI's bind.
+                    mount("/dev/shm", "shm", "tmpfs", &["nosuid", "mode=1777"]),
                     mount(
                         "/dev/shm",
                         "/run/c/sandboxes/p/shm",

@@ -365,6 +365,7 @@ fn spawn_qemu(
         vsock,
         state_dir: sd,
         free_page_reporting: snp.is_none(),
+        agent_debug: cfg.agent.kata.enable_debug,
     });
     args.extend(qemu::nic_args(nics));
     let args = match snp {

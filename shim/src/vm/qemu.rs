@@ -72,6 +72,23 @@ pub struct QemuLaunch<'a> {
     /// Free page reporting (virtio-balloon): the guest hands pages it frees back to the host.
     /// Not for SEV-SNP guests, whose memory the host cannot reclaim that way.
     pub free_page_reporting: bool,
+    /// `[agent.kata] enable_debug`: the agent logs at debug level and prints every request's
+    /// policy input on the console ([`AGENT_DEBUG_PARAM`] on the kernel command line).
+    pub agent_debug: bool,
+}
+
+/// The kernel parameter that turns the agent's debug log on: the kernel passes `NAME=value`
+/// parameters without a dot to init as environment, and init passes it to the agent. It is part
+/// of the command line, so of an SNP launch's measurement: a debug guest measures differently.
+pub const AGENT_DEBUG_PARAM: &str = "KATA_CC_AGENT_LOG=debug";
+
+/// The guest kernel's command line: the configured one, plus the agent's debug switch.
+pub fn kernel_cmdline(q: &QemuConfig, agent_debug: bool) -> String {
+    if agent_debug {
+        format!("{} {AGENT_DEBUG_PARAM}", q.kernel_params)
+    } else {
+        q.kernel_params.clone()
+    }
 }
 
 /// QEMU option values are comma separated; a literal comma is written as two.
@@ -125,7 +142,7 @@ pub fn qemu_args(l: &QemuLaunch<'_>) -> Vec<String> {
     }
     push(&["-kernel", &p(&q.kernel)]);
     push(&["-initrd", &p(&q.initrd)]);
-    push(&["-append", &q.kernel_params]);
+    push(&["-append", &kernel_cmdline(q, l.agent_debug)]);
     push(&[
         "-drive",
         &format!(
@@ -190,6 +207,7 @@ mod tests {
             },
             state_dir: Path::new("/run/kata-cc/sandboxes/pod1"),
             free_page_reporting: true,
+            agent_debug: false,
         });
         let expected = "-name kata-cc-pod1 \
             -machine q35,memory-backend=mem -accel tcg,tb-size=32 -cpu max -smp 3 -m 2560M \
@@ -251,8 +269,15 @@ mod tests {
             vsock: VsockDevice::Kernel { guest_cid: 42 },
             state_dir: Path::new("/s"),
             free_page_reporting: false,
+            agent_debug: true,
         });
         let joined = args.join(" ");
+        assert!(
+            args.contains(&format!(
+                "console=ttyS0 kata_cc.roothash=ab {AGENT_DEBUG_PARAM}"
+            )),
+            "{joined}"
+        );
         assert!(!joined.contains("balloon"));
         assert!(!joined.contains("-accel"));
         assert!(

@@ -1,11 +1,12 @@
 //! `make demo`: a Pod manifest (default examples/demo-pod.yaml) run on this machine as a
 //! Kubernetes node would run it, through containerd's CRI with kata-cc's runtime handler.
 //! There is no kubelet here, so this program plays its part, with the end-to-end tests'
-//! harness (kata_cc_tests::kubelet): it starts a loopback registry (serving the locally built
-//! busybox image under the manifest's image names, as the node's registry mirror) and a private
-//! containerd with CRI on, lays out the pod's volumes as the kubelet does, and calls
-//! RunPodSandbox, PullImage, CreateContainer, StartContainer, ExecSync, StopPodSandbox and
-//! RemovePodSandbox. It prints what it sees inside the VM (kernel, size, hostname, volumes),
+//! harness (kata_cc_tests::kubelet, and kata_cc_tests::kube for the kubelet's translation of the
+//! manifest): it starts a loopback registry (serving the locally built busybox image under the
+//! manifest's image names, as the node's registry mirror) and a private containerd with CRI on,
+//! lays out the pod's volumes as the kubelet does, and calls
+//! RunPodSandbox, PullImage, CreateContainer, StartContainer, ExecSync, StopContainer,
+//! StopPodSandbox and RemovePodSandbox. It prints what it sees inside the VM (kernel, size, hostname, volumes),
 //! the containers' CRI log files and execs' output (one of them refused by the pod's policy),
 //! then removes everything and checks that nothing is left.
 //!
@@ -15,13 +16,13 @@
 //!
 //! Usage: kata-cc-demo [MANIFEST] [--dir DIR]   (DIR default: build/demo)
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kata_cc_tests::cri::{self, ContainerSpec, PodSpec};
+use kata_cc_tests::cri;
+use kata_cc_tests::kube::{HandlerKind, KubePod, Objects, RunningPod};
 use kata_cc_tests::kubelet::{self, ExecOutput, Node};
-use kata_cc_tests::manifest::{Manifest, RUNTIME_CLASS};
+use kata_cc_tests::manifest::RUNTIME_CLASS;
 use kata_cc_tests::{paths, TestImage};
 
 /// The CRI runtime handler the RuntimeClass names (`kata-cc install` prints the RuntimeClass).
@@ -44,14 +45,22 @@ fn main() {
             _ => manifest_path = PathBuf::from(a),
         }
     }
-    let m = match Manifest::load(&manifest_path) {
-        Ok(m) => m,
+    // The kubelet's translation of the manifest (kata_cc_tests::kube): its one workload and
+    // the ConfigMaps and Secrets in the same file.
+    let objs = match Objects::load(&manifest_path, &[]) {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("kata-cc-demo: {e}");
             std::process::exit(2);
         }
     };
-    let class = m.spec().runtime_class_name.clone().unwrap_or_default();
+    let class = objs
+        .workload
+        .template
+        .spec
+        .runtime_class_name
+        .clone()
+        .unwrap_or_default();
     if class != RUNTIME_CLASS {
         eprintln!(
             "kata-cc-demo: {}: runtimeClassName is {class:?}: without {RUNTIME_CLASS:?} the \
@@ -60,22 +69,18 @@ fn main() {
         );
         std::process::exit(2);
     }
-    run(&m, &manifest_path, &dir);
+    run(&objs, &manifest_path, &dir);
 }
 
-fn run(m: &Manifest, manifest_path: &Path, dir: &Path) {
+fn run(objs: &Objects, manifest_path: &Path, dir: &Path) {
     let started = Instant::now();
-    let pod_name = m.pod.metadata.name.clone();
-    let namespace = m
-        .pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let spec = m.spec();
+    let spec = &objs.workload.template.spec;
     println!(
-        "== kata-cc demo: {} (Pod {namespace}/{pod_name}, RuntimeClass {RUNTIME_CLASS} -> CRI handler {HANDLER})",
-        manifest_path.display()
+        "== kata-cc demo: {} ({} {}/{}, RuntimeClass {RUNTIME_CLASS} -> CRI handler {HANDLER})",
+        manifest_path.display(),
+        objs.workload.kind,
+        objs.workload.namespace(),
+        objs.workload.metadata.name,
     );
 
     // The node: registry, containerd with CRI, the pause image as CRI's sandbox_image.
@@ -89,64 +94,19 @@ fn run(m: &Manifest, manifest_path: &Path, dir: &Path) {
     serve_images(&node, spec.containers.iter().map(|c| c.image.as_str()));
 
     // The kubelet mounts the volumes before it creates the sandbox.
-    let uid = random_uuid();
-    let pod_dir = node.pod_dir(&uid);
-    let mut volume_dirs: BTreeMap<String, (PathBuf, bool)> = BTreeMap::new();
-    for v in &spec.volumes {
-        if let Some(src) = &v.config_map {
-            let cm = &m.config_maps[&src.name];
-            let files: Vec<(&str, &[u8])> = cm
-                .data
-                .iter()
-                .map(|(k, d)| (k.as_str(), d.as_bytes()))
-                .collect();
-            let vol = pod_dir.config_map(&v.name, &files, src.default_mode.unwrap_or(0o644));
-            volume_dirs.insert(v.name.clone(), (vol.dir, true));
-        } else {
-            volume_dirs.insert(v.name.clone(), (pod_dir.empty_dir(&v.name), false));
-        }
-    }
-
-    let mut containers: Vec<ContainerSpec> = spec
-        .containers
-        .iter()
-        .map(|c| {
-            let mut cs =
-                ContainerSpec::new(&c.name, &c.image, &[]).limits(c.memory_limit(), c.cpu_millis());
-            // Empty: the image's entrypoint, as with a pod spec without command and args.
-            cs.command = c.argv();
-            cs.envs = c
-                .env
-                .iter()
-                .map(|e| (e.name.clone(), e.value.clone()))
-                .collect();
-            cs
-        })
-        .collect();
-    let mut pod = PodSpec::new(&pod_name, &uid, &node.log_root);
-    if namespace != "default" {
-        pod.namespace = namespace.clone();
-        pod.log_directory = node.log_root.join(format!("{namespace}_{pod_name}_{uid}"));
-        std::fs::create_dir_all(&pod.log_directory)
-            .unwrap_or_else(|e| panic!("{}: {e}", pod.log_directory.display()));
-    }
-    let refs: Vec<&ContainerSpec> = containers.iter().collect();
-    let mut pod = pod.with_limits_of(&refs);
-    pod.share_process_namespace = spec.share_process_namespace;
-    pod.annotations = m
-        .pod
-        .metadata
-        .annotations
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mem_mib = pod.memory_limit >> 20;
-    let cpus = pod.cpu_quota as f64 / pod.cpu_period as f64;
+    let kp = KubePod::prepare(&node, objs).unwrap_or_else(|e| {
+        eprintln!("kata-cc-demo: {e}");
+        std::process::exit(2)
+    });
+    let mem_mib = kp.sandbox.memory_limit >> 20;
+    let cpus = kp.sandbox.cpu_quota as f64 / kp.sandbox.cpu_period as f64;
     println!(
-        "== RunPodSandbox: {} containers, limits {mem_mib} MiB and {cpus} CPUs, {} annotation(s){}",
-        containers.len(),
-        pod.annotations.len(),
-        if pod
+        "== RunPodSandbox: pod {}, {} containers, limits {mem_mib} MiB and {cpus} CPUs, {} annotation(s){}",
+        kp.sandbox.name,
+        kp.containers.len(),
+        kp.sandbox.annotations.len(),
+        if kp
+            .sandbox
             .annotations
             .iter()
             .any(|(k, _)| k == kata_cc_tests::policy::POLICY_ANNOTATION)
@@ -157,44 +117,53 @@ fn run(m: &Manifest, manifest_path: &Path, dir: &Path) {
         }
     );
     let t = Instant::now();
-    let running = node.run_pod(&pod);
-    let qemu = node.qemu_of(&running);
+    let pod = node.run_pod(&kp.sandbox);
+    let qemu = node.qemu_of(&pod);
     println!(
         "   pod sandbox {} ready in {:.1}s: pod IP {}, QEMU pid {}",
-        short(&running.id),
+        short(&pod.id),
         t.elapsed().as_secs_f64(),
-        running.ip,
+        pod.ip,
         qemu.pid
     );
 
-    let mut ids = Vec::new();
-    for (c, y) in containers.iter_mut().zip(&spec.containers) {
-        for vm in &y.volume_mounts {
-            let (host, api_data) = &volume_dirs[&vm.name];
-            c.mounts
-                .push(cri::mount(&vm.mount_path, host, vm.read_only || *api_data));
-        }
-        c.mounts.extend(running.kubelet_mounts(&c.name));
+    let mut containers = Vec::new();
+    for (i, k) in kp.containers.iter().enumerate() {
+        let c = kp
+            .container_spec(&node, &pod, i)
+            .unwrap_or_else(|e| panic!("{e}"));
         let t = Instant::now();
-        let cid = node.run_container(&running, c);
+        let cid = node.run_container(&pod, &c);
+        for h in k.handlers_of(HandlerKind::PostStart) {
+            let cmd: Vec<&str> = h.command.iter().map(|s| s.as_str()).collect();
+            let o = node
+                .probe(&cid, &cmd, h.timeout_secs)
+                .unwrap_or_else(|e| panic!("postStart of {}: {e}", c.name));
+            assert_eq!(o.exit_code, 0, "postStart of {}: {o:?}", c.name);
+        }
         println!(
             "   container {} ({}) started in {:.1}s",
             c.name,
-            c.image,
+            k.yaml.image,
             t.elapsed().as_secs_f64()
         );
-        ids.push(cid);
+        containers.push((c, cid));
     }
+    let running = RunningPod {
+        kube: kp,
+        pod,
+        containers,
+    };
 
     println!("== inside the VM (CRI ExecSync)");
-    let first = &ids[0];
-    let guest_kernel = exec_out(&node, first, &["uname", "-r"]);
+    let first = running.containers[0].1.clone();
+    let guest_kernel = exec_out(&node, &first, &["uname", "-r"]);
     println!(
         "   guest kernel:  {guest_kernel} (host: {}; baked image: {})",
         paths::host_kernel_release(),
         paths::guest_kernel_release()
     );
-    let meminfo = exec_out(&node, first, &["cat", "/proc/meminfo"]);
+    let meminfo = exec_out(&node, &first, &["cat", "/proc/meminfo"]);
     let mem_total = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -207,30 +176,37 @@ fn run(m: &Manifest, manifest_path: &Path, dir: &Path) {
     );
     println!(
         "   vCPUs:         {} (ceil(1 + {cpus}) = {})",
-        exec_out(&node, first, &["nproc"]),
+        exec_out(&node, &first, &["nproc"]),
         (1.0 + cpus).ceil()
     );
-    for (c, cid) in containers.iter().zip(&ids) {
+    for (c, cid) in &running.containers {
         println!(
             "   hostname in {}: {}",
             c.name,
             exec_out(&node, cid, &["hostname"])
         );
     }
-    for (y, cid) in spec.containers.iter().zip(&ids) {
-        for vm in &y.volume_mounts {
-            let (_, api_data) = &volume_dirs[&vm.name];
-            let what = if *api_data {
+    for (k, (_, cid)) in running.kube.containers.iter().zip(&running.containers) {
+        for vm in &k.yaml.volume_mounts {
+            let Some(v) = spec.volumes.iter().find(|v| v.name == vm.name) else {
+                // The service-account token the API server's admission adds.
+                continue;
+            };
+            let what = if v.config_map.is_some() {
                 "ConfigMap volume"
-            } else {
+            } else if v.secret.is_some() {
+                "Secret volume"
+            } else if v.empty_dir.is_some() {
                 "emptyDir"
+            } else {
+                "hostPath volume"
             };
             let o = node.exec(cid, &["ls", &vm.mount_path]);
             if o.exit_code != 0 {
                 println!(
                     "   {what} {} in {}: missing ({})",
                     vm.mount_path,
-                    y.name,
+                    k.yaml.name,
                     o.stderr.trim()
                 );
                 continue;
@@ -239,7 +215,7 @@ fn run(m: &Manifest, manifest_path: &Path, dir: &Path) {
             println!(
                 "   {what} {} in {}: {}",
                 vm.mount_path,
-                y.name,
+                k.yaml.name,
                 if names.is_empty() {
                     "(empty)".to_string()
                 } else {
@@ -256,8 +232,8 @@ fn run(m: &Manifest, manifest_path: &Path, dir: &Path) {
     }
 
     println!("== the containers' CRI log files (written by containerd from the guest's output)");
-    for c in &containers {
-        let file = running.log_file(c);
+    for (c, _) in &running.containers {
+        let file = running.pod.log_file(c);
         // The containers print at start; give their output a moment to arrive.
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut lines = kubelet::log_lines(&file);
@@ -272,32 +248,31 @@ fn run(m: &Manifest, manifest_path: &Path, dir: &Path) {
     }
 
     println!("== exec through CRI, checked by the pod's policy in the VM");
+    let first_name = running.containers[0].0.name.clone();
     for cmd in [
         &["cat", "/proc/version"][..],
         &["sh", "-c", "echo a shell in the pod"],
     ] {
-        match node.try_exec_within(first, cmd, paths::run_timeout()) {
+        match node.try_exec_within(&first, cmd, paths::run_timeout()) {
             Ok(o) => println!(
-                "   {} $ {}\n{}      (exit {})",
-                containers[0].name,
+                "   {first_name} $ {}\n{}      (exit {})",
                 shell_words(cmd),
                 indent(&format!("{}{}", o.stdout, o.stderr)),
                 o.exit_code
             ),
             Err(e) => println!(
-                "   {} $ {}\n      refused: {}",
-                containers[0].name,
+                "   {first_name} $ {}\n      refused: {}",
                 shell_words(cmd),
                 e.message()
             ),
         }
     }
 
-    println!("== StopPodSandbox, RemovePodSandbox");
-    node.teardown(&running, Some(qemu.pid));
+    println!("== StopContainer, StopPodSandbox, RemovePodSandbox");
+    running.teardown(&node);
     node.finish();
     println!(
-        "== done in {:.0}s: nothing left (no process, mount, netns, shm, state file or VM)",
+        "== done in {:.0}s: nothing left (no process, mount, netns, shm, state file, VM or pod log dir)",
         started.elapsed().as_secs_f64()
     );
 }
@@ -365,25 +340,4 @@ fn indent(text: &str) -> String {
 fn short(id: &str) -> &str {
     let id = id.strip_prefix("sha256:").unwrap_or(id);
     &id[..id.len().min(12)]
-}
-
-/// A random (version 4) UUID, as the API server gives pods.
-fn random_uuid() -> String {
-    let mut b = [0u8; 16];
-    if let Err(e) = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-    {
-        panic!("/dev/urandom: {e}");
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
