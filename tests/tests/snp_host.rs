@@ -420,6 +420,7 @@ fn qemu_accepts_the_snp_arguments_until_it_needs_snp_hardware() {
         vsock: VsockDevice::Kernel { guest_cid: 3 },
         state_dir: dir.path(),
         free_page_reporting: true,
+        agent_debug: false,
     });
     let mut s = SnpLaunch::new(51, 1);
     s.host_data = Some([7u8; 32]);
