@@ -442,14 +442,16 @@ fn refusals(test: &str, tool: Result<PolicyTool, String>) {
                     .map(|(_, p)| p.join("\n"))
                     .unwrap_or_else(|| panic!("no refused {name} #{n}"))
             };
+            // genpolicy's rules print their names; another tool's prints name the values.
+            let genpolicy = matches!(b.tool, PolicyTool::Genpolicy(_));
             let changed = prints_of("CreateContainerRequest", 0);
             assert!(
-                changed.contains("allow_args") && changed.contains("echo changed"),
+                changed.contains("echo changed") && (!genpolicy || changed.contains("allow_args")),
                 "{changed}"
             );
             let env = prints_of("CreateContainerRequest", 1);
             assert!(
-                env.contains("allow_var") && env.contains("INJECTED=1"),
+                env.contains("INJECTED=1") && (!genpolicy || env.contains("allow_var")),
                 "{env}"
             );
             let exec = prints_of("ExecProcessRequest", 0);
