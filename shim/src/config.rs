@@ -22,6 +22,7 @@
 //!
 //! [agent.kata]
 //! dial_timeout = 45          # s allowed for one agent connection
+//! # enable_debug = false     # agent debug log, policy inputs on the VM console
 //! # link_timeout = 30        # s UpdateInterface is retried while the guest has no such link yet
 //!
 //! [runtime]
@@ -211,6 +212,9 @@ pub struct KataAgentConfig {
     /// Seconds allowed for one agent connection (the hybrid-vsock handshake is retried within it).
     #[serde(default = "default_dial_timeout")]
     pub dial_timeout: u64,
+    /// Kata's key: the agent logs at debug level and prints each request's policy input on the
+    /// VM console, in Kata's request-log format (`KATA_CC_AGENT_LOG=debug` on the kernel
+    /// command line; see docs/kubernetes.md).
     #[serde(default)]
     pub enable_debug: bool,
     /// Seconds UpdateInterface is retried while the agent answers "Link not found" (the guest's

@@ -643,6 +643,36 @@ mod tests {
     }
 
     #[test]
+    fn container_config_as_the_kubelet() {
+        let root = tempfile::tempdir().unwrap();
+        let pod = PodSpec::new("p", "u", root.path());
+        let mut c = ContainerSpec::new("c", "sha256:img", &["sh", "-c"]);
+        c.args = vec!["echo hi".into()];
+        c.envs = vec![("KUBERNETES_SERVICE_PORT".into(), "8443".into())];
+        let cc = container_config(&c, &pod);
+        assert_eq!((cc.command.len(), cc.args.len()), (2, 1));
+        // The kubernetes service's variables, the pod's own value winning.
+        assert_eq!(cc.envs.len(), KUBERNETES_SERVICE_ENV.len());
+        let env = |k: &str| {
+            cc.envs
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| e.value.as_str())
+                .unwrap_or("")
+        };
+        assert_eq!(env("KUBERNETES_SERVICE_PORT"), "8443");
+        assert_eq!(env("KUBERNETES_PORT_443_TCP_ADDR"), "10.96.0.1");
+        let sc = cc.linux.unwrap().security_context.unwrap();
+        assert_eq!(sc.masked_paths.len(), DEFAULT_MASKED_PATHS.len());
+        assert_eq!(sc.readonly_paths, DEFAULT_READONLY_PATHS);
+        assert!(sc.run_as_user.is_none() && sc.capabilities.is_none());
+        assert_eq!(
+            cc.annotations["io.kubernetes.container.terminationMessagePath"],
+            "/dev/termination-log"
+        );
+    }
+
+    #[test]
     fn shared_pid_and_limits() {
         let root = tempfile::tempdir().unwrap();
         let a = ContainerSpec::new("a", "img", &["sh"]).limits(128 << 20, 500);

@@ -1223,57 +1223,12 @@ impl KubePod {
         Err("valueFrom: no source".to_string())
     }
 
-    /// `determineEffectiveSecurityContext`: the container's context over the pod's, the
-    /// image's user when none is given, the kubelet's masked paths.
     fn security(&self, c: &Container, image: &ImageUser) -> Result<ContainerSecurity, String> {
-        let psc = self
-            .workload
-            .template
-            .spec
-            .security_context
-            .clone()
-            .unwrap_or_default();
-        let csc = c.security_context.clone().unwrap_or_default();
-        let privileged = csc.privileged.unwrap_or(false);
-        let mut s = ContainerSecurity {
-            run_as_user: csc.run_as_user.or(psc.run_as_user),
-            run_as_group: csc.run_as_group.or(psc.run_as_group),
-            readonly_rootfs: csc.read_only_root_filesystem.unwrap_or(false),
-            privileged,
-            no_new_privs: !privileged && csc.allow_privilege_escalation == Some(false),
-            ..Default::default()
-        };
-        if s.run_as_user.is_none() {
-            match (&image.uid, &image.username) {
-                (Some(uid), _) => s.run_as_user = Some(*uid),
-                (None, name) if !name.is_empty() => s.run_as_username = name.clone(),
-                _ => s.run_as_user = Some(0),
-            }
-        }
-        let non_root = csc.run_as_non_root.or(psc.run_as_non_root).unwrap_or(false);
-        if non_root {
-            match s.run_as_user {
-                Some(0) => return Err("runAsNonRoot and the image will run as root".into()),
-                None => {
-                    return Err(format!(
-                        "runAsNonRoot and the image's user {:?} is not numeric",
-                        image.username
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(caps) = &csc.capabilities {
-            s.add_capabilities = caps.add.clone();
-            s.drop_capabilities = caps.drop.clone();
-        }
-        s.supplemental_groups = psc.supplemental_groups.clone();
-        s.supplemental_groups.extend(psc.fs_group);
-        if privileged {
-            s.masked_paths.clear();
-            s.readonly_paths.clear();
-        }
-        Ok(s)
+        effective_security(
+            self.workload.template.spec.security_context.as_ref(),
+            c.security_context.as_ref(),
+            image,
+        )
     }
 
     /// Runs the pod as the kubelet starts it: RunPodSandbox, then each container created
@@ -1377,6 +1332,58 @@ impl RunningPod {
         );
         hooks
     }
+}
+
+/// `determineEffectiveSecurityContext`: the container's context over the pod's, the image's
+/// user (ImageStatus) when none is given (root when the image names none), `runAsNonRoot`
+/// checked as the kubelet checks it, `fsGroup` among the supplemental groups, the kubelet's
+/// masked paths unless privileged.
+pub fn effective_security(
+    pod: Option<&PodSecurityContext>,
+    container: Option<&SecurityContext>,
+    image: &ImageUser,
+) -> Result<ContainerSecurity, String> {
+    let psc = pod.cloned().unwrap_or_default();
+    let csc = container.cloned().unwrap_or_default();
+    let privileged = csc.privileged.unwrap_or(false);
+    let mut s = ContainerSecurity {
+        run_as_user: csc.run_as_user.or(psc.run_as_user),
+        run_as_group: csc.run_as_group.or(psc.run_as_group),
+        readonly_rootfs: csc.read_only_root_filesystem.unwrap_or(false),
+        privileged,
+        no_new_privs: !privileged && csc.allow_privilege_escalation == Some(false),
+        ..Default::default()
+    };
+    if s.run_as_user.is_none() {
+        match (&image.uid, &image.username) {
+            (Some(uid), _) => s.run_as_user = Some(*uid),
+            (None, name) if !name.is_empty() => s.run_as_username = name.clone(),
+            _ => s.run_as_user = Some(0),
+        }
+    }
+    if csc.run_as_non_root.or(psc.run_as_non_root).unwrap_or(false) {
+        match s.run_as_user {
+            Some(0) => return Err("runAsNonRoot and the image will run as root".into()),
+            None => {
+                return Err(format!(
+                    "runAsNonRoot and the image's user {:?} is not numeric",
+                    image.username
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(caps) = &csc.capabilities {
+        s.add_capabilities = caps.add.clone();
+        s.drop_capabilities = caps.drop.clone();
+    }
+    s.supplemental_groups = psc.supplemental_groups.clone();
+    s.supplemental_groups.extend(psc.fs_group);
+    if privileged {
+        s.masked_paths.clear();
+        s.readonly_paths.clear();
+    }
+    Ok(s)
 }
 
 /// The image's user as CRI's ImageStatus reports it.
@@ -1664,6 +1671,66 @@ spec:
             Objects::load(&bad, &[]),
             Err(KubeError::Yaml { .. })
         ));
+    }
+
+    #[test]
+    fn effective_security_as_the_kubelet() {
+        let root = ImageUser {
+            id: "sha256:x".into(),
+            uid: Some(0),
+            username: String::new(),
+        };
+        let s = effective_security(None, None, &root).unwrap();
+        assert_eq!(s.run_as_user, Some(0));
+        assert!(!s.no_new_privs && !s.readonly_rootfs && !s.privileged);
+        assert_eq!(s.masked_paths.len(), cri::DEFAULT_MASKED_PATHS.len());
+        let pod = PodSecurityContext {
+            run_as_user: Some(1000),
+            run_as_group: Some(3000),
+            supplemental_groups: vec![4000],
+            fs_group: Some(2000),
+            ..Default::default()
+        };
+        let c = SecurityContext {
+            run_as_user: Some(1001),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: vec!["NET_ADMIN".into()],
+                drop: vec!["ALL".into()],
+            }),
+            ..Default::default()
+        };
+        let s = effective_security(Some(&pod), Some(&c), &root).unwrap();
+        assert_eq!((s.run_as_user, s.run_as_group), (Some(1001), Some(3000)));
+        assert_eq!(s.supplemental_groups, [4000, 2000]);
+        assert!(s.readonly_rootfs && s.no_new_privs);
+        assert_eq!(
+            (s.add_capabilities.len(), s.drop_capabilities.len()),
+            (1, 1)
+        );
+        // An image user by name goes by name; runAsNonRoot refuses root and names.
+        let named = ImageUser {
+            id: "sha256:y".into(),
+            uid: None,
+            username: "app".into(),
+        };
+        let s = effective_security(None, None, &named).unwrap();
+        assert_eq!((s.run_as_user, s.run_as_username.as_str()), (None, "app"));
+        let non_root = SecurityContext {
+            run_as_non_root: Some(true),
+            ..Default::default()
+        };
+        assert!(effective_security(None, Some(&non_root), &root).is_err());
+        assert!(effective_security(None, Some(&non_root), &named).is_err());
+        // Privileged: no masked paths, and no no_new_privs.
+        let p = SecurityContext {
+            privileged: Some(true),
+            allow_privilege_escalation: Some(false),
+            ..Default::default()
+        };
+        let s = effective_security(None, Some(&p), &root).unwrap();
+        assert!(s.privileged && !s.no_new_privs && s.masked_paths.is_empty());
     }
 
     #[test]

@@ -403,7 +403,7 @@ fn refusals(test: &str, tool: Result<PolicyTool, String>) {
     checks.run(
         "the agent's request log replays offline to the same decisions",
         || {
-            let decisions = replay_console(&b, &pod.id, &g);
+            let (decisions, refused) = replay_console(&b, &pod.id, &g);
             let of = |name: &str| -> Vec<bool> {
                 decisions
                     .iter()
@@ -433,6 +433,32 @@ fn refusals(test: &str, tool: Result<PolicyTool, String>) {
                     assert!(allowed, "{name} denied on replay: {decisions:?}");
                 }
             }
+            // The rule that refused, in the policy's prints: the args, the env, the exec.
+            let prints_of = |name: &str, n: usize| -> String {
+                refused
+                    .iter()
+                    .filter(|(r, _)| r == name)
+                    .nth(n)
+                    .map(|(_, p)| p.join("\n"))
+                    .unwrap_or_else(|| panic!("no refused {name} #{n}"))
+            };
+            // genpolicy's rules print their names; another tool's prints name the values.
+            let genpolicy = matches!(b.tool, PolicyTool::Genpolicy(_));
+            let changed = prints_of("CreateContainerRequest", 0);
+            assert!(
+                changed.contains("echo changed") && (!genpolicy || changed.contains("allow_args")),
+                "{changed}"
+            );
+            let env = prints_of("CreateContainerRequest", 1);
+            assert!(
+                env.contains("INJECTED=1") && (!genpolicy || env.contains("allow_var")),
+                "{env}"
+            );
+            let exec = prints_of("ExecProcessRequest", 0);
+            assert!(
+                exec.contains("ExecProcessRequest") && exec.contains("/etc/motd"),
+                "{exec}"
+            );
         },
     );
     b.node.teardown(&pod, Some(qemu.pid));
@@ -440,9 +466,12 @@ fn refusals(test: &str, tool: Result<PolicyTool, String>) {
     b.node.finish_with(checks);
 }
 
+/// The decisions of a replay (request, allowed), and each refused request's prints.
+type Replayed = (Vec<(String, bool)>, Vec<(String, Vec<String>)>);
+
 /// The requests the agent printed on sandbox `id`'s console (`[agent.kata] enable_debug`),
-/// replayed with `kata-cc policy replay` against the generated policy: (request, allowed).
-fn replay_console(b: &Bench, id: &str, g: &Generated) -> Vec<(String, bool)> {
+/// replayed with `kata-cc policy replay --verbose` against the generated policy.
+fn replay_console(b: &Bench, id: &str, g: &Generated) -> Replayed {
     let console = paths::sandbox_dir(id).join("console.log");
     let text =
         std::fs::read_to_string(&console).unwrap_or_else(|e| panic!("{}: {e}", console.display()));
@@ -457,7 +486,7 @@ fn replay_console(b: &Bench, id: &str, g: &Generated) -> Vec<(String, bool)> {
     std::fs::write(&requests, &log).expect("requests.log");
     std::fs::write(&policy, &g.rego).expect("policy.rego");
     let mut c = std::process::Command::new(paths::workspace_bin("kata-cc"));
-    c.args(["policy", "replay", "--policy"])
+    c.args(["policy", "replay", "--verbose", "--policy"])
         .arg(&policy)
         .arg("--requests")
         .arg(&requests);
@@ -473,7 +502,19 @@ fn replay_console(b: &Bench, id: &str, g: &Generated) -> Vec<(String, bool)> {
         })
         .collect();
     assert_eq!(decisions.len(), log.lines().count(), "{}", out.describe());
-    decisions
+    // `line N: <Request> is blocked by policy; its prints:` and the prints, indented.
+    let mut refused: Vec<(String, Vec<String>)> = Vec::new();
+    for l in out.stderr_str().lines() {
+        if let Some(p) = l.strip_prefix("  ") {
+            if let Some(last) = refused.last_mut() {
+                last.1.push(p.to_string());
+            }
+        } else if let Some((_, rest)) = l.split_once(": ") {
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            refused.push((name.to_string(), Vec::new()));
+        }
+    }
+    (decisions, refused)
 }
 
 #[test]
