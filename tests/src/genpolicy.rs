@@ -349,7 +349,10 @@ impl PolicyTool {
                     .args(["policy", "gen", "-y"])
                     .arg(&copy)
                     .arg("--insecure-registry")
-                    .arg(&facts.registry);
+                    .arg(&facts.registry)
+                    // The node's CRI sandbox image: pinned like the pod's own images.
+                    .arg("--pause-image")
+                    .arg(&facts.pause_image);
                 for f in config_files {
                     c.arg("-c").arg(f);
                 }
