@@ -552,9 +552,8 @@ pub fn plan(
                 destination: "/etc/resolv.conf".into(),
                 type_: "bind".into(),
                 source: Source::Copy("resolv.conf".into()),
-                options: ["rbind", "ro", "nosuid", "nodev", "noexec"]
-                    .map(String::from)
-                    .to_vec(),
+                // containerd 1.6's; 2.x adds restricting flags, which the rules accept.
+                options: ["rbind", "ro"].map(String::from).to_vec(),
             },
         ],
         exec_commands: Vec::new(),

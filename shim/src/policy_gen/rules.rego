@@ -700,8 +700,17 @@ mount_allowed(p, m) if {
 	some pm in p.OCI.Mounts
 	pm.destination == m.destination
 	pm.type_ == m.type_
-	pm.options == m.options
+	mount_options_allowed(pm.options, m.options)
 	mount_source_allowed(pm.source, m.source)
+}
+
+# The policy's options, plus at most flags that only restrict the mount (containerd versions
+# differ: 1.6 binds the pause's resolv.conf "rbind, ro", 2.x adds nosuid, nodev, noexec).
+mount_options_allowed(po, io) if po == io
+
+mount_options_allowed(po, io) if {
+	count({o | some o in po; not o in io}) == 0
+	count({o | some o in io; not o in po; not o in {"ro", "nosuid", "nodev", "noexec"}}) == 0
 }
 
 # A policy source is a regex when it starts with ^ or a placeholder ($(sfprefix)).
