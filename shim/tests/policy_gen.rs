@@ -400,4 +400,20 @@ fn generates_from_a_loopback_registry() {
     let p = kata_cc_shim::policy_source::from_initdata_annotation(&value).unwrap();
     assert_eq!(p.text, raw);
     assert_eq!(text(&out.stdout).trim(), p.digest_hex());
+
+    // An image the live registry does not have: one error naming the field and the image,
+    // the manifest as it was.
+    let before = m.read();
+    let missing = format!("{}/busybox:9.99", r.addr);
+    let mut a = base.to_vec();
+    let replaced = before.replace(&image, &missing);
+    std::fs::write(m.path(), &replaced).unwrap();
+    a.push("-r");
+    let out = kata_cc(&a);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("spec.containers[0].image"), "{err}");
+    assert!(err.contains(&missing), "{err}");
+    assert_eq!(m.read(), replaced, "the manifest was written");
 }
