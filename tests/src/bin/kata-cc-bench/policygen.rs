@@ -22,7 +22,7 @@ use kata_cc_shim::policy_gen::images::{
     ContainerdSource, DockerCredentials, ImageSource, RegistrySource,
 };
 use kata_cc_tests::registry::Registry;
-use kata_cc_tests::{cmd, paths, Containerd, Options, TestImage};
+use kata_cc_tests::{paths, Containerd, Options, TestImage};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -211,15 +211,13 @@ fn run_tool(tool: &Tool, yaml: &str, work: &Path, tag: &str) -> Result<f64, Stri
     std::fs::write(&file, yaml).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut c = (tool.command)(&file);
     c.current_dir(work);
-    let t = Instant::now();
-    let out = cmd::run(c, None, Duration::from_secs(1800));
-    let secs = t.elapsed().as_secs_f64();
-    if !out.success() {
-        // The full command line and output go to stderr; the table gets the first line.
-        eprintln!("bench: {}", out.describe());
-        let stderr = out.stderr_str();
+    let (out, secs) = run_timed(c, Duration::from_secs(1800))?;
+    if !out.status.success() {
+        // The output goes to stderr; the table gets the first line.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("bench: {}: {stderr}", tool.name);
         let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-        return Err(format!("exit {:?}: {}", out.code, first.trim()));
+        return Err(format!("exit {:?}: {}", out.status.code(), first.trim()));
     }
     let written = std::fs::read_to_string(&file).unwrap_or_default();
     if !written.contains(ANNOTATION_PREFIX) {
@@ -229,6 +227,34 @@ fn run_tool(tool: &Tool, yaml: &str, work: &Path, tag: &str) -> Result<f64, Stri
         ));
     }
     Ok(secs)
+}
+
+/// Runs `c` to its exit and times it to the exit itself (a blocking wait in a thread, not a
+/// poll, so short runs are not rounded up to a polling period); killed by PID on timeout.
+fn run_timed(mut c: Command, timeout: Duration) -> Result<(std::process::Output, f64), String> {
+    use std::process::Stdio;
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let t = Instant::now();
+    let child = c.spawn().map_err(|e| format!("{c:?}: {e}"))?;
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = child.wait_with_output();
+        let _ = tx.send((r, t.elapsed().as_secs_f64()));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok((Ok(out), secs)) => Ok((out, secs)),
+        Ok((Err(e), _)) => Err(format!("{c:?}: {e}")),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            Err(format!("{c:?}: no exit within {}s (killed)", timeout.as_secs()))
+        }
+    }
 }
 
 fn genpolicy_dir() -> PathBuf {
