@@ -798,52 +798,28 @@ impl KubePod {
                     "exactly one of configMap, secret, emptyDir, hostPath",
                 ));
             }
+            // ConfigMap and Secret volumes: the kubelet's atomic-writer layout, read-only.
+            let api_volume = |kind: &str,
+                              files: Vec<(String, Vec<u8>, Option<u32>)>,
+                              default_mode: Option<u32>| {
+                let default_mode = default_mode.unwrap_or(0o644);
+                let files: Vec<(&str, &[u8], u32)> = files
+                    .iter()
+                    .map(|(p, d, m)| (p.as_str(), d.as_slice(), m.unwrap_or(default_mode)))
+                    .collect();
+                HostVolume {
+                    path: dir.api_volume_modes(kind, &v.name, &files, default_mode).dir,
+                    force_ro: true,
+                }
+            };
             let host = if let Some(cm) = &v.config_map {
                 let files = api_files(&objs.config_maps, &cm.name, &cm.items, cm.optional)
                     .map_err(|why| pod_err(&vwhat, why))?;
-                let files: Vec<(&str, &[u8], u32)> = files
-                    .iter()
-                    .map(|(p, d, m)| {
-                        (
-                            p.as_str(),
-                            d.as_slice(),
-                            m.unwrap_or(cm.default_mode.unwrap_or(0o644)),
-                        )
-                    })
-                    .collect();
-                let vol = dir.api_volume_modes(
-                    crate::podfs::CONFIGMAP,
-                    &v.name,
-                    &files,
-                    cm.default_mode.unwrap_or(0o644),
-                );
-                HostVolume {
-                    path: vol.dir,
-                    force_ro: true,
-                }
+                api_volume(crate::podfs::CONFIGMAP, files, cm.default_mode)
             } else if let Some(s) = &v.secret {
                 let files = api_files(&objs.secrets, &s.secret_name, &s.items, s.optional)
                     .map_err(|why| pod_err(&vwhat, why))?;
-                let files: Vec<(&str, &[u8], u32)> = files
-                    .iter()
-                    .map(|(p, d, m)| {
-                        (
-                            p.as_str(),
-                            d.as_slice(),
-                            m.unwrap_or(s.default_mode.unwrap_or(0o644)),
-                        )
-                    })
-                    .collect();
-                let vol = dir.api_volume_modes(
-                    crate::podfs::SECRET,
-                    &v.name,
-                    &files,
-                    s.default_mode.unwrap_or(0o644),
-                );
-                HostVolume {
-                    path: vol.dir,
-                    force_ro: true,
-                }
+                api_volume(crate::podfs::SECRET, files, s.default_mode)
             } else if let Some(e) = &v.empty_dir {
                 if e.medium.as_deref().is_some_and(|m| !m.is_empty()) {
                     return Err(pod_err(
