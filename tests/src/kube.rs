@@ -808,7 +808,9 @@ impl KubePod {
                     .map(|(p, d, m)| (p.as_str(), d.as_slice(), m.unwrap_or(default_mode)))
                     .collect();
                 HostVolume {
-                    path: dir.api_volume_modes(kind, &v.name, &files, default_mode).dir,
+                    path: dir
+                        .api_volume_modes(kind, &v.name, &files, default_mode)
+                        .dir,
                     force_ro: true,
                 }
             };

@@ -252,7 +252,10 @@ fn run_timed(mut c: Command, timeout: Duration) -> Result<(std::process::Output,
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            Err(format!("{c:?}: no exit within {}s (killed)", timeout.as_secs()))
+            Err(format!(
+                "{c:?}: no exit within {}s (killed)",
+                timeout.as_secs()
+            ))
         }
     }
 }
