@@ -344,15 +344,8 @@ impl PolicyTool {
             PolicyTool::Genpolicy(g) => g.generate(facts, work, manifest, config_files),
             PolicyTool::KataCc { bin } => {
                 let copy = copy_manifest(manifest, work, "kata-cc");
-                let mut c = Command::new(bin);
-                c.current_dir(work)
-                    .args(["policy", "gen", "-y"])
-                    .arg(&copy)
-                    .arg("--insecure-registry")
-                    .arg(&facts.registry)
-                    // The node's CRI sandbox image: pinned like the pod's own images.
-                    .arg("--pause-image")
-                    .arg(&facts.pause_image);
+                let mut c = kata_cc_gen(bin, facts, &copy);
+                c.current_dir(work);
                 for f in config_files {
                     c.arg("-c").arg(f);
                 }
@@ -373,17 +366,35 @@ impl PolicyTool {
     }
 }
 
+/// `kata-cc policy gen -y MANIFEST` for this node: its registry (plain HTTP) and its CRI
+/// sandbox image, pinned like the pod's own images. Callers add the other flags.
+pub fn kata_cc_gen(bin: &Path, facts: &NodeFacts, manifest: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["policy", "gen", "-y"])
+        .arg(manifest)
+        .arg("--insecure-registry")
+        .arg(&facts.registry)
+        .arg("--pause-image")
+        .arg(&facts.pause_image);
+    c
+}
+
+/// The value of the (first) annotation `key` a tool wrote into a manifest (one line, quotes
+/// removed), or `None`.
+pub fn annotation_value(text: &str, key: &str) -> Option<String> {
+    let prefix = format!("{key}:");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix))
+        .map(|v| v.trim().trim_matches('"').trim_matches('\'').to_string())
+}
+
 /// The Rego of the (first) `io.katacontainers.config.agent.policy` annotation in a manifest.
 fn annotation_policy(manifest: &Path) -> Result<String, String> {
     use base64::Engine as _;
     let text =
         std::fs::read_to_string(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
-    let prefix = format!("{POLICY_ANNOTATION}:");
-    let value = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(&prefix))
+    let value = annotation_value(&text, POLICY_ANNOTATION)
         .ok_or_else(|| format!("{}: no {POLICY_ANNOTATION} annotation", manifest.display()))?;
-    let value = value.trim().trim_matches('"').trim_matches('\'');
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(value)
         .map_err(|e| {

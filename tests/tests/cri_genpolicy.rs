@@ -560,7 +560,7 @@ fn genpolicy_refusals() {
     refusals("gp-refusals", PolicyTool::genpolicy());
 }
 
-// The same scenarios with `kata-cc policy gen`: NOT RUN until the subcommand exists.
+// The same scenarios with `kata-cc policy gen`'s policies.
 
 #[test]
 fn kata_cc_gen_admits_a_pod() {
@@ -606,13 +606,8 @@ fn kata_cc_gen_initdata_digest_is_the_host_data() {
         unreachable!("started with kata-cc")
     };
     let m = genpolicy::render_manifest(POD, &b.facts.registry, &b.work);
-    let mut c = std::process::Command::new(bin);
-    c.args(["policy", "gen", "--initdata", "--print-digest", "-y"])
-        .arg(&m)
-        .arg("--insecure-registry")
-        .arg(&b.facts.registry)
-        .arg("--pause-image")
-        .arg(&b.facts.pause_image);
+    let mut c = genpolicy::kata_cc_gen(bin, &b.facts, &m);
+    c.args(["--initdata", "--print-digest"]);
     let out = kata_cc_tests::cmd::run(c, None, paths::ctr_timeout());
     assert!(out.success(), "{}", out.describe());
     let printed = out.stdout_str().trim().to_string();
@@ -623,14 +618,8 @@ fn kata_cc_gen_initdata_digest_is_the_host_data() {
 
     // The annotation as written into the manifest: base64 of gzip of the init-data TOML.
     let text = std::fs::read_to_string(&m).unwrap_or_else(|e| panic!("{}: {e}", m.display()));
-    let prefix = format!("{}:", genpolicy::INITDATA_ANNOTATION);
-    let value = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("{}: no init-data annotation:\n{text}", m.display()))
-        .trim()
-        .trim_matches('"')
-        .to_string();
+    let value = genpolicy::annotation_value(&text, genpolicy::INITDATA_ANNOTATION)
+        .unwrap_or_else(|| panic!("{}: no init-data annotation:\n{text}", m.display()));
     assert!(
         !text.contains(genpolicy::POLICY_ANNOTATION),
         "--initdata also wrote the plain policy annotation"
