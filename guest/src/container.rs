@@ -93,6 +93,9 @@ impl Container {
 
 pub struct Sandbox {
     pub runc: Runc,
+    /// Issue 14 spike: libcontainer in the agent in place of runc's create/start/exec/delete.
+    #[cfg(feature = "launcher-libcontainer")]
+    launcher: Arc<crate::launcher::Launcher>,
     pub paths: Paths,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// What CreateSandbox set up (none before it, or in host tests that skip it).
@@ -237,12 +240,83 @@ impl Sandbox {
     pub fn new(runc: Runc, paths: Paths) -> Sandbox {
         Sandbox {
             runc,
+            #[cfg(feature = "launcher-libcontainer")]
+            launcher: Arc::new(crate::launcher::Launcher::from_env()),
             paths,
             containers: Mutex::new(HashMap::new()),
             setup: Mutex::new(None),
             oom_events: Arc::new(OomEvents::default()),
             cgroup_version: cgroup::version(Path::new(CGROUP_ROOT)),
         }
+    }
+
+    /// The container's init, created (runc create, or libcontainer with the spike's feature).
+    async fn create_process(
+        &self,
+        cid: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        io: RuncIo,
+    ) -> Result<()> {
+        #[cfg(feature = "launcher-libcontainer")]
+        {
+            let (l, cid, bundle, pid_file) = (
+                self.launcher.clone(),
+                cid.to_string(),
+                bundle.to_path_buf(),
+                pid_file.to_path_buf(),
+            );
+            blocking(move || {
+                l.create(&cid, &bundle, &pid_file, launch_io(io))
+                    .map(|_| ())
+            })
+            .await
+        }
+        #[cfg(not(feature = "launcher-libcontainer"))]
+        self.runc.create(cid, bundle, pid_file, io).await
+    }
+
+    async fn exec_in(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        process: &Path,
+        pid_file: &Path,
+        io: RuncIo,
+    ) -> Result<()> {
+        #[cfg(feature = "launcher-libcontainer")]
+        {
+            let _ = exec_id;
+            let (l, cid, process, pid_file) = (
+                self.launcher.clone(),
+                cid.to_string(),
+                process.to_path_buf(),
+                pid_file.to_path_buf(),
+            );
+            blocking(move || l.exec(&cid, &process, &pid_file, launch_io(io)).map(|_| ())).await
+        }
+        #[cfg(not(feature = "launcher-libcontainer"))]
+        self.runc.exec(cid, exec_id, process, pid_file, io).await
+    }
+
+    async fn start_init(&self, cid: &str) -> Result<()> {
+        #[cfg(feature = "launcher-libcontainer")]
+        {
+            let (l, cid) = (self.launcher.clone(), cid.to_string());
+            blocking(move || l.start(&cid)).await
+        }
+        #[cfg(not(feature = "launcher-libcontainer"))]
+        self.runc.start(cid).await
+    }
+
+    async fn delete_state(&self, cid: &str) -> Result<()> {
+        #[cfg(feature = "launcher-libcontainer")]
+        {
+            let (l, cid) = (self.launcher.clone(), cid.to_string());
+            blocking(move || l.delete(&cid)).await
+        }
+        #[cfg(not(feature = "launcher-libcontainer"))]
+        self.runc.delete(cid).await
     }
 
     /// CreateSandbox: the shared namespaces and storages, once.
@@ -431,7 +505,7 @@ impl Sandbox {
             }
             Err(e) => {
                 // Nothing of a failed container stays behind.
-                let _ = self.runc.delete(&cid).await;
+                let _ = self.delete_state(&cid).await;
                 let _ = std::fs::remove_dir_all(&bundle);
                 Err(e)
             }
@@ -513,7 +587,7 @@ impl Sandbox {
         let io = pending
             .complete(
                 &format!("container {cid}"),
-                self.runc.create(cid, bundle, &pid_file, runc_io),
+                self.create_process(cid, bundle, &pid_file, runc_io),
             )
             .await?;
         let pid = read_pid(&pid_file)?;
@@ -554,7 +628,7 @@ impl Sandbox {
                 "container {cid} is already started"
             )));
         }
-        if let Err(e) = self.runc.start(cid).await {
+        if let Err(e) = self.start_init(cid).await {
             c.started.store(false, Ordering::SeqCst);
             return Err(e);
         }
@@ -596,7 +670,7 @@ impl Sandbox {
         let io = pending
             .complete(
                 &format!("exec {exec_id}"),
-                self.runc.exec(cid, exec_id, &pjson, &pid_file, runc_io),
+                self.exec_in(cid, exec_id, &pjson, &pid_file, runc_io),
             )
             .await?;
         let pid = read_pid(&pid_file)?;
@@ -642,7 +716,7 @@ impl Sandbox {
                 )));
             }
         }
-        self.runc.delete(cid).await?;
+        self.delete_state(cid).await?;
         if let Err(e) = std::fs::remove_dir_all(&c.bundle) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(AgentError::io("removing", &c.bundle, e));
@@ -700,6 +774,25 @@ impl Sandbox {
         r.cgroup_stats = Some(crate::stats::cgroup_stats(&c.cgroup_dir())).into();
         Ok(r)
     }
+}
+
+#[cfg(feature = "launcher-libcontainer")]
+fn launch_io(io: RuncIo) -> crate::launcher::LaunchIo {
+    match io {
+        RuncIo::Pipes(i, o, e) => crate::launcher::LaunchIo::Pipes(i, o, e),
+        RuncIo::Console(sock) => crate::launcher::LaunchIo::Console(sock),
+    }
+}
+
+/// A launcher step (it forks and waits on pipes) on a blocking thread.
+#[cfg(feature = "launcher-libcontainer")]
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, crate::launcher::LaunchError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AgentError::internal(format!("launcher task: {e}")))?
+        .map_err(|e| AgentError::internal(e.to_string()))
 }
 
 /// Removes a file, link or directory tree (not following links).

@@ -7,6 +7,8 @@ mod copyfile;
 mod error;
 mod init;
 mod launch;
+#[cfg(feature = "launcher-libcontainer")]
+mod launcher;
 mod layers;
 mod logging;
 mod metrics;
@@ -15,6 +17,8 @@ mod network;
 mod oom;
 mod paths;
 mod reaper;
+// Unused while the launcher spike replaces it (feature launcher-libcontainer).
+#[cfg_attr(feature = "launcher-libcontainer", allow(dead_code))]
 mod runc;
 mod sandbox;
 mod server;
