@@ -92,6 +92,7 @@ impl Container {
 }
 
 pub struct Sandbox {
+    #[cfg_attr(feature = "launcher-libcontainer", allow(dead_code))]
     pub runc: Runc,
     /// Issue 14 spike: libcontainer in the agent in place of runc's create/start/exec/delete.
     #[cfg(feature = "launcher-libcontainer")]

@@ -30,6 +30,7 @@ pub enum LaunchError {
         #[source]
         source: libcontainer::error::LibcontainerError,
     },
+    #[cfg(not(feature = "launcher-libcontainer-seccomp"))]
     #[error("container {cid}: reading {}: {source}", .path.display())]
     Spec {
         cid: String,
@@ -202,9 +203,15 @@ mod tests {
     use std::io::Read;
     use std::os::unix::fs::symlink;
 
+    /// Close-on-exec like the agent's own pipes (crate::stdio): a copy of one end inherited
+    /// by a later container process would keep the other end from seeing EOF.
     fn pipe() -> (std::fs::File, OwnedFd) {
-        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let (r, w) = crate::stdio::pipe().expect("pipe");
         (std::fs::File::from(r), w)
+    }
+
+    fn raw_pipe() -> (OwnedFd, OwnedFd) {
+        crate::stdio::pipe().expect("pipe")
     }
 
     /// A bundle: a static busybox as the rootfs and a spec in the agent's shape (own pid, mount,
@@ -299,7 +306,7 @@ mod tests {
                       echo nofile=$(ulimit -n) >&2; exit 7";
         let b = bundle(t.path(), cid, script, serde_json::json!({}));
         let l = Launcher::new(t.path().join("state"));
-        let (in_r, _in_w) = nix::unistd::pipe().expect("pipe");
+        let (in_r, _in_w) = raw_pipe();
         let (mut out_r, out_w) = pipe();
         let (mut err_r, err_w) = pipe();
         let pid_file = t.path().join("init.pid");
@@ -354,5 +361,119 @@ mod tests {
         l.delete(cid).expect("delete");
         assert!(!t.path().join("state").join(cid).exists());
         assert!(!Path::new("/sys/fs/cgroup/kata-cc-spike").join(cid).exists());
+    }
+
+    /// exec into a running container: its namespaces (hostname, pid namespace where the init
+    /// is 1), the process JSON's args and env, output on the exec's own pipes.
+    #[test]
+    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
+    fn exec_joins_a_running_container() {
+        // As the agent (PID 1 or a subreaper): the orphaned init is re-parented here.
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let t = tempfile::tempdir().expect("tempdir");
+        let cid = "spike-exec";
+        let b = bundle(t.path(), cid, "read line; exit 0", serde_json::json!({}));
+        let l = Launcher::new(t.path().join("state"));
+        let (in_r, in_w) = raw_pipe();
+        let (_out_r, out_w) = pipe();
+        let (_err_r, err_w) = pipe();
+        let pid = l
+            .create(
+                cid,
+                &b,
+                &t.path().join("init.pid"),
+                LaunchIo::Pipes(in_r, out_w, err_w),
+            )
+            .expect("create");
+        l.start(cid).expect("start");
+
+        let process = t.path().join("exec.json");
+        let p = serde_json::json!({
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/bin/busybox", "sh", "-c", "echo exec host=$(hostname) init=$(cat /proc/1/cmdline | tr '\\0' ' ') v=$V"],
+            "env": ["PATH=/bin", "V=42"],
+            "cwd": "/"
+        });
+        std::fs::write(&process, serde_json::to_vec(&p).expect("process")).expect("exec.json");
+        let (ei_r, _ei_w) = raw_pipe();
+        let (mut eo_r, eo_w) = pipe();
+        let (mut ee_r, ee_w) = pipe();
+        let t0 = std::time::Instant::now();
+        let epid = l
+            .exec(
+                cid,
+                &process,
+                &t.path().join("exec.pid"),
+                LaunchIo::Pipes(ei_r, eo_w, ee_w),
+            )
+            .expect("exec");
+        let exec_ms = t0.elapsed().as_millis();
+        let mut out = String::new();
+        eo_r.read_to_string(&mut out).expect("exec stdout");
+        let mut err = String::new();
+        ee_r.read_to_string(&mut err).expect("exec stderr");
+        eprintln!("exec {exec_ms} ms (pid {epid}); stdout {out:?} stderr {err:?}");
+        assert!(out.contains("exec host=spike-host"), "{out}");
+        assert!(out.contains("init=/bin/busybox sh -c read line"), "{out}");
+        assert!(out.contains("v=42"), "{out}");
+
+        // Forced delete kills the still running init (the agent's RemoveContainer path).
+        // The exec is our child: until it is reaped, the killed init (its pid namespace's
+        // reaper) cannot finish exiting. The agent's reaper does this for every child.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(epid), None);
+        l.delete(cid).expect("delete");
+        drop(in_w);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        assert!(!t.path().join("state").join(cid).exists());
+    }
+
+    /// With libseccomp linked in, a spec's filter is applied: mkdir fails with the errno given.
+    #[cfg(feature = "launcher-libcontainer-seccomp")]
+    #[test]
+    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
+    fn a_seccomp_filter_from_the_spec_is_enforced() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let cid = "spike-seccomp";
+        let seccomp = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                          "errnoRet": 1}]
+        });
+        let b = bundle(
+            t.path(),
+            cid,
+            "mkdir /tmp/x && echo made || echo denied",
+            serde_json::json!({}),
+        );
+        // The filter goes into the spec's linux section next to the namespaces.
+        let cfg = b.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cfg).expect("read")).expect("json");
+        spec["linux"]["seccomp"] = seccomp;
+        std::fs::write(&cfg, serde_json::to_vec(&spec).expect("spec")).expect("write");
+        let l = Launcher::new(t.path().join("state"));
+        let (in_r, _in_w) = raw_pipe();
+        let (mut out_r, out_w) = pipe();
+        let (mut err_r, err_w) = pipe();
+        let pid = l
+            .create(
+                cid,
+                &b,
+                &t.path().join("init.pid"),
+                LaunchIo::Pipes(in_r, out_w, err_w),
+            )
+            .expect("create");
+        l.start(cid).expect("start");
+        let mut out = String::new();
+        out_r.read_to_string(&mut out).expect("stdout");
+        let mut err = String::new();
+        err_r.read_to_string(&mut err).expect("stderr");
+        assert_eq!(out.trim(), "denied", "stderr {err:?}");
+        assert!(err.contains("Operation not permitted"), "{err}");
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        l.delete(cid).expect("delete");
     }
 }
