@@ -23,12 +23,13 @@ pub const LAUNCHER_ROOT: &str = "/run/kata-cc/libcontainer";
 /// Why a launcher step failed, naming the container and the step.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("container {cid}: {step}: {source}")]
+    /// libcontainer's own messages are terse at the top: the whole cause chain is shown.
+    #[error("container {cid}: {step}: {}", chain(.source.as_ref()))]
     Lib {
         cid: String,
         step: &'static str,
         #[source]
-        source: libcontainer::error::LibcontainerError,
+        source: Box<libcontainer::error::LibcontainerError>,
     },
     #[cfg(not(feature = "launcher-libcontainer-seccomp"))]
     #[error("container {cid}: reading {}: {source}", .path.display())]
@@ -76,11 +77,7 @@ impl Launcher {
         pid_file: &Path,
         io: LaunchIo,
     ) -> Result<ContainerBuilder, LaunchError> {
-        let lib = |step, source| LaunchError::Lib {
-            cid: cid.to_string(),
-            step,
-            source,
-        };
+        let lib = |step, source| lib_error(cid, step, source);
         let b = ContainerBuilder::new(cid.to_string(), SyscallType::Linux)
             .with_root_path(&self.root)
             .map_err(|e| lib("state directory", e))?
@@ -110,33 +107,21 @@ impl Launcher {
             // The agent owns the process's stdio and waits for it through its reaper.
             .with_detach(true)
             .build()
-            .map_err(|source| LaunchError::Lib {
-                cid: cid.to_string(),
-                step: "create",
-                source,
-            })?;
+            .map_err(|e| lib_error(cid, "create", e))?;
         c.pid().map(|p| p.as_raw()).ok_or(LaunchError::NoPid {
             cid: cid.to_string(),
         })
     }
 
     fn load(&self, cid: &str, step: &'static str) -> Result<Container, LaunchError> {
-        Container::load(self.root.join(cid)).map_err(|source| LaunchError::Lib {
-            cid: cid.to_string(),
-            step,
-            source,
-        })
+        Container::load(self.root.join(cid)).map_err(|e| lib_error(cid, step, e))
     }
 
     /// Start: releases the created init into the process's entrypoint (no process is spawned).
     pub fn start(&self, cid: &str) -> Result<(), LaunchError> {
         self.load(cid, "start")?
             .start()
-            .map_err(|source| LaunchError::Lib {
-                cid: cid.to_string(),
-                step: "start",
-                source,
-            })
+            .map_err(|e| lib_error(cid, "start", e))
     }
 
     /// Exec: a process described by `process` (runc's --process JSON) in the running
@@ -154,11 +139,7 @@ impl Launcher {
             .with_process(Some(process))
             .with_detach(true)
             .build()
-            .map_err(|source| LaunchError::Lib {
-                cid: cid.to_string(),
-                step: "exec",
-                source,
-            })?;
+            .map_err(|e| lib_error(cid, "exec", e))?;
         Ok(pid.as_raw())
     }
 
@@ -166,12 +147,32 @@ impl Launcher {
     pub fn delete(&self, cid: &str) -> Result<(), LaunchError> {
         self.load(cid, "delete")?
             .delete(true)
-            .map_err(|source| LaunchError::Lib {
-                cid: cid.to_string(),
-                step: "delete",
-                source,
-            })
+            .map_err(|e| lib_error(cid, "delete", e))
     }
+}
+
+fn lib_error(
+    cid: &str,
+    step: &'static str,
+    source: libcontainer::error::LibcontainerError,
+) -> LaunchError {
+    LaunchError::Lib {
+        cid: cid.to_string(),
+        step,
+        source: Box::new(source),
+    }
+}
+
+/// An error and its causes, outermost first.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Without libseccomp, libcontainer would run a process whose spec asks for a seccomp filter
