@@ -477,4 +477,79 @@ mod tests {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         l.delete(cid).expect("delete");
     }
+
+    /// A CRI app container joins its pause container's pid, ipc and uts namespaces by path
+    /// (what spec.rs writes for sandbox_pidns and the sandbox's namespaces).
+    #[test]
+    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
+    fn a_container_joins_the_pause_namespaces_by_path() {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let t = tempfile::tempdir().expect("tempdir");
+        let l = Launcher::new(t.path().join("state"));
+        let pause_dir = t.path().join("pause");
+        let b = bundle(
+            &pause_dir,
+            "spike-pause",
+            "read line",
+            serde_json::json!({}),
+        );
+        let (in_r, in_w) = raw_pipe();
+        let (_o, o_w) = pipe();
+        let (_e, e_w) = pipe();
+        let pause = l
+            .create(
+                "spike-pause",
+                &b,
+                &pause_dir.join("pid"),
+                LaunchIo::Pipes(in_r, o_w, e_w),
+            )
+            .expect("create pause");
+        l.start("spike-pause").expect("start pause");
+
+        let app_dir = t.path().join("app");
+        let script = "echo host=$(hostname) one=$(cat /proc/1/cmdline | tr '\\0' ' ')";
+        let b = bundle(&app_dir, "spike-app", script, serde_json::json!({}));
+        let cfg = b.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cfg).expect("read")).expect("json");
+        spec["linux"]["namespaces"] = serde_json::json!([
+            {"type": "mount"},
+            {"type": "pid", "path": format!("/proc/{pause}/ns/pid")},
+            {"type": "ipc", "path": format!("/proc/{pause}/ns/ipc")},
+            {"type": "uts", "path": format!("/proc/{pause}/ns/uts")}
+        ]);
+        // Joining a UTS namespace: the hostname is the pause's (spec.rs drops it too).
+        spec.as_object_mut().expect("object").remove("hostname");
+        std::fs::write(&cfg, serde_json::to_vec(&spec).expect("spec")).expect("write");
+        let (ai_r, _ai_w) = raw_pipe();
+        let (mut ao_r, ao_w) = pipe();
+        let (mut ae_r, ae_w) = pipe();
+        let app = l
+            .create(
+                "spike-app",
+                &b,
+                &app_dir.join("pid"),
+                LaunchIo::Pipes(ai_r, ao_w, ae_w),
+            )
+            .expect("create app");
+        l.start("spike-app").expect("start app");
+        let mut out = String::new();
+        ao_r.read_to_string(&mut out).expect("stdout");
+        let mut err = String::new();
+        ae_r.read_to_string(&mut err).expect("stderr");
+        assert!(out.contains("host=spike-host"), "{out} {err}");
+        assert!(
+            out.contains("one=/bin/busybox sh -c read line"),
+            "{out} {err}"
+        );
+
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(app), None);
+        l.delete("spike-app").expect("delete app");
+        l.delete("spike-pause").expect("delete pause");
+        drop(in_w);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pause), None);
+        assert!(!t.path().join("state/spike-app").exists());
+        assert!(!t.path().join("state/spike-pause").exists());
+    }
 }
