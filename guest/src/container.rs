@@ -210,7 +210,7 @@ async fn receive_pty(listener: tokio::net::UnixListener, sock: &Path) -> Result<
     .map_err(|e| AgentError::internal(format!("console receiver: {e}")))?
 }
 
-fn recv_fd(s: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> {
+pub(crate) fn recv_fd(s: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::{AsRawFd, FromRawFd};
     let mut buf = [0u8; 4096];

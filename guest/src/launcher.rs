@@ -552,4 +552,58 @@ mod tests {
         assert!(!t.path().join("state/spike-app").exists());
         assert!(!t.path().join("state/spike-pause").exists());
     }
+
+    /// A terminal: the pty master arrives on the console socket (runc's protocol, received with
+    /// the agent's own `recv_fd`), the process sees a tty on stdin and its output comes on the
+    /// master.
+    #[test]
+    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
+    fn a_terminal_process_gets_its_pty_through_the_console_socket() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let cid = "spike-tty";
+        let b = bundle(
+            t.path(),
+            cid,
+            "test -t 0 && echo is-a-tty",
+            serde_json::json!({}),
+        );
+        let cfg = b.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cfg).expect("read")).expect("json");
+        spec["process"]["terminal"] = serde_json::json!(true);
+        if let Some(m) = spec["mounts"].as_array_mut() {
+            m.push(
+                serde_json::json!({"destination": "/dev/pts", "type": "devpts",
+                "source": "devpts", "options": ["nosuid", "noexec", "newinstance",
+                "ptmxmode=0666", "mode=0620"]}),
+            );
+        }
+        std::fs::write(&cfg, serde_json::to_vec(&spec).expect("spec")).expect("write");
+        let sock = t.path().join("c.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let receiver = std::thread::spawn(move || {
+            let (s, _) = listener.accept().expect("accept");
+            crate::container::recv_fd(&s).expect("pty master")
+        });
+        let l = Launcher::new(t.path().join("state"));
+        let pid = l
+            .create(cid, &b, &t.path().join("pid"), LaunchIo::Console(sock))
+            .expect("create");
+        let master = receiver.join().expect("receiver");
+        l.start(cid).expect("start");
+        let mut m = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        // The master reads EIO once the last slave end is closed (the process exited).
+        while let Ok(n) = m.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains("is-a-tty"), "{out:?}");
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        l.delete(cid).expect("delete");
+    }
 }
