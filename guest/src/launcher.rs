@@ -606,4 +606,61 @@ mod tests {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         l.delete(cid).expect("delete");
     }
+
+    /// Risk probe (findings, risk 1): containers created while other threads allocate hard.
+    /// libcontainer clones without glibc's fork handlers; a child that inherits a held malloc
+    /// lock hangs, which this loop would show as a create that never returns.
+    #[test]
+    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup; a stress probe: -- --ignored"]
+    fn creates_while_other_threads_allocate() {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churners: Vec<_> = (0..4)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut keep = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        keep.push(vec![i as u8; 1 + keep.len() % 4096]);
+                        if keep.len() > 512 {
+                            keep.clear();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let t = tempfile::tempdir().expect("tempdir");
+        let l = Launcher::new(t.path().join("state"));
+        let rounds: usize = std::env::var("SPIKE_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50);
+        let t0 = std::time::Instant::now();
+        for n in 0..rounds {
+            let cid = format!("spike-stress-{n}");
+            let dir = t.path().join(&cid);
+            let b = bundle(&dir, &cid, "echo ok", serde_json::json!({}));
+            let (in_r, _in_w) = raw_pipe();
+            let (mut o_r, o_w) = pipe();
+            let (_e_r, e_w) = pipe();
+            let pid = l
+                .create(&cid, &b, &dir.join("pid"), LaunchIo::Pipes(in_r, o_w, e_w))
+                .expect("create");
+            l.start(&cid).expect("start");
+            let mut out = String::new();
+            o_r.read_to_string(&mut out).expect("stdout");
+            assert_eq!(out.trim(), "ok", "round {n}");
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            l.delete(&cid).expect("delete");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in churners {
+            c.join().expect("churner");
+        }
+        eprintln!(
+            "{rounds} create/start/delete rounds under allocation churn in {:?}",
+            t0.elapsed()
+        );
+    }
 }
