@@ -663,4 +663,100 @@ mod tests {
             t0.elapsed()
         );
     }
+
+    /// The agent's own config.json (spec.rs from a Kata protobuf spec) is accepted by
+    /// libcontainer's spec types and applied: user, additional groups, cwd, env, rlimit, the
+    /// guest's /dev/shm bind and cgroup path.
+    #[test]
+    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
+    fn the_agents_own_config_json_runs() {
+        use agent_proto::oci;
+        let t = tempfile::tempdir().expect("tempdir");
+        let cid = "spike-agent-spec";
+        // The busybox rootfs (and a throwaway spec) from the helper; config.json replaced below.
+        let b = bundle(t.path(), cid, "true", serde_json::json!({}));
+        std::fs::create_dir_all(b.join("rootfs/w")).expect("cwd");
+        let shm = t.path().join("shm");
+        std::fs::create_dir_all(&shm).expect("shm");
+        let mut spec = oci::Spec::default();
+        let mut p = oci::Process::default();
+        p.Args = vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            "echo id=$(busybox id) cwd=$(pwd) a=$A nofile=$(ulimit -n) shm=$(busybox stat -f -c %T /dev/shm)".into(),
+        ];
+        p.Env = vec!["A=1".into(), "PATH=/bin".into()];
+        p.Cwd = "/w".into();
+        let mut u = oci::User::default();
+        u.UID = 1000;
+        u.GID = 1001;
+        u.AdditionalGids = vec![5, 6];
+        p.User = Some(u).into();
+        p.NoNewPrivileges = true;
+        let mut rl = oci::POSIXRlimit::default();
+        rl.Type = "RLIMIT_NOFILE".into();
+        rl.Hard = 1024;
+        rl.Soft = 512;
+        p.Rlimits = vec![rl];
+        spec.Process = Some(p).into();
+        let mut proc_m = oci::Mount::default();
+        proc_m.destination = "/proc".into();
+        proc_m.source = "proc".into();
+        proc_m.type_ = "proc".into();
+        spec.Mounts = vec![proc_m];
+        spec.Linux = Some(oci::Linux::default()).into();
+        let g = crate::spec::GuestSetup {
+            shm_dir: shm.clone(),
+            ..crate::spec::GuestSetup::default()
+        };
+        let v = crate::spec::config_json(cid, &spec, &b.join("rootfs"), &g).expect("config");
+        std::fs::write(b.join("config.json"), serde_json::to_vec(&v).expect("json"))
+            .expect("write");
+        // The guest's shm is a tmpfs; here a tmpfs as well so the bind shows it.
+        nix::mount::mount(
+            Some("tmpfs"),
+            &shm,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("shm tmpfs");
+
+        let l = Launcher::new(t.path().join("state"));
+        let (in_r, _in_w) = raw_pipe();
+        let (mut o_r, o_w) = pipe();
+        let (mut e_r, e_w) = pipe();
+        let pid = l
+            .create(
+                cid,
+                &b,
+                &t.path().join("pid"),
+                LaunchIo::Pipes(in_r, o_w, e_w),
+            )
+            .expect("create");
+        l.start(cid).expect("start");
+        let mut out = String::new();
+        o_r.read_to_string(&mut out).expect("stdout");
+        let mut err = String::new();
+        e_r.read_to_string(&mut err).expect("stderr");
+        eprintln!("stdout {out:?} stderr {err:?}");
+        assert!(
+            out.contains("id=uid=1000 gid=1001 groups=5,6"),
+            "{out} {err}"
+        );
+        assert!(
+            out.contains("cwd=/w a=1 nofile=512 shm=tmpfs"),
+            "{out} {err}"
+        );
+        assert!(Path::new("/sys/fs/cgroup")
+            .join(crate::spec::cgroup_path(cid).trim_start_matches('/'))
+            .exists());
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        l.delete(cid).expect("delete");
+        assert!(!Path::new("/sys/fs/cgroup")
+            .join(crate::spec::cgroup_path(cid).trim_start_matches('/'))
+            .exists());
+        let _ = nix::mount::umount(&shm);
+    }
 }
