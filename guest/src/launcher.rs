@@ -669,6 +669,8 @@ mod tests {
     /// guest's /dev/shm bind and cgroup path.
     #[test]
     #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
+    // The protobuf types are built field by field, as in spec.rs's tests.
+    #[allow(clippy::field_reassign_with_default)]
     fn the_agents_own_config_json_runs() {
         use agent_proto::oci;
         let t = tempfile::tempdir().expect("tempdir");
