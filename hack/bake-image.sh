@@ -65,10 +65,9 @@ for tool in dpkg-deb depmod modinfo xz busybox cpio zstd mkfs.erofs veritysetup 
 done
 BUSYBOX=$(command -v busybox)
 ! ldd "$BUSYBOX" >/dev/null 2>&1 || die "$BUSYBOX is dynamically linked: install busybox-static"
-RUNC=/usr/sbin/runc
-[ -x "$RUNC" ] || die "$RUNC not found: run hack/deps.sh"
 [ -f "$AGENT" ] || die "agent binary $AGENT not found (build it: cargo build --profile guest -p kata-cc-guest, or pass --agent)"
 [ -x "$AGENT" ] || die "agent $AGENT is not executable"
+! readelf -d "$AGENT" 2>/dev/null | grep -q NEEDED || die "agent $AGENT is dynamically linked (the rootfs has no libraries)"
 [ -f "$INIT" ] || die "init binary $INIT not found (build it: cargo build --profile guest -p kata-cc-guest, or pass --init)"
 ! readelf -d "$INIT" 2>/dev/null | grep -q NEEDED || die "init $INIT is dynamically linked (the initrd has no libraries)"
 AGENT=$(cd "$(dirname "$AGENT")" && pwd)/$(basename "$AGENT")
@@ -83,11 +82,6 @@ KERNEL_DEB=$(printf '%s\n' "${debs[@]}" | sort -V | tail -n1)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-# Shared libraries of a dynamic binary, as "/path" lines (the loader included).
-libs_of() {
-  ldd "$1" | awk '$2=="=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | LC_ALL=C sort -u
-}
-
 # ---- up-to-date check: a digest of every input ------------------------------------------------
 inputs() {
   local f
@@ -96,10 +90,7 @@ inputs() {
     echo "default_policy $DEFAULT_POLICY"
     echo "snp_firmware $SNP_FIRMWARE $([ -z "$SNP_FIRMWARE" ] || sha256sum <"$SNP_FIRMWARE" | cut -d' ' -f1) vcpus $SNP_VCPUS"
     echo "tools $(mkfs.erofs --help 2>&1 | head -n1) | $(veritysetup --version) | $(zstd --version) | $(cpio --version | head -n1) | $(strip --version | head -n1)"
-    for f in "$KERNEL_DEB" "$AGENT" "$INIT" "$BUSYBOX" "$RUNC" "$0" "$HACK/configuration.toml.in" "$POLICY_FILE"; do
-      printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
-    done
-    for f in $(libs_of "$RUNC"); do
+    for f in "$KERNEL_DEB" "$AGENT" "$INIT" "$BUSYBOX" "$0" "$HACK/configuration.toml.in" "$POLICY_FILE"; do
       printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
     done
   }
@@ -240,9 +231,8 @@ else
   cp "$AGENT" "$RF/sbin/kata-cc-agent"
 fi
 chmod 0755 "$RF/sbin/kata-cc-agent"
-install -m 0755 "$RUNC" "$RF/usr/sbin/runc"
-ln -s ../sbin/runc "$RF/usr/bin/runc"
-for lib in $(libs_of "$RUNC"); do install -D -m 0755 "$(readlink -f "$lib")" "$RF$lib"; done
+# No container runtime binary and no shared libraries: the agent launches containers itself
+# (guest/src/launcher.rs) and every binary in the image is static.
 install -m 0755 "$BUSYBOX" "$RF/bin/busybox"
 for a in sh ash cat ls ps mount umount dmesg grep sed awk head tail sleep echo ip free df du find \
          mkdir rm cp mv ln chmod touch uname id env wc stat readlink kill xargs top poweroff reboot \
@@ -260,7 +250,7 @@ find "$RF" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 IMG=$WORK/rootfs.img
 # lz4hc: half the blocks to read and hash through dm-verity (at boot and on every page fault
-# of the agent and runc); lz4 decompression costs far less than hashing.
+# of the agent); lz4 decompression costs far less than hashing.
 mkfs.erofs --quiet -zlz4hc -T"$SOURCE_DATE_EPOCH" -U"$EROFS_UUID" --all-root -x-1 "$IMG" "$RF" >/dev/null
 DATA_SIZE=$(stat -c %s "$IMG")
 [ $((DATA_SIZE % BLOCK)) = 0 ] || die "erofs image size $DATA_SIZE is not a multiple of $BLOCK"
@@ -314,8 +304,7 @@ jq -n --sort-keys \
   --arg initrd "$(sha "$WORK/initrd.img")" --arg isize "$(stat -c %s "$WORK/initrd.img")" \
   --arg rootfs "$(sha "$IMG")" --arg rsize "$(stat -c %s "$IMG")" \
   --arg roothash "$ROOT_HASH" --arg salt "$SALT" --arg hoff "$DATA_SIZE" \
-  --arg cmdline "$CMDLINE" --arg agent "$(sha "$AGENT")" --arg runc "$(sha "$RUNC")" \
-  --arg runcver "$("$RUNC" --version | head -n1)" --arg busybox "$(sha "$BUSYBOX")" \
+  --arg cmdline "$CMDLINE" --arg agent "$(sha "$AGENT")" --arg busybox "$(sha "$BUSYBOX")" \
   --arg init "$(sha "$INIT")" --arg sde "$SOURCE_DATE_EPOCH" \
   --arg policy "$DEFAULT_POLICY" --arg policysha "$(sha "$POLICY_FILE")" \
   --arg mods "$(printf '%s\n' "${MOD_ORDER[@]}")" --argjson snp "$(snp_measurement)" \
@@ -337,7 +326,7 @@ jq -n --sort-keys \
     default_policy: {name: $policy, path: "/etc/kata-cc/policy.rego", sha256: $policysha},
     initrd_modules: ($mods | split("\n") | map(select(. != "") | split(" ") | {name: .[0], need: .[1]})),
     inputs: {
-      agent_sha256: $agent, runc_sha256: $runc, runc_version: $runcver,
+      agent_sha256: $agent,
       busybox_sha256: $busybox, init_sha256: $init, source_date_epoch: ($sde|tonumber)
     },
     snp_measurement: $snp

@@ -68,7 +68,7 @@ APT_UPDATED=1
 need_root
 export DEBIAN_FRONTEND=noninteractive
 
-BASE_PKGS=(containerd runc busybox-static binutils cpio erofs-utils e2fsprogs cryptsetup-bin kmod
+BASE_PKGS=(containerd runc busybox-static binutils cpio erofs-utils e2fsprogs cryptsetup-bin kmod libseccomp-dev
            protobuf-compiler socat jq python3 zstd)
 qemu_ok() {
   command -v qemu-system-x86_64 >/dev/null || return 1

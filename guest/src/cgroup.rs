@@ -1,11 +1,9 @@
 //! A container's cgroup: UpdateContainer's resources and the OOM-kill counter. The guest runs
-//! cgroup v2; cgroup v1 is understood too because host tests run the agent with the host's
-//! runc, which puts containers wherever the host's hierarchy is.
+//! cgroup v2; cgroup v1 is understood too because host tests run the agent on the host's
+//! hierarchy, where the launcher puts containers (runc's cgroupfs layout).
 //!
-//! Updates write the cgroup files directly rather than running `runc update`: each value is
-//! checked first, and a value the kernel refuses is reported with the request field, the value
-//! and the file, which a runc message does not give; and no runc process is started (slow in an
-//! emulated guest).
+//! Updates write the cgroup files directly: each value is checked first, and a value the kernel
+//! refuses is reported with the request field, the value and the file.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,5 @@
-//! Containers and their processes in the guest: bundles, layers, runc lifecycle, stdio, statuses.
+//! Containers and their processes in the guest: bundles, layers, launcher lifecycle, stdio,
+//! statuses.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -13,17 +14,17 @@ use tokio::sync::{watch, Mutex};
 
 use crate::cgroup::{self, Cgroup};
 use crate::error::{AgentError, Result};
+use crate::launcher::{read_pid, LaunchError, LaunchIo, Launcher};
 use crate::layers::{self, Layer};
 use crate::oom::{OomEvents, OomWatch};
 use crate::paths::Paths;
 use crate::reaper::Reaper;
-use crate::runc::{read_pid, Runc, RuncIo};
 use crate::sandbox::{self, SandboxSetup};
 use crate::spec;
 use crate::stdio::{self, ProcessIo};
 
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// How long a terminal process's runc may take to hand over the pty master.
+/// How long a terminal process's launcher may take to hand over the pty master.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// RemoveContainer's wait for the init process after SIGKILL when the request gives none.
 const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,11 +93,7 @@ impl Container {
 }
 
 pub struct Sandbox {
-    #[cfg_attr(feature = "launcher-libcontainer", allow(dead_code))]
-    pub runc: Runc,
-    /// Issue 14 spike: libcontainer in the agent in place of runc's create/start/exec/delete.
-    #[cfg(feature = "launcher-libcontainer")]
-    launcher: Arc<crate::launcher::Launcher>,
+    launcher: Launcher,
     pub paths: Paths,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// What CreateSandbox set up (none before it, or in host tests that skip it).
@@ -122,7 +119,8 @@ fn check_id(kind: &str, id: &str) -> Result<()> {
     }
 }
 
-/// Stdio for a new process: runc's side and ours (for a terminal, ours arrives after runc runs).
+/// Stdio for a new process: the launcher's side and ours (for a terminal, ours arrives while the
+/// launcher runs).
 enum PendingIo {
     Pipes(ProcessIo),
     Console(tokio::net::UnixListener, PathBuf),
@@ -140,13 +138,13 @@ fn console_socket_path() -> Result<PathBuf> {
     Ok(dir.join(format!("{}-{n}.sock", std::process::id())))
 }
 
-fn prepare_io(terminal: bool, name: &str) -> Result<(RuncIo, PendingIo)> {
+fn prepare_io(terminal: bool, name: &str) -> Result<(LaunchIo, PendingIo)> {
     if terminal {
         let sock = console_socket_path()?;
         let _ = std::fs::remove_file(&sock);
         let l = tokio::net::UnixListener::bind(&sock)
             .map_err(|e| AgentError::io("binding console socket", &sock, e))?;
-        return Ok((RuncIo::Console(sock.clone()), PendingIo::Console(l, sock)));
+        return Ok((LaunchIo::Console(sock.clone()), PendingIo::Console(l, sock)));
     }
     let err =
         |e: std::io::Error| AgentError::internal(format!("creating stdio pipes for {name}: {e}"));
@@ -154,32 +152,32 @@ fn prepare_io(terminal: bool, name: &str) -> Result<(RuncIo, PendingIo)> {
     let (out_r, out_w) = stdio::output_pipe().map_err(err)?;
     let (err_r, err_w) = stdio::output_pipe().map_err(err)?;
     let ours = ProcessIo::from_pipes(in_w, out_r, err_r).map_err(err)?;
-    Ok((RuncIo::Pipes(in_r, out_w, err_w), PendingIo::Pipes(ours)))
+    Ok((LaunchIo::Pipes(in_r, out_w, err_w), PendingIo::Pipes(ours)))
 }
 
 impl PendingIo {
-    /// Runs `runc` (the create or exec given the matching [`RuncIo`]) and returns our end of the
-    /// process's I/O: the pipes, or the pty master runc sends on the console socket meanwhile.
+    /// Runs `launch` (the create or exec given the matching [`LaunchIo`]) and returns our end of
+    /// the process's I/O: the pipes, or the pty master sent on the console socket meanwhile.
     /// `what` names the process in errors.
     async fn complete(
         self,
         what: &str,
-        runc: impl std::future::Future<Output = Result<()>>,
+        launch: impl std::future::Future<Output = Result<()>>,
     ) -> Result<ProcessIo> {
         let (l, sock) = match self {
             PendingIo::Pipes(io) => {
-                runc.await?;
+                launch.await?;
                 return Ok(io);
             }
             PendingIo::Console(l, sock) => (l, sock),
         };
-        // Accepted while runc runs: runc hands the pty over before it returns.
+        // Accepted while the launcher runs: it hands the pty over before it returns.
         let recv = tokio::spawn(async move {
             let r = receive_pty(l, &sock).await;
             let _ = std::fs::remove_file(&sock);
             r
         });
-        if let Err(e) = runc.await {
+        if let Err(e) = launch.await {
             recv.abort();
             return Err(e);
         }
@@ -190,7 +188,7 @@ impl PendingIo {
     }
 }
 
-/// Receive the pty master runc sends on the console socket.
+/// Receive the pty master the launcher sends on the console socket.
 async fn receive_pty(listener: tokio::net::UnixListener, sock: &Path) -> Result<OwnedFd> {
     let (stream, _) = tokio::time::timeout(CONSOLE_TIMEOUT, listener.accept())
         .await
@@ -238,11 +236,9 @@ pub(crate) fn recv_fd(s: &std::os::unix::net::UnixStream) -> std::io::Result<Own
 }
 
 impl Sandbox {
-    pub fn new(runc: Runc, paths: Paths) -> Sandbox {
+    pub fn new(launcher: Launcher, paths: Paths) -> Sandbox {
         Sandbox {
-            runc,
-            #[cfg(feature = "launcher-libcontainer")]
-            launcher: Arc::new(crate::launcher::Launcher::from_env()),
+            launcher,
             paths,
             containers: Mutex::new(HashMap::new()),
             setup: Mutex::new(None),
@@ -251,73 +247,41 @@ impl Sandbox {
         }
     }
 
-    /// The container's init, created (runc create, or libcontainer with the spike's feature).
+    /// The container's init, created (waiting for StartContainer).
     async fn create_process(
         &self,
         cid: &str,
         bundle: &Path,
         pid_file: &Path,
-        io: RuncIo,
+        io: LaunchIo,
     ) -> Result<()> {
-        #[cfg(feature = "launcher-libcontainer")]
-        {
-            let (l, cid, bundle, pid_file) = (
-                self.launcher.clone(),
-                cid.to_string(),
-                bundle.to_path_buf(),
-                pid_file.to_path_buf(),
-            );
-            blocking(move || {
-                l.create(&cid, &bundle, &pid_file, launch_io(io))
-                    .map(|_| ())
-            })
+        self.launcher
+            .create(cid, bundle, pid_file, io)
             .await
-        }
-        #[cfg(not(feature = "launcher-libcontainer"))]
-        self.runc.create(cid, bundle, pid_file, io).await
+            .map(|_| ())
+            .map_err(launch_error)
     }
 
     async fn exec_in(
         &self,
         cid: &str,
-        exec_id: &str,
         process: &Path,
         pid_file: &Path,
-        io: RuncIo,
+        io: LaunchIo,
     ) -> Result<()> {
-        #[cfg(feature = "launcher-libcontainer")]
-        {
-            let _ = exec_id;
-            let (l, cid, process, pid_file) = (
-                self.launcher.clone(),
-                cid.to_string(),
-                process.to_path_buf(),
-                pid_file.to_path_buf(),
-            );
-            blocking(move || l.exec(&cid, &process, &pid_file, launch_io(io)).map(|_| ())).await
-        }
-        #[cfg(not(feature = "launcher-libcontainer"))]
-        self.runc.exec(cid, exec_id, process, pid_file, io).await
+        self.launcher
+            .exec(cid, process, pid_file, io)
+            .await
+            .map(|_| ())
+            .map_err(launch_error)
     }
 
     async fn start_init(&self, cid: &str) -> Result<()> {
-        #[cfg(feature = "launcher-libcontainer")]
-        {
-            let (l, cid) = (self.launcher.clone(), cid.to_string());
-            blocking(move || l.start(&cid)).await
-        }
-        #[cfg(not(feature = "launcher-libcontainer"))]
-        self.runc.start(cid).await
+        self.launcher.start(cid).await.map_err(launch_error)
     }
 
     async fn delete_state(&self, cid: &str) -> Result<()> {
-        #[cfg(feature = "launcher-libcontainer")]
-        {
-            let (l, cid) = (self.launcher.clone(), cid.to_string());
-            blocking(move || l.delete(&cid)).await
-        }
-        #[cfg(not(feature = "launcher-libcontainer"))]
-        self.runc.delete(cid).await
+        self.launcher.delete(cid).await.map_err(launch_error)
     }
 
     /// CreateSandbox: the shared namespaces and storages, once.
@@ -571,7 +535,7 @@ impl Sandbox {
         // Unpacking used large buffers; hand what malloc keeps of them back to the guest.
         // SAFETY: malloc_trim only releases free heap memory.
         unsafe { libc::malloc_trim(0) };
-        let t_runc = std::time::Instant::now();
+        let t_launch = std::time::Instant::now();
         let config = spec::config_json(cid, spec_in, &rootfs, &g)
             .map_err(|e| AgentError::invalid(format!("container {cid}: {e}")))?;
         let cfg_path = bundle.join("config.json");
@@ -582,13 +546,13 @@ impl Sandbox {
         .map_err(|e| AgentError::io("writing", &cfg_path, e))?;
 
         let terminal = spec_in.Process.as_ref().is_some_and(|p| p.Terminal);
-        let (runc_io, pending) = prepare_io(terminal, "init")?;
+        let (launch_io, pending) = prepare_io(terminal, "init")?;
         let pid_file = bundle.join("init.pid");
         let mark = Reaper::global().mark();
         let io = pending
             .complete(
                 &format!("container {cid}"),
-                self.create_process(cid, bundle, &pid_file, runc_io),
+                self.create_process(cid, bundle, &pid_file, launch_io),
             )
             .await?;
         let pid = read_pid(&pid_file)?;
@@ -607,8 +571,8 @@ impl Sandbox {
             req.exec_id.clone()
         };
         log::info!(
-            "container {cid} created, init pid {pid} (layers {layers_ms} ms, bundle + runc create {} ms)",
-            t_runc.elapsed().as_millis()
+            "container {cid} created, init pid {pid} (layers {layers_ms} ms, bundle + create {} ms)",
+            t_launch.elapsed().as_millis()
         );
         Ok(Arc::new(Container {
             id: cid.to_string(),
@@ -666,12 +630,12 @@ impl Sandbox {
         )
         .map_err(|e| AgentError::io("writing", &pjson, e))?;
         let pid_file = dir.join(format!("{exec_id}.pid"));
-        let (runc_io, pending) = prepare_io(p.Terminal, exec_id)?;
+        let (launch_io, pending) = prepare_io(p.Terminal, exec_id)?;
         let mark = Reaper::global().mark();
         let io = pending
             .complete(
                 &format!("exec {exec_id}"),
-                self.exec_in(cid, exec_id, &pjson, &pid_file, runc_io),
+                self.exec_in(cid, &pjson, &pid_file, launch_io),
             )
             .await?;
         let pid = read_pid(&pid_file)?;
@@ -777,23 +741,11 @@ impl Sandbox {
     }
 }
 
-#[cfg(feature = "launcher-libcontainer")]
-fn launch_io(io: RuncIo) -> crate::launcher::LaunchIo {
-    match io {
-        RuncIo::Pipes(i, o, e) => crate::launcher::LaunchIo::Pipes(i, o, e),
-        RuncIo::Console(sock) => crate::launcher::LaunchIo::Console(sock),
+fn launch_error(e: LaunchError) -> AgentError {
+    match e {
+        LaunchError::Timeout { .. } => AgentError::DeadlineExceeded(e.to_string()),
+        e => AgentError::internal(e.to_string()),
     }
-}
-
-/// A launcher step (it forks and waits on pipes) on a blocking thread.
-#[cfg(feature = "launcher-libcontainer")]
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, crate::launcher::LaunchError> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AgentError::internal(format!("launcher task: {e}")))?
-        .map_err(|e| AgentError::internal(e.to_string()))
 }
 
 /// Removes a file, link or directory tree (not following links).

@@ -1,24 +1,35 @@
-//! Issue 14 spike (feature `launcher-libcontainer`): containers created, started, exec'd into and
-//! deleted by youki's `libcontainer` inside the agent, instead of a runc process per step.
+//! The agent's container launcher: youki's `libcontainer`, run by the agent itself (no runtime
+//! binary in the guest). Inputs as runc's: the bundle the agent writes (config.json naming the
+//! rootfs it unpacked), the process's stdio ends or a console socket, a pid file.
 //!
-//! Same inputs as [`crate::runc::Runc`]: the bundle the agent writes (config.json naming the
-//! rootfs it unpacked) and the process's stdio ends. Each call is synchronous (libcontainer forks
-//! and waits on pipes): callers run it on a blocking thread.
-//!
-//! Known gaps of the spike (see /work/notes/launcher-findings.md): libcontainer forks with a raw
-//! clone3, so glibc's fork handlers do not run in the child, which is unsafe from a multi-threaded
-//! process; without its `libseccomp` feature a spec's seccomp profile is ignored with a warning
-//! only, so [`Launcher::create`] refuses such a spec.
+//! libcontainer clones its processes with a raw `clone3`, which skips glibc's fork handling: in
+//! a multi-threaded process (the agent: tokio workers, the reaper thread, one malloc arena) a
+//! clone taken while another thread holds the malloc lock leaves the child a lock nobody will
+//! release. So create and exec run in a helper forked with glibc's `fork` (which takes and resets
+//! the allocator's locks around the fork): the helper is single-threaded, calls libcontainer
+//! (whose intermediate and init processes are its children), writes an error, if any, on a pipe
+//! and exits. The container's init is then re-parented to the agent (PID 1, or the subreaper on
+//! a host), as runc's was; its exit reaches the agent's reaper with SIGCHLD. Start and delete
+//! spawn nothing: they run on a blocking thread of the agent.
 
-use std::os::fd::OwnedFd;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 
+use crate::reaper::{ExitStatus, Reaper};
+
 /// Where libcontainer keeps each container's state (state.json, notify socket).
-pub const LAUNCHER_ROOT: &str = "/run/kata-cc/libcontainer";
+pub const LAUNCHER_ROOT: &str = "/run/kata-cc/launcher";
+/// Bounds each step (a create under TCG takes tens of milliseconds; a stuck one must not hang
+/// the request forever).
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Exit code of a helper whose step failed (the message is on its error pipe).
+const HELPER_FAILED: i32 = 1;
 
 /// Why a launcher step failed, naming the container and the step.
 #[derive(Debug, thiserror::Error)]
@@ -31,26 +42,28 @@ pub enum LaunchError {
         #[source]
         source: Box<libcontainer::error::LibcontainerError>,
     },
-    #[cfg(not(feature = "launcher-libcontainer-seccomp"))]
-    #[error("container {cid}: reading {}: {source}", .path.display())]
-    Spec {
+    /// A forked helper's report (the text of a [`LaunchError::Lib`] made in the helper).
+    #[error("{0}")]
+    Helper(String),
+    #[error("container {cid}: {step}: {what}")]
+    Os {
         cid: String,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        step: &'static str,
+        what: String,
     },
-    #[cfg(not(feature = "launcher-libcontainer-seccomp"))]
-    #[error("container {cid}: {}: linux.seccomp is set but this agent has no seccomp support", .path.display())]
-    Seccomp { cid: String, path: PathBuf },
-    #[error("container {cid}: created without an init pid")]
-    NoPid { cid: String },
+    #[error("container {cid}: {step} did not finish within {}s", .timeout.as_secs())]
+    Timeout {
+        cid: String,
+        step: &'static str,
+        timeout: Duration,
+    },
 }
 
 /// The stdio a new container process gets.
 pub enum LaunchIo {
     /// stdin, stdout, stderr ends for the process.
     Pipes(OwnedFd, OwnedFd, OwnedFd),
-    /// A terminal: the pty master is sent to this unix socket (as runc's --console-socket).
+    /// A terminal: the pty master is sent to this unix socket (runc's --console-socket protocol).
     Console(PathBuf),
 }
 
@@ -71,83 +84,186 @@ impl Launcher {
         Launcher::new(root)
     }
 
-    fn builder(
-        &self,
-        cid: &str,
-        pid_file: &Path,
-        io: LaunchIo,
-    ) -> Result<ContainerBuilder, LaunchError> {
-        let lib = |step, source| lib_error(cid, step, source);
-        let b = ContainerBuilder::new(cid.to_string(), SyscallType::Linux)
-            .with_root_path(&self.root)
-            .map_err(|e| lib("state directory", e))?
-            .with_pid_file(Some(pid_file))
-            .map_err(|e| lib("pid file", e))?;
-        Ok(match io {
-            LaunchIo::Pipes(i, o, e) => b.with_stdin(i).with_stdout(o).with_stderr(e),
-            LaunchIo::Console(sock) => b.with_console_socket(Some(sock)),
-        })
-    }
-
-    /// Create: namespaces, mounts, pivot_root, cgroup; the init then waits for [`Self::start`].
-    /// Returns the init's pid (also written to `pid_file`, as runc does).
-    pub fn create(
+    /// Create: namespaces, mounts, pivot_root, cgroup, user, capabilities, seccomp; the init
+    /// then waits for [`Self::start`]. Its pid is written to `pid_file` (as runc does).
+    pub async fn create(
         &self,
         cid: &str,
         bundle: &Path,
         pid_file: &Path,
         io: LaunchIo,
     ) -> Result<i32, LaunchError> {
-        #[cfg(not(feature = "launcher-libcontainer-seccomp"))]
-        refuse_seccomp(cid, &bundle.join("config.json"))?;
-        let c = self
-            .builder(cid, pid_file, io)?
-            .as_init(bundle)
-            .with_systemd(false)
-            // The agent owns the process's stdio and waits for it through its reaper.
-            .with_detach(true)
-            .build()
-            .map_err(|e| lib_error(cid, "create", e))?;
-        c.pid().map(|p| p.as_raw()).ok_or(LaunchError::NoPid {
-            cid: cid.to_string(),
+        let root = self.root.clone();
+        in_helper(cid, "create", pid_file, move || {
+            builder(&root, cid, pid_file, io)?
+                .as_init(bundle)
+                .with_systemd(false)
+                // The agent owns the process's stdio and waits for it through its reaper.
+                .with_detach(true)
+                .build()
+                .map(|_| ())
+                .map_err(|e| lib_error(cid, "create", e))
         })
+        .await
     }
 
-    fn load(&self, cid: &str, step: &'static str) -> Result<Container, LaunchError> {
-        Container::load(self.root.join(cid)).map_err(|e| lib_error(cid, step, e))
-    }
-
-    /// Start: releases the created init into the process's entrypoint (no process is spawned).
-    pub fn start(&self, cid: &str) -> Result<(), LaunchError> {
-        self.load(cid, "start")?
-            .start()
-            .map_err(|e| lib_error(cid, "start", e))
-    }
-
-    /// Exec: a process described by `process` (runc's --process JSON) in the running
-    /// container's namespaces and cgroup. Returns its pid (also written to `pid_file`).
-    pub fn exec(
+    /// Exec: the process described by `process` (runc's --process JSON) in the running
+    /// container's namespaces and cgroup; its pid is written to `pid_file`.
+    pub async fn exec(
         &self,
         cid: &str,
         process: &Path,
         pid_file: &Path,
         io: LaunchIo,
     ) -> Result<i32, LaunchError> {
-        let pid = self
-            .builder(cid, pid_file, io)?
-            .as_tenant()
-            .with_process(Some(process))
-            .with_detach(true)
-            .build()
-            .map_err(|e| lib_error(cid, "exec", e))?;
-        Ok(pid.as_raw())
+        let root = self.root.clone();
+        in_helper(cid, "exec", pid_file, move || {
+            builder(&root, cid, pid_file, io)?
+                .as_tenant()
+                .with_process(Some(process))
+                .with_detach(true)
+                .build()
+                .map(|_| ())
+                .map_err(|e| lib_error(cid, "exec", e))
+        })
+        .await
     }
 
-    /// Delete (forced: a running init is killed first), with its cgroup and state.
-    pub fn delete(&self, cid: &str) -> Result<(), LaunchError> {
-        self.load(cid, "delete")?
-            .delete(true)
-            .map_err(|e| lib_error(cid, "delete", e))
+    /// Start: releases the created init into the process's entrypoint (nothing is spawned).
+    pub async fn start(&self, cid: &str) -> Result<(), LaunchError> {
+        let dir = self.root.join(cid);
+        let id = cid.to_string();
+        blocking(cid, "start", move || {
+            Container::load(dir)
+                .and_then(|mut c| c.start())
+                .map_err(|e| lib_error(&id, "start", e))
+        })
+        .await
+    }
+
+    /// Delete (forced: a running init is killed first), with its cgroup and state. A container
+    /// the launcher has no state of (its create failed early) is not an error.
+    pub async fn delete(&self, cid: &str) -> Result<(), LaunchError> {
+        let dir = self.root.join(cid);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let id = cid.to_string();
+        blocking(cid, "delete", move || {
+            Container::load(dir)
+                .and_then(|mut c| c.delete(true))
+                .map_err(|e| lib_error(&id, "delete", e))
+        })
+        .await
+    }
+}
+
+fn builder(
+    root: &Path,
+    cid: &str,
+    pid_file: &Path,
+    io: LaunchIo,
+) -> Result<ContainerBuilder, LaunchError> {
+    let lib = |step, source| lib_error(cid, step, source);
+    let b = ContainerBuilder::new(cid.to_string(), SyscallType::Linux)
+        .with_root_path(root)
+        .map_err(|e| lib("state directory", e))?
+        .with_pid_file(Some(pid_file))
+        .map_err(|e| lib("pid file", e))?;
+    Ok(match io {
+        LaunchIo::Pipes(i, o, e) => b.with_stdin(i).with_stdout(o).with_stderr(e),
+        LaunchIo::Console(sock) => b.with_console_socket(Some(sock)),
+    })
+}
+
+/// Runs `step` in a helper forked from the agent (see the module comment) and waits for it
+/// through the reaper, at most [`STEP_TIMEOUT`]; then the pid the step wrote to `pid_file`.
+async fn in_helper(
+    cid: &str,
+    what: &'static str,
+    pid_file: &Path,
+    step: impl FnOnce() -> Result<(), LaunchError>,
+) -> Result<i32, LaunchError> {
+    let os = |e: std::io::Error| LaunchError::Os {
+        cid: cid.to_string(),
+        step: what,
+        what: e.to_string(),
+    };
+    // Close-on-exec: the container's init holds a copy until its exec, so the agent reads what
+    // the helper wrote once it has exited, without waiting for EOF.
+    let (err_r, err_w) = crate::stdio::pipe().map_err(os)?;
+    let waiter = Reaper::global()
+        .fork(move || {
+            // Nothing in the helper may take a lock another agent thread could have held at the
+            // fork: no logging (libcontainer's tracing has no subscriber: a no-op).
+            log::set_max_level(log::LevelFilter::Off);
+            match step() {
+                Ok(()) => 0,
+                Err(e) => {
+                    let msg = e.to_string();
+                    // SAFETY: a plain write of a buffer we own to a descriptor we own.
+                    unsafe { libc::write(err_w.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+                    HELPER_FAILED
+                }
+            }
+        })
+        .map_err(os)?;
+    let pid = waiter.pid();
+    let status = match tokio::time::timeout(STEP_TIMEOUT, waiter.wait()).await {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(LaunchError::Timeout {
+                cid: cid.to_string(),
+                step: what,
+                timeout: STEP_TIMEOUT,
+            });
+        }
+    };
+    if status == ExitStatus::Exited(0) {
+        return read_pid(pid_file).map_err(|e| LaunchError::Os {
+            cid: cid.to_string(),
+            step: what,
+            what: e.to_string(),
+        });
+    }
+    let mut msg = String::new();
+    let mut f = std::fs::File::from(err_r);
+    let _ = nix::fcntl::fcntl(
+        &f,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let _ = f.read_to_string(&mut msg);
+    if msg.is_empty() {
+        msg = format!(
+            "container {cid}: {what}: the launcher helper ended with status {}",
+            status.code()
+        );
+    }
+    Err(LaunchError::Helper(msg))
+}
+
+/// A step that spawns nothing, on a blocking thread.
+async fn blocking(
+    cid: &str,
+    what: &'static str,
+    f: impl FnOnce() -> Result<(), LaunchError> + Send + 'static,
+) -> Result<(), LaunchError> {
+    match tokio::time::timeout(STEP_TIMEOUT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(LaunchError::Os {
+            cid: cid.to_string(),
+            step: what,
+            what: e.to_string(),
+        }),
+        Err(_) => Err(LaunchError::Timeout {
+            cid: cid.to_string(),
+            step: what,
+            timeout: STEP_TIMEOUT,
+        }),
     }
 }
 
@@ -175,27 +291,13 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Without libseccomp, libcontainer would run a process whose spec asks for a seccomp filter
-/// unfiltered: refuse the spec instead.
-#[cfg(not(feature = "launcher-libcontainer-seccomp"))]
-fn refuse_seccomp(cid: &str, config: &Path) -> Result<(), LaunchError> {
-    let text = std::fs::read(config).map_err(|source| LaunchError::Spec {
-        cid: cid.to_string(),
-        path: config.to_path_buf(),
-        source,
-    })?;
-    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| LaunchError::Spec {
-        cid: cid.to_string(),
-        path: config.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-    })?;
-    if !v["linux"]["seccomp"].is_null() {
-        return Err(LaunchError::Seccomp {
-            cid: cid.to_string(),
-            path: config.to_path_buf(),
-        });
-    }
-    Ok(())
+/// Read a pid file the launcher wrote.
+pub fn read_pid(path: &Path) -> crate::error::Result<i32> {
+    use crate::error::AgentError;
+    let s = std::fs::read_to_string(path).map_err(|e| AgentError::io("reading", path, e))?;
+    s.trim()
+        .parse()
+        .map_err(|e| AgentError::internal(format!("pid file {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -203,6 +305,34 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::unix::fs::symlink;
+
+    /// These tests create real containers (namespaces, mounts, cgroups): as root only. Elsewhere
+    /// they claim nothing and say so, with a marker `make e2e` lists (it runs as root).
+    fn root(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        eprintln!("NOT RUN: {test}: needs root");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/e2e/not-run");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(
+            dir.join(test),
+            format!("launcher::{test}: NOT RUN: needs root\n"),
+        );
+        false
+    }
+
+    /// A container's cgroup directory on this machine: cgroup v2 (the guest), else the v1 `pids`
+    /// hierarchy (a v1 host; every controller gets the same path).
+    fn cgroup_dir(path: &str) -> PathBuf {
+        let root = Path::new("/sys/fs/cgroup");
+        let rel = path.trim_start_matches('/');
+        if root.join("cgroup.controllers").exists() {
+            root.join(rel)
+        } else {
+            root.join("pids").join(rel)
+        }
+    }
 
     /// Close-on-exec like the agent's own pipes (crate::stdio): a copy of one end inherited
     /// by a later container process would keep the other end from seeing EOF.
@@ -228,7 +358,7 @@ mod tests {
         let mut spec = serde_json::json!({
             "ociVersion": "1.0.2",
             "root": {"path": rootfs, "readonly": false},
-            "hostname": "spike-host",
+            "hostname": "launch-host",
             "process": {
                 "terminal": false,
                 "user": {"uid": 0, "gid": 0},
@@ -248,7 +378,7 @@ mod tests {
                  "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
             ],
             "linux": {
-                "cgroupsPath": format!("/kata-cc-spike/{cid}"),
+                "cgroupsPath": format!("/kata-cc-launch/{cid}"),
                 "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"},
                                {"type": "uts"}],
                 "maskedPaths": ["/proc/kcore"],
@@ -268,41 +398,14 @@ mod tests {
         dir.to_path_buf()
     }
 
-    #[cfg(not(feature = "launcher-libcontainer-seccomp"))]
-    #[test]
-    fn a_spec_with_seccomp_is_refused_before_anything_runs() {
+    /// create, start, output on the agent's pipes, delete (state and cgroup gone).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_start_delete_one_busybox_container() {
+        if !root("create_start_delete_one_busybox_container") {
+            return;
+        }
         let t = tempfile::tempdir().expect("tempdir");
-        let b = bundle(
-            t.path(),
-            "sec",
-            "true",
-            serde_json::json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}}}),
-        );
-        let l = Launcher::new(t.path().join("state"));
-        let (_ri, wi) = pipe();
-        let (_ro, wo) = pipe();
-        let (_re, we) = pipe();
-        let err = l
-            .create(
-                "sec",
-                &b,
-                &t.path().join("pid"),
-                LaunchIo::Pipes(wi, wo, we),
-            )
-            .expect_err("seccomp spec refused");
-        assert!(matches!(err, LaunchError::Seccomp { .. }), "{err}");
-        assert!(err.to_string().contains("config.json"), "{err}");
-        assert!(!t.path().join("state/sec").exists());
-    }
-
-    /// create, start, output on the agent's pipes, delete: as root on a host whose
-    /// /sys/fs/cgroup is cgroup2 (the guest's layout; on a hybrid host run it under
-    /// `unshare -m` with cgroup2 mounted there, see the findings).
-    #[test]
-    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
-    fn create_start_delete_one_busybox_container() {
-        let t = tempfile::tempdir().expect("tempdir");
-        let cid = "spike-one";
+        let cid = "launch-one";
         let script = "echo host=$(hostname) pid=$$ root=$(ls / | tr '\\n' ,); \
                       echo nofile=$(ulimit -n) >&2; exit 7";
         let b = bundle(t.path(), cid, script, serde_json::json!({}));
@@ -315,6 +418,7 @@ mod tests {
         let t0 = std::time::Instant::now();
         let pid = l
             .create(cid, &b, &pid_file, LaunchIo::Pipes(in_r, out_w, err_w))
+            .await
             .expect("create");
         let create_ms = t0.elapsed().as_millis();
         let written: i32 = std::fs::read_to_string(&pid_file)
@@ -342,7 +446,7 @@ mod tests {
         .expect("blocking");
 
         let t1 = std::time::Instant::now();
-        l.start(cid).expect("start");
+        l.start(cid).await.expect("start");
         let start_ms = t1.elapsed().as_millis();
         let mut out = String::new();
         out_r.read_to_string(&mut out).expect("stdout");
@@ -351,43 +455,42 @@ mod tests {
         eprintln!("create {create_ms} ms, start {start_ms} ms; stdout {out:?} stderr {err:?}");
         // Its own UTS namespace with the spec's hostname, PID 1 of its own pid namespace, the
         // busybox rootfs as / (pivot_root), the spec's rlimit.
-        assert!(out.contains("host=spike-host"), "{out}");
+        assert!(out.contains("host=launch-host"), "{out}");
         assert!(out.contains("pid=1 "), "{out}");
         assert!(out.contains("root=bin,dev,proc,tmp,"), "{out}");
         assert_eq!(err.trim(), "nofile=1000");
 
         // The init was re-parented to this process or reaped elsewhere; either way it is gone
         // once its output closed and delete must clean the state and the cgroup.
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        l.delete(cid).expect("delete");
+        l.delete(cid).await.expect("delete");
         assert!(!t.path().join("state").join(cid).exists());
-        assert!(!Path::new("/sys/fs/cgroup/kata-cc-spike").join(cid).exists());
+        assert!(!cgroup_dir(&format!("kata-cc-launch/{cid}")).exists());
     }
 
     /// exec into a running container: its namespaces (hostname, pid namespace where the init
     /// is 1), the process JSON's args and env, output on the exec's own pipes.
-    #[test]
-    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
-    fn exec_joins_a_running_container() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exec_joins_a_running_container() {
+        if !root("exec_joins_a_running_container") {
+            return;
+        }
         // As the agent (PID 1 or a subreaper): the orphaned init is re-parented here.
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument only.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let t = tempfile::tempdir().expect("tempdir");
-        let cid = "spike-exec";
+        let cid = "launch-exec";
         let b = bundle(t.path(), cid, "read line; exit 0", serde_json::json!({}));
         let l = Launcher::new(t.path().join("state"));
         let (in_r, in_w) = raw_pipe();
         let (_out_r, out_w) = pipe();
         let (_err_r, err_w) = pipe();
-        let pid = l
-            .create(
-                cid,
-                &b,
-                &t.path().join("init.pid"),
-                LaunchIo::Pipes(in_r, out_w, err_w),
-            )
-            .expect("create");
-        l.start(cid).expect("start");
+        l.create(
+            cid,
+            &b,
+            &t.path().join("init.pid"),
+            LaunchIo::Pipes(in_r, out_w, err_w),
+        )
+        .await
+        .expect("create");
+        l.start(cid).await.expect("start");
 
         let process = t.path().join("exec.json");
         let p = serde_json::json!({
@@ -409,6 +512,7 @@ mod tests {
                 &t.path().join("exec.pid"),
                 LaunchIo::Pipes(ei_r, eo_w, ee_w),
             )
+            .await
             .expect("exec");
         let exec_ms = t0.elapsed().as_millis();
         let mut out = String::new();
@@ -416,27 +520,26 @@ mod tests {
         let mut err = String::new();
         ee_r.read_to_string(&mut err).expect("exec stderr");
         eprintln!("exec {exec_ms} ms (pid {epid}); stdout {out:?} stderr {err:?}");
-        assert!(out.contains("exec host=spike-host"), "{out}");
+        assert!(out.contains("exec host=launch-host"), "{out}");
         assert!(out.contains("init=/bin/busybox sh -c read line"), "{out}");
         assert!(out.contains("v=42"), "{out}");
 
         // Forced delete kills the still running init (the agent's RemoveContainer path).
         // The exec is our child: until it is reaped, the killed init (its pid namespace's
         // reaper) cannot finish exiting. The agent's reaper does this for every child.
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(epid), None);
-        l.delete(cid).expect("delete");
+        l.delete(cid).await.expect("delete");
         drop(in_w);
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         assert!(!t.path().join("state").join(cid).exists());
     }
 
     /// With libseccomp linked in, a spec's filter is applied: mkdir fails with the errno given.
-    #[cfg(feature = "launcher-libcontainer-seccomp")]
-    #[test]
-    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
-    fn a_seccomp_filter_from_the_spec_is_enforced() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_seccomp_filter_from_the_spec_is_enforced() {
+        if !root("a_seccomp_filter_from_the_spec_is_enforced") {
+            return;
+        }
         let t = tempfile::tempdir().expect("tempdir");
-        let cid = "spike-seccomp";
+        let cid = "launch-seccomp";
         let seccomp = serde_json::json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "architectures": ["SCMP_ARCH_X86_64"],
@@ -459,38 +562,37 @@ mod tests {
         let (in_r, _in_w) = raw_pipe();
         let (mut out_r, out_w) = pipe();
         let (mut err_r, err_w) = pipe();
-        let pid = l
-            .create(
-                cid,
-                &b,
-                &t.path().join("init.pid"),
-                LaunchIo::Pipes(in_r, out_w, err_w),
-            )
-            .expect("create");
-        l.start(cid).expect("start");
+        l.create(
+            cid,
+            &b,
+            &t.path().join("init.pid"),
+            LaunchIo::Pipes(in_r, out_w, err_w),
+        )
+        .await
+        .expect("create");
+        l.start(cid).await.expect("start");
         let mut out = String::new();
         out_r.read_to_string(&mut out).expect("stdout");
         let mut err = String::new();
         err_r.read_to_string(&mut err).expect("stderr");
         assert_eq!(out.trim(), "denied", "stderr {err:?}");
         assert!(err.contains("Operation not permitted"), "{err}");
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        l.delete(cid).expect("delete");
+        l.delete(cid).await.expect("delete");
     }
 
     /// A CRI app container joins its pause container's pid, ipc and uts namespaces by path
     /// (what spec.rs writes for sandbox_pidns and the sandbox's namespaces).
-    #[test]
-    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
-    fn a_container_joins_the_pause_namespaces_by_path() {
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument only.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_container_joins_the_pause_namespaces_by_path() {
+        if !root("a_container_joins_the_pause_namespaces_by_path") {
+            return;
+        }
         let t = tempfile::tempdir().expect("tempdir");
         let l = Launcher::new(t.path().join("state"));
         let pause_dir = t.path().join("pause");
         let b = bundle(
             &pause_dir,
-            "spike-pause",
+            "launch-pause",
             "read line",
             serde_json::json!({}),
         );
@@ -499,17 +601,18 @@ mod tests {
         let (_e, e_w) = pipe();
         let pause = l
             .create(
-                "spike-pause",
+                "launch-pause",
                 &b,
                 &pause_dir.join("pid"),
                 LaunchIo::Pipes(in_r, o_w, e_w),
             )
+            .await
             .expect("create pause");
-        l.start("spike-pause").expect("start pause");
+        l.start("launch-pause").await.expect("start pause");
 
         let app_dir = t.path().join("app");
         let script = "echo host=$(hostname) one=$(cat /proc/1/cmdline | tr '\\0' ' ')";
-        let b = bundle(&app_dir, "spike-app", script, serde_json::json!({}));
+        let b = bundle(&app_dir, "launch-app", script, serde_json::json!({}));
         let cfg = b.join("config.json");
         let mut spec: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&cfg).expect("read")).expect("json");
@@ -525,42 +628,42 @@ mod tests {
         let (ai_r, _ai_w) = raw_pipe();
         let (mut ao_r, ao_w) = pipe();
         let (mut ae_r, ae_w) = pipe();
-        let app = l
-            .create(
-                "spike-app",
-                &b,
-                &app_dir.join("pid"),
-                LaunchIo::Pipes(ai_r, ao_w, ae_w),
-            )
-            .expect("create app");
-        l.start("spike-app").expect("start app");
+        l.create(
+            "launch-app",
+            &b,
+            &app_dir.join("pid"),
+            LaunchIo::Pipes(ai_r, ao_w, ae_w),
+        )
+        .await
+        .expect("create app");
+        l.start("launch-app").await.expect("start app");
         let mut out = String::new();
         ao_r.read_to_string(&mut out).expect("stdout");
         let mut err = String::new();
         ae_r.read_to_string(&mut err).expect("stderr");
-        assert!(out.contains("host=spike-host"), "{out} {err}");
+        assert!(out.contains("host=launch-host"), "{out} {err}");
         assert!(
             out.contains("one=/bin/busybox sh -c read line"),
             "{out} {err}"
         );
 
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(app), None);
-        l.delete("spike-app").expect("delete app");
-        l.delete("spike-pause").expect("delete pause");
+        l.delete("launch-app").await.expect("delete app");
+        l.delete("launch-pause").await.expect("delete pause");
         drop(in_w);
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pause), None);
-        assert!(!t.path().join("state/spike-app").exists());
-        assert!(!t.path().join("state/spike-pause").exists());
+        assert!(!t.path().join("state/launch-app").exists());
+        assert!(!t.path().join("state/launch-pause").exists());
     }
 
     /// A terminal: the pty master arrives on the console socket (runc's protocol, received with
     /// the agent's own `recv_fd`), the process sees a tty on stdin and its output comes on the
     /// master.
-    #[test]
-    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
-    fn a_terminal_process_gets_its_pty_through_the_console_socket() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_terminal_process_gets_its_pty_through_the_console_socket() {
+        if !root("a_terminal_process_gets_its_pty_through_the_console_socket") {
+            return;
+        }
         let t = tempfile::tempdir().expect("tempdir");
-        let cid = "spike-tty";
+        let cid = "launch-tty";
         let b = bundle(
             t.path(),
             cid,
@@ -586,11 +689,11 @@ mod tests {
             crate::container::recv_fd(&s).expect("pty master")
         });
         let l = Launcher::new(t.path().join("state"));
-        let pid = l
-            .create(cid, &b, &t.path().join("pid"), LaunchIo::Console(sock))
+        l.create(cid, &b, &t.path().join("pid"), LaunchIo::Console(sock))
+            .await
             .expect("create");
         let master = receiver.join().expect("receiver");
-        l.start(cid).expect("start");
+        l.start(cid).await.expect("start");
         let mut m = std::fs::File::from(master);
         let mut out = Vec::new();
         let mut buf = [0u8; 256];
@@ -603,18 +706,16 @@ mod tests {
         }
         let out = String::from_utf8_lossy(&out);
         assert!(out.contains("is-a-tty"), "{out:?}");
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        l.delete(cid).expect("delete");
+        l.delete(cid).await.expect("delete");
     }
 
-    /// Risk probe (findings, risk 1): containers created while other threads allocate hard.
-    /// libcontainer clones without glibc's fork handlers; a child that inherits a held malloc
-    /// lock hangs, which this loop would show as a create that never returns.
-    #[test]
-    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup; a stress probe: -- --ignored"]
-    fn creates_while_other_threads_allocate() {
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer argument only.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    /// Containers created while other threads allocate hard: the forked helper must never
+    /// inherit a held allocator lock (a create that never returns would show it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creates_while_other_threads_allocate() {
+        if !root("creates_while_other_threads_allocate") {
+            return;
+        }
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let churners: Vec<_> = (0..4)
             .map(|i| {
@@ -632,27 +733,26 @@ mod tests {
             .collect();
         let t = tempfile::tempdir().expect("tempdir");
         let l = Launcher::new(t.path().join("state"));
-        let rounds: usize = std::env::var("SPIKE_ROUNDS")
+        let rounds: usize = std::env::var("KATA_CC_LAUNCHER_ROUNDS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(50);
+            .unwrap_or(20);
         let t0 = std::time::Instant::now();
         for n in 0..rounds {
-            let cid = format!("spike-stress-{n}");
+            let cid = format!("launch-stress-{n}");
             let dir = t.path().join(&cid);
             let b = bundle(&dir, &cid, "echo ok", serde_json::json!({}));
             let (in_r, _in_w) = raw_pipe();
             let (mut o_r, o_w) = pipe();
             let (_e_r, e_w) = pipe();
-            let pid = l
-                .create(&cid, &b, &dir.join("pid"), LaunchIo::Pipes(in_r, o_w, e_w))
+            l.create(&cid, &b, &dir.join("pid"), LaunchIo::Pipes(in_r, o_w, e_w))
+                .await
                 .expect("create");
-            l.start(&cid).expect("start");
+            l.start(&cid).await.expect("start");
             let mut out = String::new();
             o_r.read_to_string(&mut out).expect("stdout");
             assert_eq!(out.trim(), "ok", "round {n}");
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            l.delete(&cid).expect("delete");
+            l.delete(&cid).await.expect("delete");
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for c in churners {
@@ -667,14 +767,16 @@ mod tests {
     /// The agent's own config.json (spec.rs from a Kata protobuf spec) is accepted by
     /// libcontainer's spec types and applied: user, additional groups, cwd, env, rlimit, the
     /// guest's /dev/shm bind and cgroup path.
-    #[test]
-    #[ignore = "needs root and cgroup2 at /sys/fs/cgroup: cargo test ... -- --ignored"]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     // The protobuf types are built field by field, as in spec.rs's tests.
     #[allow(clippy::field_reassign_with_default)]
-    fn the_agents_own_config_json_runs() {
+    async fn the_agents_own_config_json_runs() {
+        if !root("the_agents_own_config_json_runs") {
+            return;
+        }
         use agent_proto::oci;
         let t = tempfile::tempdir().expect("tempdir");
-        let cid = "spike-agent-spec";
+        let cid = "launch-agent-spec";
         // The busybox rootfs (and a throwaway spec) from the helper; config.json replaced below.
         let b = bundle(t.path(), cid, "true", serde_json::json!({}));
         std::fs::create_dir_all(b.join("rootfs/w")).expect("cwd");
@@ -729,15 +831,15 @@ mod tests {
         let (in_r, _in_w) = raw_pipe();
         let (mut o_r, o_w) = pipe();
         let (mut e_r, e_w) = pipe();
-        let pid = l
-            .create(
-                cid,
-                &b,
-                &t.path().join("pid"),
-                LaunchIo::Pipes(in_r, o_w, e_w),
-            )
-            .expect("create");
-        l.start(cid).expect("start");
+        l.create(
+            cid,
+            &b,
+            &t.path().join("pid"),
+            LaunchIo::Pipes(in_r, o_w, e_w),
+        )
+        .await
+        .expect("create");
+        l.start(cid).await.expect("start");
         let mut out = String::new();
         o_r.read_to_string(&mut out).expect("stdout");
         let mut err = String::new();
@@ -751,14 +853,9 @@ mod tests {
             out.contains("cwd=/w a=1 nofile=512 shm=tmpfs"),
             "{out} {err}"
         );
-        assert!(Path::new("/sys/fs/cgroup")
-            .join(crate::spec::cgroup_path(cid).trim_start_matches('/'))
-            .exists());
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        l.delete(cid).expect("delete");
-        assert!(!Path::new("/sys/fs/cgroup")
-            .join(crate::spec::cgroup_path(cid).trim_start_matches('/'))
-            .exists());
+        assert!(cgroup_dir(&crate::spec::cgroup_path(cid)).exists());
+        l.delete(cid).await.expect("delete");
+        assert!(!cgroup_dir(&crate::spec::cgroup_path(cid)).exists());
         let _ = nix::mount::umount(&shm);
     }
 }

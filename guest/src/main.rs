@@ -7,7 +7,6 @@ mod copyfile;
 mod error;
 mod init;
 mod launch;
-#[cfg(feature = "launcher-libcontainer")]
 mod launcher;
 mod layers;
 mod logging;
@@ -17,9 +16,6 @@ mod network;
 mod oom;
 mod paths;
 mod reaper;
-// Unused while the launcher spike replaces it (feature launcher-libcontainer).
-#[cfg_attr(feature = "launcher-libcontainer", allow(dead_code))]
-mod runc;
 mod sandbox;
 mod server;
 mod spec;
@@ -157,7 +153,10 @@ async fn run(pid1: bool) -> Result<(), StartError> {
             source,
         })?;
     }
-    let sandbox = Arc::new(container::Sandbox::new(runc::Runc::from_env(), paths));
+    let sandbox = Arc::new(container::Sandbox::new(
+        launcher::Launcher::from_env(),
+        paths,
+    ));
     let launch = launch::Launch::detect();
     let (policy, fast_path) = load_policy(&launch)?;
     let policy = Arc::new(std::sync::Mutex::new(policy));

@@ -1,12 +1,13 @@
 //! Child reaping for the agent, which runs as PID 1 (or as a child subreaper when tested on a host).
 //!
-//! Every child of the agent (runc, container init processes re-parented to us, exec'd processes)
-//! is reaped here with `waitpid(-1)`. Nothing else in the agent may wait on a child (no
+//! Every child of the agent (launcher helpers, container init and exec'd processes re-parented to
+//! us) is reaped here with `waitpid(-1)`. Nothing else in the agent may wait on a child (no
 //! `tokio::process`, no `std::process::Child::wait`), or statuses would be stolen from this loop.
 //! Statuses nobody asked for yet are kept (stamped with a sequence number), so a child that exits
 //! before its waiter registers is not lost.
 
 use std::collections::HashMap;
+#[cfg(test)]
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -117,8 +118,8 @@ impl Reaper {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reap every exited child. The state lock is held across `waitpid` so that `spawn` (which
-    /// holds it too) is never raced: std's spawn waits for a child whose exec failed.
+    /// Reap every exited child. The state lock is held across `waitpid` so that `fork` and
+    /// `spawn` (which hold it too) are never raced: a pid is registered before it can be reaped.
     fn reap_all(&self) {
         let mut st = self.lock();
         loop {
@@ -162,6 +163,7 @@ impl Reaper {
         self.lock().seq + 1
     }
 
+    #[cfg(test)]
     /// Spawn a child and register for its exit status atomically (no stale status of an earlier
     /// process with the same pid can be delivered).
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, Waiter)> {
@@ -173,6 +175,32 @@ impl Reaper {
         let (tx, rx) = oneshot::channel();
         st.waiters.insert(pid, (since, tx));
         Ok((child, Waiter { pid, rx }))
+    }
+
+    /// Fork a helper that runs `f` and exits with its result, registered for its exit status
+    /// atomically (no stale status of an earlier process with the same pid is delivered). The helper is a copy of this process with only the calling thread:
+    /// `f` must not take locks other threads may hold (logging, the reaper, tokio); the
+    /// allocator is safe, glibc's `fork` resets its locks in the child. The helper exits without
+    /// running destructors or atexit handlers (they belong to the agent).
+    pub fn fork(&self, f: impl FnOnce() -> i32) -> std::io::Result<Waiter> {
+        let mut st = self.lock();
+        // SAFETY: the child runs `f` (see above) and leaves with `_exit`; the parent only records
+        // the pid.
+        match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
+            nix::unistd::ForkResult::Child => {
+                let code = f();
+                // SAFETY: ends the helper at once, which is the point.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let pid = child.as_raw();
+                st.unclaimed.remove(&pid);
+                let since = st.seq + 1;
+                let (tx, rx) = oneshot::channel();
+                st.waiters.insert(pid, (since, tx));
+                Ok(Waiter { pid, rx })
+            }
+        }
     }
 
     /// Register for the status of `pid`, a process that came into existence after `since` (from

@@ -4,7 +4,7 @@
 //!
 //! The namespaces are made without a process: a thread of its own unshares them, sets the
 //! hostname, and binds `/proc/thread-self/ns/{ipc,uts}` onto files; the bind mounts keep them
-//! alive after the thread ends, and runc joins them by those paths.
+//! alive after the thread ends, and the launcher joins them by those paths.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,7 @@ use crate::error::AgentError;
 use crate::paths::Paths;
 use crate::storage;
 
-/// The sandbox's own namespaces, as files runc can join.
+/// The sandbox's own namespaces, as files the launcher can join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedNs {
     pub ipc: PathBuf,

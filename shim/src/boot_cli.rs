@@ -556,7 +556,7 @@ mod tests {
         format!(
             r#"{{"format":1,"cmdline":"","default_policy":{{"name":"a","path":"p","sha256":"s"}},
             "files":{{}},"initrd_modules":[],
-            "inputs":{{"agent_sha256":"","busybox_sha256":"","init_sha256":"","runc_sha256":"","runc_version":"","source_date_epoch":0}},
+            "inputs":{{"agent_sha256":"","busybox_sha256":"","init_sha256":"","source_date_epoch":0}},
             "kernel":{{"package":"","package_sha256":"","version":"6.12"}},
             "rootfs":{{"data_blocks":2,"filesystem":"erofs","hash_offset":{hash_offset},"root_hash":"ab","salt":"00","verity":"v"}},
             "snp_measurement":{{"computed":false}}}}"#

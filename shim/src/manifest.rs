@@ -88,8 +88,6 @@ pub struct InitrdModule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inputs {
     pub agent_sha256: String,
-    pub runc_sha256: String,
-    pub runc_version: String,
     pub busybox_sha256: String,
     pub init_sha256: String,
     pub source_date_epoch: u64,
@@ -176,7 +174,7 @@ mod tests {
       "format": 1,
       "initrd_modules": [{"name": "virtio_blk", "need": "required"}],
       "inputs": {"agent_sha256": "a", "busybox_sha256": "b", "init_sha256": "c",
-                 "runc_sha256": "d", "runc_version": "runc version 1.1.5", "source_date_epoch": 0},
+                 "source_date_epoch": 0},
       "kernel": {"package": "linux-image.deb", "package_sha256": "e", "version": "6.12.0-cloud-amd64"},
       "rootfs": {"data_blocks": 2, "filesystem": "erofs", "hash_offset": 8192,
                  "root_hash": "ab12", "salt": "00", "verity": "dm-verity v1"},

@@ -1,6 +1,6 @@
-//! The real agent binary, driven over ttrpc on a unix socket, running busybox containers with the
-//! host's runc (the same code path as in the guest, minus PID 1 and vsock). Needs root and runc:
-//! host tier (moved from guest/tests/agent_runc.rs). Requests have the shape the shim sends
+//! The real agent binary, driven over ttrpc on a unix socket, running busybox containers with its
+//! own launcher on the host (the same code path as in the guest, minus PID 1 and vsock; cgroup v1
+//! or v2, whichever the host has). Needs root: host tier. Requests have the shape the shim sends
 //! (Kata's): CopyFile below the shared directory, one image storage, Root.Path the guest rootfs.
 //!
 //! The agent runs in a mount namespace of its own (what it mounts for a sandbox stays out of the
@@ -18,7 +18,6 @@ use agent_proto::{
 };
 use sha2::{Digest, Sha256};
 
-const RUNC: &str = "/usr/sbin/runc";
 const BUSYBOX: &str = "/bin/busybox";
 
 /// The agent process; stopped by PID on drop (SIGTERM, which makes it remove its containers and
@@ -56,8 +55,7 @@ impl AgentProc {
             .env("KATA_CC_CONTAINERS_DIR", dir.path().join("containers"))
             .env("KATA_CC_SHARED_DIR", dir.path().join("shared"))
             .env("KATA_CC_SANDBOX_DIR", dir.path().join("sandbox"))
-            .env("KATA_CC_RUNC_ROOT", dir.path().join("runc"))
-            .env("KATA_CC_RUNC", RUNC)
+            .env("KATA_CC_LAUNCHER_ROOT", dir.path().join("launcher"))
             .env("KATA_CC_POLICY_PATH", &policy);
         // SAFETY: only async-signal-safe calls (unshare, mount) between fork and exec.
         unsafe {
@@ -357,7 +355,7 @@ async fn remove(c: &AgentServiceClient, cid: &str) {
         .unwrap_or_else(|e| panic!("RemoveContainer {cid}: {e:?}"));
 }
 
-/// A container's cgroup file on this host (runc's cgroupfs layout, v2 or v1).
+/// A container's cgroup file on this host (the launcher's cgroupfs layout, v2 or v1).
 fn cgroup_file(cid: &str, v2: &str, v1: (&str, &str)) -> PathBuf {
     let root = Path::new("/sys/fs/cgroup");
     if root.join("cgroup.controllers").exists() {
@@ -420,10 +418,6 @@ async fn close_stdin(c: &AgentServiceClient, cid: &str, exec_id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_run_through_the_agent() {
-    assert!(
-        Path::new(RUNC).exists(),
-        "{RUNC} is needed (hack/deps.sh installs it)"
-    );
     assert!(
         Path::new(BUSYBOX).exists(),
         "{BUSYBOX} is needed (busybox-static)"
