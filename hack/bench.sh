@@ -4,19 +4,24 @@
 #    path (what the agent runs) and with the interpreter alone, side by side in one run.
 # 2. Pods (kata-cc-bench, through a private containerd): pod start vs a bare boot vs runc, host
 #    memory per idle pod, pods started at once. KATA_CC_BENCH_RUNS runs per figure (default 5).
-# 3. Pod network (kata-cc-bench, through a private containerd with CRI and its CNI bridge): TCP
+# 3. CRI pod start (kata-cc-bench, the tests' loopback registry and a private containerd with
+#    CRI): RunPodSandbox -> CreateContainer -> StartContainer -> the app's first CRI log line on
+#    kata-cc, against `ctr run` on kata-cc, the bare boot and the same pod on runc, interleaved
+#    round by round, with the CRI start's split from the shim's timeline (build/bench/cri.json).
+# 4. Pod network (kata-cc-bench, through a private containerd with CRI and its CNI bridge): TCP
 #    throughput, HTTP request/response and TCP round trips from the host into a kata-cc pod
 #    through its VM NIC, next to a runc pod on the same bridge (build/bench/net.json).
-# 4. Policy generation (kata-cc-bench, a loopback registry and a private containerd): the time of
+# 5. Policy generation (kata-cc-bench, a loopback registry and a private containerd): the time of
 #    `kata-cc policy gen` (registry and containerd content store as image sources) beside Kata's
 #    genpolicy (../shared/tools/genpolicy or KATA_CC_GENPOLICY_DIR) on the same manifests, one of
 #    them a pod of five containers on images of KATA_CC_BENCH_POLICYGEN_MB (300) MB each
 #    (build/bench/policygen.json).
-# KATA_CC_BENCH_PARTS (default policy,pods,net,policygen) picks the parts.
+# KATA_CC_BENCH_PARTS (default policy,pods,cri,net,policygen) picks the parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KATA_CC=${KATA_CC:-target/x86_64-unknown-linux-gnu/release/kata-cc}
-BENCH=${BENCH:-target/x86_64-unknown-linux-gnu/release/kata-cc-bench}
+RELEASE=${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release
+KATA_CC=${KATA_CC:-$RELEASE/kata-cc}
+BENCH=${BENCH:-$RELEASE/kata-cc-bench}
 # Kata's policy corpus ships in the regorus package (tests/kata/data), which cargo unpacked.
 package_dir() {
   cargo metadata --offline --format-version 1 --filter-platform x86_64-unknown-linux-gnu |
@@ -28,8 +33,8 @@ OUT=build/bench
 for b in "$KATA_CC" "$BENCH"; do
   [ -x "$b" ] || { echo "bench: $b missing: run make build" >&2; exit 1; }
 done
-PARTS=${KATA_CC_BENCH_PARTS:-policy,pods,net,policygen}
-# The binary's parts (pods, net): the list without `policy`.
+PARTS=${KATA_CC_BENCH_PARTS:-policy,pods,cri,net,policygen}
+# The binary's parts (pods, cri, net, policygen): the list without `policy`.
 BENCH_PARTS=$(tr ',' '\n' <<<"$PARTS" | grep -vx policy | paste -sd, || true)
 mkdir -p "$OUT"
 # anyhow captures a backtrace per error when RUST_BACKTRACE is set (the agent's environment has
@@ -79,6 +84,6 @@ policy_bench() {
 if grep -qx policy <<<"$(tr ',' '\n' <<<"$PARTS")"; then policy_bench; fi
 if [ -n "$BENCH_PARTS" ]; then
   KATA_CC_BENCH_PARTS=$BENCH_PARTS KATA_CC_BENCH_OUT="$PWD/$OUT/pods.json" \
-    KATA_CC_BENCH_NET_OUT="$PWD/$OUT/net.json" \
+    KATA_CC_BENCH_CRI_OUT="$PWD/$OUT/cri.json" KATA_CC_BENCH_NET_OUT="$PWD/$OUT/net.json" \
     KATA_CC_BENCH_POLICYGEN_OUT="$PWD/$OUT/policygen.json" "$BENCH"
 fi

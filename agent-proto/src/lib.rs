@@ -158,6 +158,9 @@ pub mod contract {
     pub mod timeline {
         /// The word that starts every timeline log line.
         pub const MARKER: &str = "timeline";
+        /// containerd's Create of a container (the pod's first one starts the VM) reached the
+        /// shim: what containerd spent before it (CNI, snapshots, the shim's start) ends here.
+        pub const TASK_CREATE: &str = "task_create";
         pub const QEMU_SPAWN: &str = "qemu_spawn";
         pub const AGENT_READY: &str = "agent_ready";
         /// Not a wall-clock time: the guest's uptime (ms) when the agent started listening.

@@ -234,6 +234,12 @@ impl Node {
         let id = self
             .try_run_pod_with(spec, handler)
             .unwrap_or_else(|e| self.fail("RunPodSandbox", &e));
+        self.ready_pod(spec, handler, id)
+    }
+
+    /// What the kubelet does once RunPodSandbox gave sandbox `id`: PodSandboxStatus (READY, or a
+    /// panic) for the pod IP, the pod's dir and its etc-hosts.
+    pub fn ready_pod(&self, spec: &PodSpec, handler: &str, id: String) -> Pod {
         let status = self.sandbox_status(&id);
         assert_eq!(
             status.state,

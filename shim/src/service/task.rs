@@ -157,6 +157,7 @@ impl Task for TaskService {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         log::info!("create {} bundle {}", req.id, req.bundle);
+        crate::timeline::mark(&req.id, crate::timeline::TASK_CREATE);
         let pid = self.inner.create(&req).await?;
         self.inner
             .events

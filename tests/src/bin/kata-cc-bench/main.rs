@@ -10,17 +10,22 @@
 //!   and read through the sandbox's hybrid-vsock socket (`kata-cc-vsock-blast`, copied into
 //!   the bench image): the raw throughput of the same path, in the same VM;
 //! - 4 and 8 pods started at once: all must succeed; total time and host memory per idle pod;
+//! - CRI pod start (cri.rs): RunPodSandbox -> CreateContainer -> StartContainer -> the app's
+//!   first log line on kata-cc, against `ctr run`, the bare boot and runc over CRI, with the
+//!   split of the CRI path from the shim's timeline marks;
 //! - pod networking (net.rs): TCP from the host into a kata-cc pod through its VM NIC next to a
 //!   runc pod on the same CRI bridge;
 //! - policy generation (policygen.rs): `kata-cc policy gen` beside Kata's genpolicy on the same
 //!   manifests and loopback registry.
 //!
 //! Prints tables and writes the same figures as JSON (`KATA_CC_BENCH_OUT`, default
-//! build/bench/pods.json; the network part `KATA_CC_BENCH_NET_OUT`, default
+//! build/bench/pods.json; the CRI part `KATA_CC_BENCH_CRI_OUT`, default build/bench/cri.json; the
+//! network part `KATA_CC_BENCH_NET_OUT`, default
 //! build/bench/net.json; the policy generation part `KATA_CC_BENCH_POLICYGEN_OUT`, default
 //! build/bench/policygen.json). `KATA_CC_BENCH_RUNS` (default 5) runs per figure;
-//! `KATA_CC_BENCH_PARTS` (default `pods,net,policygen`) which parts run.
+//! `KATA_CC_BENCH_PARTS` (default `pods,cri,net,policygen`) which parts run.
 
+mod cri;
 mod net;
 mod policygen;
 
@@ -290,8 +295,9 @@ fn bare_initrd(dir: &Path) -> PathBuf {
     out
 }
 
-/// The pod's own QEMU command line with the trivial initrd and without the agent channel:
-/// same kernel, machine, CPU model, memory and disk.
+/// The pod's own QEMU command line with the trivial initrd and without the agent channel or the
+/// pod's NICs (a CRI pod's TAPs are descriptors only its shim holds): same kernel, machine, CPU
+/// model, memory and disk.
 fn bare_args(pod_argv: &[String], initrd: &Path, dir: &Path) -> Vec<String> {
     const NO_VALUE: &[&str] = &["-nographic", "-nodefaults", "-no-user-config", "-no-reboot"];
     let mut out = Vec::new();
@@ -310,6 +316,8 @@ fn bare_args(pod_argv: &[String], initrd: &Path, dir: &Path) -> Vec<String> {
             "-chardev" if v.contains("id=vsock") => {}
             "-device" if v.contains("vsock") => {}
             "-qmp" => {}
+            "-netdev" => {}
+            "-device" if v.contains("netdev=") => {}
             "-chardev" if v.starts_with("file,id=console") => out.extend([
                 a.to_string(),
                 format!(
@@ -441,15 +449,15 @@ fn out_path(var: &str, default: &str) -> PathBuf {
 
 fn main() {
     let runs = env_usize("KATA_CC_BENCH_RUNS", 5);
-    let parts =
-        std::env::var("KATA_CC_BENCH_PARTS").unwrap_or_else(|_| "pods,net,policygen".to_string());
+    let parts = std::env::var("KATA_CC_BENCH_PARTS")
+        .unwrap_or_else(|_| "pods,cri,net,policygen".to_string());
     let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
     if let Some(bad) = parts
         .iter()
-        .find(|p| !matches!(**p, "pods" | "net" | "policygen"))
+        .find(|p| !matches!(**p, "pods" | "cri" | "net" | "policygen"))
     {
         eprintln!(
-            "kata-cc-bench: KATA_CC_BENCH_PARTS: unknown part {bad:?} (pods, net, policygen)"
+            "kata-cc-bench: KATA_CC_BENCH_PARTS: unknown part {bad:?} (pods, cri, net, policygen)"
         );
         std::process::exit(2);
     }
@@ -458,6 +466,13 @@ fn main() {
         let doc = pods(runs);
         write_json(
             &out_path("KATA_CC_BENCH_OUT", "build/bench/pods.json"),
+            &doc,
+        );
+    }
+    if parts.contains(&"cri") {
+        let doc = cri::run(runs);
+        write_json(
+            &out_path("KATA_CC_BENCH_CRI_OUT", "build/bench/cri.json"),
             &doc,
         );
     }
