@@ -39,6 +39,9 @@ const LOG_POLL: Duration = Duration::from_millis(10);
 const GOAL_CTR: f64 = 1.5;
 const GOAL_CRI: f64 = 1.7;
 
+/// Named phases of one pod start, seconds each.
+type Split = Vec<(&'static str, f64)>;
+
 /// The bench's clock (unix ms) around one CRI pod start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Clock {
@@ -63,7 +66,7 @@ impl Clock {
 
     /// The kubelet's view: each CRI call's duration, and when the first line showed up
     /// relative to StartContainer's return (negative: before it returned).
-    fn calls(&self) -> Vec<(&'static str, f64)> {
+    fn calls(&self) -> Split {
         vec![
             ("RunPodSandbox", secs(self.t0, self.run_pod)),
             (
@@ -93,7 +96,7 @@ fn cri_phases(
     sb: &BTreeMap<String, u64>,
     app: &BTreeMap<String, u64>,
     c: &Clock,
-) -> Result<Vec<(&'static str, f64)>, String> {
+) -> Result<Split, String> {
     let get = |m: &BTreeMap<String, u64>, who: &str, k: &str| {
         m.get(k)
             .copied()
@@ -262,7 +265,7 @@ fn kata_round(
     name: &str,
     uid: &str,
     qemu: Option<&mut Vec<String>>,
-) -> (Clock, Result<Vec<(&'static str, f64)>, String>) {
+) -> (Clock, Result<Split, String>) {
     settle(node);
     let s = start_pod(node, HANDLER, name, uid);
     let q = node.qemu_of(&s.pod);
@@ -285,7 +288,7 @@ fn runc_round(node: &Node, name: &str, uid: &str) -> Clock {
 }
 
 /// `ctr run --rm busybox true` on kata-cc, timed, with its split (the pods part's phases).
-fn ctr_round(node: &Node, img: &TestImage, id: &str) -> (f64, Option<Vec<(&'static str, f64)>>) {
+fn ctr_round(node: &Node, img: &TestImage, id: &str) -> (f64, Option<Split>) {
     settle(node);
     let begin = now_ms();
     let s = timed_run(&node.cd, kata_cc_tests::RUNTIME, id, img);
@@ -299,7 +302,7 @@ fn uid(kind: u32, n: usize) -> String {
 }
 
 /// Median, min, max per phase over the rounds, printed and as JSON.
-fn split_table(title: &str, split: &[Vec<(&'static str, f64)>]) -> Vec<Value> {
+fn split_table(title: &str, split: &[Split]) -> Vec<Value> {
     let mut out = Vec::new();
     let Some(first) = split.first() else {
         println!("-- {title}: no complete round");
