@@ -20,7 +20,7 @@ use crate::sizing::VmSize;
 use crate::vm::accel::Accel;
 use crate::vm::{Vm, VmError, VmSpec};
 
-pub const USAGE: &str = "  boot-check [--config PATH] [--guest DIR] [--tamper data|hash-tree|wrong-root-hash|no-root-hash]\n             [--expect agent|payload|refused] [--timeout S]\n                           boot the guest through the shim's VM builder and report its console\n";
+pub const USAGE: &str = "  boot-check [--config PATH] [--guest DIR] [--tamper data|hash-tree|wrong-root-hash|no-root-hash]\n             [--expect agent|payload|refused] [--timeout S] [--console]\n                           boot the guest through the shim's VM builder and report its console\n";
 
 /// The init's line when dm-verity refuses the rootfs (guest/src/bin/kata-cc-init.rs).
 pub const VERIFY_FAIL: &str = "kata-cc: rootfs did not verify";
@@ -428,6 +428,8 @@ struct Args {
     tamper: Option<Tamper>,
     expect: Option<Verdict>,
     timeout: Option<u64>,
+    /// Print the whole guest console even when the boot came to what was expected.
+    console: bool,
 }
 
 /// A bad `kata-cc boot-check` command line, naming the argument.
@@ -452,6 +454,7 @@ fn parse_args(args: &[String]) -> Result<Args, UsageError> {
         tamper: None,
         expect: None,
         timeout: None,
+        console: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -475,6 +478,7 @@ fn parse_args(args: &[String]) -> Result<Args, UsageError> {
                 let v = value()?;
                 a.timeout = Some(v.parse().map_err(|_| UsageError::Timeout(v))?)
             }
+            "--console" => a.console = true,
             other => return Err(UsageError::Unknown(other.into())),
         }
     }
@@ -501,6 +505,9 @@ pub fn main(args: &[String]) -> ExitCode {
             let got = report.verdict();
             if got == expect {
                 println!("result:  ok ({got:?}, as expected)");
+                if a.console {
+                    println!("---- guest console ----\n{}----", report.console);
+                }
                 ExitCode::SUCCESS
             } else {
                 println!("result:  FAILED: {got:?}, expected {expect:?}");
