@@ -205,6 +205,25 @@ for f in "${MOD_FILES[@]}"; do
     *) die "unexpected module file $f" ;;
   esac
 done
+# Without Debian's module signatures: the kernel verifies a signature it finds (an RSA check per
+# module, 0.39 s for the twelve modules under emulation against 0.15 s without), while these
+# modules' integrity already comes from the initrd's (the launch measurement covers it). A module
+# without a signature loads as before (signatures are not enforced by this kernel; the kernel
+# notes the taint once); what else may load modules is unchanged.
+python3 - "$IR"/lib/modules/*.ko <<'PY'
+import struct, sys
+MAGIC = b"~Module signature appended~\n"
+for path in sys.argv[1:]:
+    data = open(path, "rb").read()
+    if not data.endswith(MAGIC):
+        continue
+    # struct module_signature (12 bytes, big-endian sig_len last) precedes the magic.
+    sig_len = struct.unpack(">I", data[-len(MAGIC) - 4 : -len(MAGIC)])[0]
+    end = len(data) - len(MAGIC) - 12 - sig_len
+    if end <= 0:
+        sys.exit(f"bake-image: {path}: bad module signature trailer")
+    open(path, "wb").write(data[:end])
+PY
 printf '%s\n' "${MOD_ORDER[@]}" >"$IR/etc/kata-cc/modules"
 echo "$KVER" >"$IR/etc/kata-cc/kernel-release"
 

@@ -2,21 +2,23 @@
 # Builds a small OCI image archive (oci-layout tar) from the host's busybox-static, without any
 # registry, so demos and tests have an image that is known byte for byte.
 #
-#   hack/oci-image.sh [--compression gzip|zstd|none] [--add SRC=DEST ...] [--entrypoint PATH] OUT.tar NAME
+#   hack/oci-image.sh [--compression gzip|zstd|none] [--add SRC=DEST ...] [--entrypoint PATH] [--bare] OUT.tar NAME
 #
 # --add copies the host file SRC into the layer at DEST (absolute, mode 0755), e.g. a static
 # benchmark helper. --entrypoint makes PATH the image's Entrypoint (no Cmd) instead of Cmd `sh`,
-# e.g. a pod sandbox ("pause") image.
+# e.g. a pod sandbox ("pause") image. --bare leaves busybox and /etc out: the layer holds only
+# the --add files, stripped of symbols (as Kubernetes' pause image: one static binary).
 # NAME is the image reference containerd records on import (e.g. localhost/kata-cc-busybox:latest).
 # The archive is reproducible: fixed mtimes, sorted entries, numeric owners, `gzip -n`.
 # Import with: ctr -n NS images import OUT.tar
 set -euo pipefail
 
-usage() { echo "usage: $0 [--compression gzip|zstd|none] [--add SRC=DEST ...] [--entrypoint PATH] OUT.tar NAME" >&2; exit 2; }
+usage() { echo "usage: $0 [--compression gzip|zstd|none] [--add SRC=DEST ...] [--entrypoint PATH] [--bare] OUT.tar NAME" >&2; exit 2; }
 
 COMPRESSION=gzip
 ADD=()
 ENTRYPOINT=
+BARE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --compression) [ $# -ge 2 ] || usage; COMPRESSION=$2; shift 2 ;;
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
     --entrypoint) [ $# -ge 2 ] || usage
            case "$2" in /*) ENTRYPOINT=$2 ;; *) echo "oci-image.sh: --entrypoint $2: expected an absolute path" >&2; exit 2 ;; esac
            shift 2 ;;
+    --bare) BARE=1; shift ;;
     -h|--help) usage ;;
     --) shift; break ;;
     -*) echo "oci-image.sh: unknown option $1" >&2; usage ;;
@@ -64,29 +67,37 @@ trap 'rm -rf "$WORK"' EXIT
 
 # --- the root filesystem of the one layer ---------------------------------------------------
 ROOT=$WORK/rootfs
-mkdir -p "$ROOT"/{bin,etc,dev,proc,sys,root,tmp,var,run,home}
-install -m 0755 "$BUSYBOX" "$ROOT/bin/busybox"
-APPLETS="sh ash cat uname nproc grep egrep head tail dd sleep echo true false kill ls id env wc md5sum
-         sha256sum seq printf test [ tr cut sort uniq mkdir rm cp mv ln touch stat tty stty date
-         hostname ps free df mount umount yes od hexdump xxd readlink realpath pwd whoami sed awk
-         timeout tee expr basename dirname find xargs chmod chown"
-for a in $APPLETS; do ln -sf busybox "$ROOT/bin/$a"; done
-cat >"$ROOT/etc/passwd" <<'EOF'
+if [ "$BARE" = 1 ]; then
+  [ ${#ADD[@]} -gt 0 ] || { echo "oci-image.sh: --bare needs at least one --add" >&2; exit 2; }
+  mkdir -p "$ROOT"
+  for a in "${ADD[@]}"; do
+    install -D -m 0755 -s "${a%%=*}" "$ROOT${a#*=}"
+  done
+else
+  mkdir -p "$ROOT"/{bin,etc,dev,proc,sys,root,tmp,var,run,home}
+  install -m 0755 "$BUSYBOX" "$ROOT/bin/busybox"
+  APPLETS="sh ash cat uname nproc grep egrep head tail dd sleep echo true false kill ls id env wc md5sum
+           sha256sum seq printf test [ tr cut sort uniq mkdir rm cp mv ln touch stat tty stty date
+           hostname ps free df mount umount yes od hexdump xxd readlink realpath pwd whoami sed awk
+           timeout tee expr basename dirname find xargs chmod chown"
+  for a in $APPLETS; do ln -sf busybox "$ROOT/bin/$a"; done
+  cat >"$ROOT/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/bin/false
 EOF
-cat >"$ROOT/etc/group" <<'EOF'
+  cat >"$ROOT/etc/group" <<'EOF'
 root:x:0:
 nobody:x:65534:
 EOF
-printf 'kata-cc test image\n' >"$ROOT/etc/motd"
-for a in "${ADD[@]}"; do
-  install -D -m 0755 "${a%%=*}" "$ROOT${a#*=}"
-done
-chmod 0644 "$ROOT"/etc/*
-chmod 0755 "$ROOT"/{bin,etc,dev,proc,sys,var,run,home}
-chmod 0700 "$ROOT/root"
-chmod 1777 "$ROOT/tmp"
+  printf 'kata-cc test image\n' >"$ROOT/etc/motd"
+  for a in "${ADD[@]}"; do
+    install -D -m 0755 "${a%%=*}" "$ROOT${a#*=}"
+  done
+  chmod 0644 "$ROOT"/etc/*
+  chmod 0755 "$ROOT"/{bin,etc,dev,proc,sys,var,run,home}
+  chmod 0700 "$ROOT/root"
+  chmod 1777 "$ROOT/tmp"
+fi
 
 # Deterministic tar of a directory's contents: sorted names, epoch mtimes, root-owned.
 det_tar() {

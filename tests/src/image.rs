@@ -46,11 +46,13 @@ impl TestImage {
             &format!("busybox-{tag}.tar"),
             &adds,
             None,
+            false,
         )
     }
 
-    /// The pod sandbox image of the CRI tests: the busybox files plus `kata-cc-pause` (this
-    /// workspace's static pause, of the tests' own profile) as `/pause`, the image's Entrypoint.
+    /// The pod sandbox image of the CRI tests, shaped as Kubernetes' pause image: one layer
+    /// holding only `kata-cc-pause` (this workspace's static pause, of the tests' own profile,
+    /// stripped) as `/pause`, the image's Entrypoint; no shell, no /etc.
     pub fn pause() -> TestImage {
         let pause = paths::workspace_bin("kata-cc-pause");
         build_with(
@@ -59,6 +61,7 @@ impl TestImage {
             "pause.tar",
             &[format!("{}=/pause", pause.display())],
             Some("/pause"),
+            true,
         )
     }
 
@@ -78,6 +81,7 @@ fn build(name: &str, compression: &str) -> TestImage {
         &format!("busybox-{compression}.tar"),
         &[],
         None,
+        false,
     )
 }
 
@@ -87,6 +91,7 @@ fn build_with(
     file: &str,
     adds: &[String],
     entrypoint: Option<&str>,
+    bare: bool,
 ) -> TestImage {
     static BUILT: OnceLock<Mutex<HashMap<String, TestImage>>> = OnceLock::new();
     let map = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
@@ -106,6 +111,9 @@ fn build_with(
     }
     if let Some(e) = entrypoint {
         c.arg("--entrypoint").arg(e);
+    }
+    if bare {
+        c.arg("--bare");
     }
     c.arg(&archive).arg(name);
     let out = cmd::run(c, None, paths::ctr_timeout());

@@ -265,20 +265,62 @@ fn kata_round(
     name: &str,
     uid: &str,
     qemu: Option<&mut Vec<String>>,
-) -> (Clock, Result<Split, String>) {
+) -> (Clock, Result<Split, String>, Result<Split, String>) {
     settle(node);
     let s = start_pod(node, HANDLER, name, uid);
     let q = node.qemu_of(&s.pod);
     if let Some(out) = qemu {
         *out = argv(q.pid);
     }
+    // The console goes with the sandbox's state dir at teardown.
+    let console = paths::sandbox_dir(&s.pod.id).join("console.log");
+    let guest = std::fs::read_to_string(&console)
+        .map_err(|e| format!("{}: {e}", console.display()))
+        .and_then(|text| guest_phases(&text, &s.pod.id, &s.app));
     node.teardown(&s.pod, Some(q.pid));
     let split = cri_phases(
         &timeline_marks(&node.cd, &s.pod.id),
         &timeline_marks(&node.cd, &s.app),
         &s.clock,
     );
-    (s.clock, split)
+    (s.clock, split, guest)
+}
+
+/// The agent's own account of a container's creation, from its console line
+/// `container <cid> created, init pid <n> (layers <a> ms, bundle + create <b> ms)`: seconds in
+/// the layers (digests checked, unpacked) and in the bundle + launcher create.
+fn created_line(console: &str, cid: &str) -> Result<(f64, f64), String> {
+    let head = format!("container {cid} created, init pid ");
+    let line = console
+        .lines()
+        .find_map(|l| l.find(&head).map(|at| &l[at + head.len()..]))
+        .ok_or_else(|| format!("no `{head}...` line on the console"))?;
+    let ms = |key: &str| -> Result<f64, String> {
+        let at = line
+            .find(key)
+            .ok_or_else(|| format!("container {cid}: no `{key}` in {line:?}"))?;
+        let digits: String = line[at + key.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits
+            .parse::<f64>()
+            .map(|v| v / 1000.0)
+            .map_err(|_| format!("container {cid}: no milliseconds after `{key}` in {line:?}"))
+    };
+    Ok((ms("(layers ")?, ms("bundle + create ")?))
+}
+
+/// The guest's part of the two CreateContainer requests, from the agent's console lines.
+fn guest_phases(console: &str, pause: &str, app: &str) -> Result<Split, String> {
+    let (pl, pc) = created_line(console, pause)?;
+    let (al, ac) = created_line(console, app)?;
+    Ok(vec![
+        ("pause: layers checked + unpacked (agent)", pl),
+        ("pause: bundle + launcher create (agent)", pc),
+        ("app: layers checked + unpacked (agent)", al),
+        ("app: bundle + launcher create (agent)", ac),
+    ])
 }
 
 fn runc_round(node: &Node, name: &str, uid: &str) -> Clock {
@@ -332,7 +374,7 @@ pub fn run(runs: usize) -> Value {
     // Warm-up, not counted (image unpack, page cache of kernel/initrd/rootfs): the CRI pod's
     // QEMU command line is what the bare boot copies.
     let mut pod_argv = Vec::new();
-    let (_, warm_split) = kata_round(&node, "bench-cri-warm", &uid(1, 0), Some(&mut pod_argv));
+    let (_, warm_split, _) = kata_round(&node, "bench-cri-warm", &uid(1, 0), Some(&mut pod_argv));
     if let Err(e) = warm_split {
         eprintln!("bench: warm-up pod: {e}");
     }
@@ -344,15 +386,20 @@ pub fn run(runs: usize) -> Value {
 
     let (mut kata, mut ctr, mut bare_t, mut runc) = (Vec::new(), Vec::new(), Vec::new(), vec![]);
     let (mut calls, mut split, mut ctr_split, mut round_s) = (vec![], vec![], vec![], vec![]);
+    let mut guest = vec![];
     for i in 1..=runs {
         let round = Instant::now();
         let name = format!("bench-cri-{i}");
-        let (clock, s) = kata_round(&node, &name, &uid(1, i), None);
+        let (clock, s, g) = kata_round(&node, &name, &uid(1, i), None);
         kata.push(clock.total_s());
         calls.push(clock.calls());
         match s {
             Ok(p) => split.push(p),
             Err(e) => eprintln!("bench: {name}: timeline incomplete in containerd.log: {e}"),
+        }
+        match g {
+            Ok(p) => guest.push(p),
+            Err(e) => eprintln!("bench: {name}: guest console: {e}"),
         }
         let (t, s) = ctr_round(&node, &img, &node.cd.id(&format!("ctr{i}")));
         ctr.push(t);
@@ -383,6 +430,10 @@ pub fn run(runs: usize) -> Value {
     println!("ratio kata-cc ctr / bare boot (medians): {ratio_ctr:.2} (goal <= {GOAL_CTR})");
     let calls_json = split_table("kata-cc CRI calls, kubelet side", &calls);
     let split_json = split_table("kata-cc CRI pod start split", &split);
+    let guest_json = split_table(
+        "in the guest, inside CreateContainer (agent's console lines)",
+        &guest,
+    );
     let ctr_split_json: Vec<Value> = ctr_split
         .first()
         .map(|first| {
@@ -410,6 +461,7 @@ pub fn run(runs: usize) -> Value {
         "goals": {"cri_to_bare_boot": GOAL_CRI, "ctr_to_bare_boot": GOAL_CTR},
         "kata_cc_cri_calls": calls_json,
         "kata_cc_cri_split": split_json,
+        "kata_cc_cri_guest_split": guest_json,
         "kata_cc_ctr_split": ctr_split_json,
         "round_s": stats_json(&round_s),
         "bare_boot_qemu_args": bare,
@@ -472,6 +524,17 @@ mod tests {
         no_net.remove(NETWORK_CONFIGURED);
         let e = cri_phases(&no_net, &app, &c).unwrap_err();
         assert_eq!(e, "no network_configured mark of the sandbox");
+    }
+
+    #[test]
+    fn the_agents_created_line_is_read_per_container() {
+        let console = "kata-cc-agent: [2.9] INFO: container p1 created, init pid 7 (layers 120 ms, bundle + create 35 ms)\n\
+                       kata-cc-agent: [3.5] INFO: container a1 created, init pid 9 (layers 80 ms, bundle + create 20 ms)\n";
+        let g = guest_phases(console, "p1", "a1").expect("both lines");
+        let v: Vec<f64> = g.iter().map(|(_, s)| *s).collect();
+        assert_eq!(v, vec![0.12, 0.035, 0.08, 0.02]);
+        let e = guest_phases(console, "p1", "zz").expect_err("no app line");
+        assert!(e.contains("container zz created"), "{e}");
     }
 
     #[test]
