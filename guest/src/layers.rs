@@ -5,7 +5,7 @@
 //! known to be the one the host announced), then to unpack it.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Seek};
 use std::path::{Component, Path, PathBuf};
 
 use agent_proto::contract::LayerRef;
@@ -120,9 +120,12 @@ impl Layer {
         }
     }
 
-    /// The uncompressed tar stream, hashing the compressed bytes on the way.
-    fn open(&self) -> Result<(Box<dyn Read>, HashHandle), LayerError> {
-        let f = File::open(&self.blob).map_err(|e| self.read_err(e))?;
+    /// The uncompressed tar stream of `blob` from its start, hashing the compressed bytes on the
+    /// way. Both passes read the one open file: CopyFile replaces a file by renaming a new one
+    /// over it, so a blob rewritten between the check and the unpack cannot reach the rootfs.
+    fn open(&self, blob: &File) -> Result<(Box<dyn Read>, HashHandle), LayerError> {
+        let mut f = blob.try_clone().map_err(|e| self.read_err(e))?;
+        f.rewind().map_err(|e| self.read_err(e))?;
         let (hashing, handle) = HashingReader::new(f);
         let src = BufReader::with_capacity(256 * 1024, hashing);
         let r: Box<dyn Read> = match self.compression()? {
@@ -133,10 +136,21 @@ impl Layer {
         Ok((r, handle))
     }
 
-    /// Check both digests; returns the whiteouts of the layer (relative paths).
-    fn verify(&self) -> Result<Vec<PathBuf>, LayerError> {
-        let (r, blob_hash) = self.open()?;
-        let (mut r, tar_hash) = HashingReader::new(r);
+    /// Check both digests; returns the whiteouts of the layer (relative paths) and, when it is
+    /// at most [`IN_MEMORY_TAR`] bytes, the verified tar itself (the unpack then decompresses
+    /// nothing a second time).
+    fn verify(
+        &self,
+        blob: &File,
+        keep: usize,
+    ) -> Result<(Vec<PathBuf>, Option<Vec<u8>>), LayerError> {
+        let (r, blob_hash) = self.open(blob)?;
+        let (r, tar_hash) = HashingReader::new(r);
+        let mut r = Tee {
+            inner: r,
+            copy: Some(Vec::new()),
+            cap: keep,
+        };
         let mut whiteouts = Vec::new();
         {
             let mut ar = tar::Archive::new(&mut r);
@@ -159,6 +173,7 @@ impl Layer {
         }
         // Trailing bytes after the end-of-archive blocks are part of the diff_id too.
         io::copy(&mut r, &mut io::sink()).map_err(|e| self.read_err(e))?;
+        let tar = r.copy.take();
         drop(r);
         let got = format!("sha256:{}", tar_hash.hex());
         if got != self.diff_id {
@@ -177,12 +192,18 @@ impl Layer {
                 });
             }
         }
-        Ok(whiteouts)
+        Ok((whiteouts, tar))
     }
 
     /// Verify the layer, then apply it on top of `rootfs`.
     pub fn apply(&self, rootfs: &Path) -> Result<(), LayerError> {
-        let whiteouts = self.verify()?;
+        self.apply_keeping(rootfs, IN_MEMORY_TAR)
+    }
+
+    /// [`Self::apply`], keeping the verified tar in memory if it is at most `keep` bytes.
+    fn apply_keeping(&self, rootfs: &Path, keep: usize) -> Result<(), LayerError> {
+        let blob = File::open(&self.blob).map_err(|e| self.read_err(e))?;
+        let (whiteouts, tar) = self.verify(&blob, keep)?;
         let unpack_err = |entry: &Path, e: io::Error| LayerError::Unpack {
             digest: self.name(),
             entry: entry.display().to_string(),
@@ -220,7 +241,10 @@ impl Layer {
             }
         }
 
-        let (r, _) = self.open()?;
+        let r: Box<dyn Read> = match tar {
+            Some(t) => Box::new(io::Cursor::new(t)),
+            None => self.open(&blob)?.0,
+        };
         let mut ar = tar::Archive::new(r);
         ar.set_preserve_permissions(true);
         // The agent runs as root and keeps the image's owners; an unprivileged caller (the unit
@@ -400,6 +424,32 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Layers whose tar is at most this many bytes are decompressed once (kept in memory between
+/// the check and the unpack); larger ones are decompressed again from the same open blob.
+const IN_MEMORY_TAR: usize = 64 << 20;
+
+/// A reader that keeps a copy of what is read through it, until the copy would pass `cap`
+/// bytes (then it keeps none).
+struct Tee<R> {
+    inner: R,
+    copy: Option<Vec<u8>>,
+    cap: usize,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(c) = self.copy.as_mut() {
+            if c.len() + n > self.cap {
+                self.copy = None;
+            } else {
+                c.extend_from_slice(&buf[..n]);
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// A zstd stream of one or more frames (encoders may split a layer into several).
 struct ZstdFrames<R: BufRead> {
     src: Option<R>,
@@ -535,6 +585,50 @@ mod tests {
         assert!(!root.join("opq/old").exists());
         assert_eq!(fs::read(root.join("opq/new")).expect("new"), b"n");
         assert!(!root.join("etc/.wh.b").exists());
+    }
+
+    #[test]
+    fn a_tar_larger_than_the_memory_cap_is_read_again_from_the_blob() {
+        let t = tempfile::tempdir().expect("tmp");
+        let root = t.path().join("rootfs");
+        fs::create_dir(&root).expect("mkdir");
+        let l1 = tar_of(&[("d/", None), ("d/x", Some(b"x1")), ("d/y", Some(b"y1"))]);
+        let l2 = tar_of(&[("d/.wh.y", Some(b"")), ("d/z", Some(b"z2"))]);
+        layer(t.path(), "l1", &l1, true)
+            .apply_keeping(&root, 0)
+            .expect("l1");
+        layer(t.path(), "l2", &l2, true)
+            .apply_keeping(&root, 16)
+            .expect("l2");
+        assert_eq!(fs::read(root.join("d/x")).expect("x"), b"x1");
+        assert!(!root.join("d/y").exists());
+        assert_eq!(fs::read(root.join("d/z")).expect("z"), b"z2");
+    }
+
+    #[test]
+    fn a_blob_replaced_after_it_was_opened_is_not_what_gets_unpacked() {
+        // CopyFile replaces a blob by renaming a new file over it: the open file is unchanged.
+        let t = tempfile::tempdir().expect("tmp");
+        let root = t.path().join("rootfs");
+        fs::create_dir(&root).expect("mkdir");
+        let good = tar_of(&[("f", Some(b"verified"))]);
+        let l = layer(t.path(), "blob", &good, true);
+        let blob = File::open(&l.blob).expect("open");
+        let evil = layer(t.path(), "evil", &tar_of(&[("f", Some(b"swapped!"))]), true);
+        fs::rename(&evil.blob, &l.blob).expect("rename over");
+        let (_, kept) = l.verify(&blob, 0).expect("the open file verifies");
+        assert!(kept.is_none());
+        let (r, _) = l.open(&blob).expect("reopen");
+        let mut ar = tar::Archive::new(r);
+        let mut e = ar
+            .entries()
+            .expect("entries")
+            .next()
+            .expect("one")
+            .expect("entry");
+        let mut body = String::new();
+        e.read_to_string(&mut body).expect("read");
+        assert_eq!(body, "verified");
     }
 
     #[test]
