@@ -10,7 +10,8 @@
 //! (whose intermediate and init processes are its children), writes an error, if any, on a pipe
 //! and exits. The container's init is then re-parented to the agent (PID 1, or the subreaper on
 //! a host), as runc's was; its exit reaches the agent's reaper with SIGCHLD. Start and delete
-//! spawn nothing: they run on a blocking thread of the agent.
+//! spawn nothing but run in a helper as well, so that the agent itself never executes (and keeps
+//! resident) libcontainer's code: its resident memory is guest memory.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -94,7 +95,7 @@ impl Launcher {
         io: LaunchIo,
     ) -> Result<i32, LaunchError> {
         let root = self.root.clone();
-        in_helper(cid, "create", pid_file, move || {
+        in_helper(cid, "create", move || {
             builder(&root, cid, pid_file, io)?
                 .as_init(bundle)
                 .with_systemd(false)
@@ -104,7 +105,8 @@ impl Launcher {
                 .map(|_| ())
                 .map_err(|e| lib_error(cid, "create", e))
         })
-        .await
+        .await?;
+        pid_of(cid, "create", pid_file)
     }
 
     /// Exec: the process described by `process` (runc's --process JSON) in the running
@@ -117,7 +119,7 @@ impl Launcher {
         io: LaunchIo,
     ) -> Result<i32, LaunchError> {
         let root = self.root.clone();
-        in_helper(cid, "exec", pid_file, move || {
+        in_helper(cid, "exec", move || {
             builder(&root, cid, pid_file, io)?
                 .as_tenant()
                 .with_process(Some(process))
@@ -126,17 +128,18 @@ impl Launcher {
                 .map(|_| ())
                 .map_err(|e| lib_error(cid, "exec", e))
         })
-        .await
+        .await?;
+        pid_of(cid, "exec", pid_file)
     }
 
     /// Start: releases the created init into the process's entrypoint (nothing is spawned).
+    /// In a helper too: the agent itself then never runs (and keeps resident) libcontainer's code.
     pub async fn start(&self, cid: &str) -> Result<(), LaunchError> {
         let dir = self.root.join(cid);
-        let id = cid.to_string();
-        blocking(cid, "start", move || {
+        in_helper(cid, "start", move || {
             Container::load(dir)
                 .and_then(|mut c| c.start())
-                .map_err(|e| lib_error(&id, "start", e))
+                .map_err(|e| lib_error(cid, "start", e))
         })
         .await
     }
@@ -148,11 +151,10 @@ impl Launcher {
         if !dir.exists() {
             return Ok(());
         }
-        let id = cid.to_string();
-        blocking(cid, "delete", move || {
+        in_helper(cid, "delete", move || {
             Container::load(dir)
                 .and_then(|mut c| c.delete(true))
-                .map_err(|e| lib_error(&id, "delete", e))
+                .map_err(|e| lib_error(cid, "delete", e))
         })
         .await
     }
@@ -176,14 +178,36 @@ fn builder(
     })
 }
 
+/// The pid a create or exec step wrote.
+fn pid_of(cid: &str, what: &'static str, pid_file: &Path) -> Result<i32, LaunchError> {
+    read_pid(pid_file).map_err(|e| LaunchError::Os {
+        cid: cid.to_string(),
+        step: what,
+        what: e.to_string(),
+    })
+}
+
 /// Runs `step` in a helper forked from the agent (see the module comment) and waits for it
-/// through the reaper, at most [`STEP_TIMEOUT`]; then the pid the step wrote to `pid_file`.
+/// through the reaper, at most [`STEP_TIMEOUT`].
 async fn in_helper(
     cid: &str,
     what: &'static str,
-    pid_file: &Path,
     step: impl FnOnce() -> Result<(), LaunchError>,
-) -> Result<i32, LaunchError> {
+) -> Result<(), LaunchError> {
+    forked(cid, what, Some(STEP_TIMEOUT), || {
+        step().map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Runs `step` in a single-threaded helper forked from the agent and waits for it through the
+/// reaper (at most `timeout`); the step's error text comes back as [`LaunchError::Helper`].
+async fn forked(
+    cid: &str,
+    what: &'static str,
+    timeout: Option<Duration>,
+    step: impl FnOnce() -> Result<(), String>,
+) -> Result<(), LaunchError> {
     let os = |e: std::io::Error| LaunchError::Os {
         cid: cid.to_string(),
         step: what,
@@ -199,8 +223,7 @@ async fn in_helper(
             log::set_max_level(log::LevelFilter::Off);
             match step() {
                 Ok(()) => 0,
-                Err(e) => {
-                    let msg = e.to_string();
+                Err(msg) => {
                     // SAFETY: a plain write of a buffer we own to a descriptor we own.
                     unsafe { libc::write(err_w.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
                     HELPER_FAILED
@@ -209,9 +232,15 @@ async fn in_helper(
         })
         .map_err(os)?;
     let pid = waiter.pid();
-    let status = match tokio::time::timeout(STEP_TIMEOUT, waiter.wait()).await {
-        Ok(s) => s,
-        Err(_) => {
+    let wait = async {
+        match timeout {
+            Some(t) => tokio::time::timeout(t, waiter.wait()).await.ok(),
+            None => Some(waiter.wait().await),
+        }
+    };
+    let status = match wait.await {
+        Some(s) => s,
+        None => {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -219,16 +248,12 @@ async fn in_helper(
             return Err(LaunchError::Timeout {
                 cid: cid.to_string(),
                 step: what,
-                timeout: STEP_TIMEOUT,
+                timeout: timeout.unwrap_or_default(),
             });
         }
     };
     if status == ExitStatus::Exited(0) {
-        return read_pid(pid_file).map_err(|e| LaunchError::Os {
-            cid: cid.to_string(),
-            step: what,
-            what: e.to_string(),
-        });
+        return Ok(());
     }
     let mut msg = String::new();
     let mut f = std::fs::File::from(err_r);
@@ -244,27 +269,6 @@ async fn in_helper(
         );
     }
     Err(LaunchError::Helper(msg))
-}
-
-/// A step that spawns nothing, on a blocking thread.
-async fn blocking(
-    cid: &str,
-    what: &'static str,
-    f: impl FnOnce() -> Result<(), LaunchError> + Send + 'static,
-) -> Result<(), LaunchError> {
-    match tokio::time::timeout(STEP_TIMEOUT, tokio::task::spawn_blocking(f)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(LaunchError::Os {
-            cid: cid.to_string(),
-            step: what,
-            what: e.to_string(),
-        }),
-        Err(_) => Err(LaunchError::Timeout {
-            cid: cid.to_string(),
-            step: what,
-            timeout: STEP_TIMEOUT,
-        }),
-    }
 }
 
 fn lib_error(

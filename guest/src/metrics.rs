@@ -20,6 +20,16 @@ pub fn text() -> String {
             kib(&status, "VmRSS"),
         ),
         (
+            "kata_cc_agent_rss_anon_bytes",
+            "Resident anonymous memory of kata-cc-agent (heap, stacks).",
+            kib(&status, "RssAnon"),
+        ),
+        (
+            "kata_cc_agent_rss_file_bytes",
+            "Resident file pages of kata-cc-agent (its binary's pages).",
+            kib(&status, "RssFile"),
+        ),
+        (
             "kata_cc_agent_hwm_bytes",
             "Peak resident set size of kata-cc-agent.",
             kib(&status, "VmHWM"),
