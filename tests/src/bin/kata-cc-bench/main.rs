@@ -137,7 +137,7 @@ fn phases(
         ),
         ("policy + sandbox created", d(ready, sandbox)),
         ("image read + layers sent (CopyFile)", d(sandbox, sent)),
-        ("CreateContainer (verify, unpack, runc)", d(sent, created)),
+        ("CreateContainer (verify, unpack, launch)", d(sent, created)),
         ("container started", d(created, started)),
         ("process exit", d(started, exit)),
         ("teardown (VM stopped)", d(exit, stopped)),
