@@ -326,6 +326,23 @@ mod tests {
         false
     }
 
+    /// Create and start `cid` from bundle `b` with fresh pipes (stdin left open), then its
+    /// whole stdout and stderr once it has exited.
+    async fn run_to_end(l: &Launcher, cid: &str, b: &Path, pid_file: &Path) -> (String, String) {
+        let (in_r, _in_w) = raw_pipe();
+        let (mut out_r, out_w) = pipe();
+        let (mut err_r, err_w) = pipe();
+        l.create(cid, b, pid_file, LaunchIo::Pipes(in_r, out_w, err_w))
+            .await
+            .expect("create");
+        l.start(cid).await.expect("start");
+        let mut out = String::new();
+        out_r.read_to_string(&mut out).expect("stdout");
+        let mut err = String::new();
+        err_r.read_to_string(&mut err).expect("stderr");
+        (out, err)
+    }
+
     /// A container's cgroup directory on this machine: cgroup v2 (the guest), else the v1 `pids`
     /// hierarchy (a v1 host; every controller gets the same path).
     fn cgroup_dir(path: &str) -> PathBuf {
@@ -563,22 +580,7 @@ mod tests {
         spec["linux"]["seccomp"] = seccomp;
         std::fs::write(&cfg, serde_json::to_vec(&spec).expect("spec")).expect("write");
         let l = Launcher::new(t.path().join("state"));
-        let (in_r, _in_w) = raw_pipe();
-        let (mut out_r, out_w) = pipe();
-        let (mut err_r, err_w) = pipe();
-        l.create(
-            cid,
-            &b,
-            &t.path().join("init.pid"),
-            LaunchIo::Pipes(in_r, out_w, err_w),
-        )
-        .await
-        .expect("create");
-        l.start(cid).await.expect("start");
-        let mut out = String::new();
-        out_r.read_to_string(&mut out).expect("stdout");
-        let mut err = String::new();
-        err_r.read_to_string(&mut err).expect("stderr");
+        let (out, err) = run_to_end(&l, cid, &b, &t.path().join("init.pid")).await;
         assert_eq!(out.trim(), "denied", "stderr {err:?}");
         assert!(err.contains("Operation not permitted"), "{err}");
         l.delete(cid).await.expect("delete");
@@ -832,22 +834,7 @@ mod tests {
         .expect("shm tmpfs");
 
         let l = Launcher::new(t.path().join("state"));
-        let (in_r, _in_w) = raw_pipe();
-        let (mut o_r, o_w) = pipe();
-        let (mut e_r, e_w) = pipe();
-        l.create(
-            cid,
-            &b,
-            &t.path().join("pid"),
-            LaunchIo::Pipes(in_r, o_w, e_w),
-        )
-        .await
-        .expect("create");
-        l.start(cid).await.expect("start");
-        let mut out = String::new();
-        o_r.read_to_string(&mut out).expect("stdout");
-        let mut err = String::new();
-        e_r.read_to_string(&mut err).expect("stderr");
+        let (out, err) = run_to_end(&l, cid, &b, &t.path().join("pid")).await;
         eprintln!("stdout {out:?} stderr {err:?}");
         assert!(
             out.contains("id=uid=1000 gid=1001 groups=5,6"),
