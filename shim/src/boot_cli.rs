@@ -551,6 +551,17 @@ fn run(a: &Args) -> Result<BootReport, BootCheckError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn console_is_a_flag_and_other_words_are_refused() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = parse_args(&args(&["--timeout", "5", "--console"])).expect("parse");
+        assert!(a.console);
+        assert_eq!(a.timeout, Some(5));
+        assert!(!parse_args(&args(&[])).expect("parse").console);
+        let e = parse_args(&args(&["--consoles"])).err().expect("unknown");
+        assert_eq!(e.to_string(), "unknown argument \"--consoles\"");
+    }
+
     fn config_with(dir: &Path, params: &str) -> Config {
         let text = format!(
             "[hypervisor.qemu]\npath = \"/bin/true\"\nkernel = \"{d}/vmlinuz\"\ninitrd = \"{d}/initrd.img\"\nimage = \"{d}/rootfs.img\"\nkernel_params = \"{params}\"\n",

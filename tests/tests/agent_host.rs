@@ -446,13 +446,21 @@ async fn containers_run_through_the_agent() {
         .get_metrics(ctx(), &agent::GetMetricsRequest::new())
         .await
         .expect("GetMetrics");
-    let rss: u64 = m
-        .metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("kata_cc_agent_rss_bytes "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no kata_cc_agent_rss_bytes in {:?}", m.metrics));
+    let gauge = |name: &str| -> u64 {
+        m.metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {:?}", m.metrics))
+    };
+    let rss = gauge("kata_cc_agent_rss_bytes");
     assert!(rss > 0, "{}", m.metrics);
+    // Its two parts (heap and stacks; the binary's pages) are both there and within the whole.
+    let (anon, file) = (
+        gauge("kata_cc_agent_rss_anon_bytes"),
+        gauge("kata_cc_agent_rss_file_bytes"),
+    );
+    assert!(anon > 0 && file > 0 && anon + file <= rss, "{}", m.metrics);
     assert!(
         m.metrics.contains("# TYPE kata_cc_agent_rss_bytes gauge"),
         "{}",
