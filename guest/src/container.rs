@@ -14,7 +14,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::cgroup::{self, Cgroup};
 use crate::error::{AgentError, Result};
-use crate::launcher::{read_pid, LaunchError, LaunchIo, Launcher};
+use crate::launcher::{LaunchError, LaunchIo, Launcher};
 use crate::layers::{self, Layer};
 use crate::oom::{OomEvents, OomWatch};
 use crate::paths::Paths;
@@ -157,17 +157,17 @@ fn prepare_io(terminal: bool, name: &str) -> Result<(LaunchIo, PendingIo)> {
 
 impl PendingIo {
     /// Runs `launch` (the create or exec given the matching [`LaunchIo`]) and returns our end of
-    /// the process's I/O: the pipes, or the pty master sent on the console socket meanwhile.
-    /// `what` names the process in errors.
-    async fn complete(
+    /// the process's I/O (the pipes, or the pty master sent on the console socket meanwhile)
+    /// with what `launch` returned. `what` names the process in errors.
+    async fn complete<T>(
         self,
         what: &str,
-        launch: impl std::future::Future<Output = Result<()>>,
-    ) -> Result<ProcessIo> {
+        launch: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<(ProcessIo, T)> {
         let (l, sock) = match self {
             PendingIo::Pipes(io) => {
-                launch.await?;
-                return Ok(io);
+                let out = launch.await?;
+                return Ok((io, out));
             }
             PendingIo::Console(l, sock) => (l, sock),
         };
@@ -177,14 +177,19 @@ impl PendingIo {
             let _ = std::fs::remove_file(&sock);
             r
         });
-        if let Err(e) = launch.await {
-            recv.abort();
-            return Err(e);
-        }
+        let out = match launch.await {
+            Ok(out) => out,
+            Err(e) => {
+                recv.abort();
+                return Err(e);
+            }
+        };
         let fd = recv
             .await
             .map_err(|e| AgentError::internal(format!("{what}: console: {e}")))??;
-        ProcessIo::from_pty(fd).map_err(|e| AgentError::internal(format!("{what}: pty: {e}")))
+        let io = ProcessIo::from_pty(fd)
+            .map_err(|e| AgentError::internal(format!("{what}: pty: {e}")))?;
+        Ok((io, out))
     }
 }
 
@@ -247,18 +252,17 @@ impl Sandbox {
         }
     }
 
-    /// The container's init, created (waiting for StartContainer).
+    /// The container's init, created (waiting for StartContainer); its pid.
     async fn create_process(
         &self,
         cid: &str,
         bundle: &Path,
         pid_file: &Path,
         io: LaunchIo,
-    ) -> Result<()> {
+    ) -> Result<i32> {
         self.launcher
             .create(cid, bundle, pid_file, io)
             .await
-            .map(|_| ())
             .map_err(launch_error)
     }
 
@@ -268,11 +272,10 @@ impl Sandbox {
         process: &Path,
         pid_file: &Path,
         io: LaunchIo,
-    ) -> Result<()> {
+    ) -> Result<i32> {
         self.launcher
             .exec(cid, process, pid_file, io)
             .await
-            .map(|_| ())
             .map_err(launch_error)
     }
 
@@ -549,13 +552,12 @@ impl Sandbox {
         let (launch_io, pending) = prepare_io(terminal, "init")?;
         let pid_file = bundle.join("init.pid");
         let mark = Reaper::global().mark();
-        let io = pending
+        let (io, pid) = pending
             .complete(
                 &format!("container {cid}"),
                 self.create_process(cid, bundle, &pid_file, launch_io),
             )
             .await?;
-        let pid = read_pid(&pid_file)?;
         let cg = Cgroup::new(
             Path::new(CGROUP_ROOT),
             &spec::cgroup_path(cid),
@@ -632,13 +634,12 @@ impl Sandbox {
         let pid_file = dir.join(format!("{exec_id}.pid"));
         let (launch_io, pending) = prepare_io(p.Terminal, exec_id)?;
         let mark = Reaper::global().mark();
-        let io = pending
+        let (io, pid) = pending
             .complete(
                 &format!("exec {exec_id}"),
                 self.exec_in(cid, &pjson, &pid_file, launch_io),
             )
             .await?;
-        let pid = read_pid(&pid_file)?;
         execs.insert(exec_id.to_string(), Process::new(pid, mark, io, None));
         log::info!("container {cid}: exec {exec_id} started, pid {pid}");
         Ok(())
