@@ -28,9 +28,10 @@ pub fn parse(text: &str) -> Result<Vec<LogEntry>, LogError> {
         if line.is_empty() {
             continue;
         }
+        // The line's start goes into the message: a log cut by other output shows where.
         let err = |message: &str| LogError {
             line: i + 1,
-            message: message.to_string(),
+            message: format!("{message} (line starts {:?})", snippet(line)),
         };
         let body = line.strip_suffix(',').unwrap_or(line);
         let body = body
@@ -60,6 +61,15 @@ pub fn parse(text: &str) -> Result<Vec<LogEntry>, LogError> {
         });
     }
     Ok(out)
+}
+
+/// The first 80 characters of a line (at a character boundary).
+fn snippet(line: &str) -> String {
+    let mut s: String = line.chars().take(80).collect();
+    if s.len() < line.len() {
+        s.push_str("...");
+    }
+    s
 }
 
 /// Formats one request as a log line (without the blank line that follows).
