@@ -239,6 +239,12 @@ impl IdlePods {
             if running + failed >= n {
                 if failed > 0 {
                     eprintln!("bench: {failed} of {n} {what} pods failed to start");
+                    // Why: each failed `ctr run`'s own words (containerd's log is gone with it).
+                    for (id, r) in pods.ids.iter().zip(pods.runs.iter_mut()) {
+                        if r.finished() {
+                            eprintln!("bench: {id}: {}", r.stderr_now().trim());
+                        }
+                    }
                 }
                 pods.running = running;
                 return pods;
