@@ -1,8 +1,9 @@
 //! kata-cc-init: `/init` of the kata-cc initrd (PID 1 until it hands over to the agent).
 //!
 //! Loads the guest's kernel modules, opens the rootfs disk as a dm-verity device with the root
-//! hash from the kernel command line, reads it all once (so that any corrupted block stops the
-//! boot here), mounts it read-only and switch_root's into /sbin/kata-cc-agent. Any failure
+//! hash from the kernel command line, copies it all once into guest memory (so that any
+//! corrupted block stops the boot here, and the disk is not read again), mounts the copy
+//! read-only and switch_root's into /sbin/kata-cc-agent. Any failure
 //! prints one line to the console and powers the VM off at once: the host reads the console
 //! log, so the VM must never hang. One static binary instead of a shell with a helper process
 //! per step: every process start is expensive under emulation.
@@ -12,7 +13,8 @@
 //!   kata_cc.salt=<hex>|-       dm-verity salt
 //!   kata_cc.hashoffset=<bytes> where the hash tree starts in the image (= size of the erofs
 //!                              data); a veritysetup superblock sits there, the tree follows
-//!   kata_cc.verify=full|lazy   full (default): read the whole device once at boot
+//!   kata_cc.verify=full|lazy   full (default): copy the whole device once at boot; lazy: mount
+//!                              the device itself (each block checked when read)
 //!   kata_cc.disk=<dev>         rootfs block device (default /dev/vda)
 //!   kata_cc.debug=1            print each step with the uptime
 //!
@@ -36,6 +38,10 @@ const NEWROOT: &str = "/newroot";
 const DM_NAME: &str = "kata-cc-root";
 const BLOCK: u64 = 4096;
 const AGENT: &str = "/sbin/kata-cc-agent";
+/// A ramfs for the verified rootfs image: erofs mounts a file only if its file system reads
+/// pages itself (ramfs does, the initramfs' tmpfs does not). Detached once erofs holds the file.
+const COPY_DIR: &str = "/rootfs-copy";
+const ROOTFS_COPY: &str = "/rootfs-copy/rootfs.erofs";
 /// The shim looks for exactly this phrase in the console log.
 const NOT_VERIFIED: &str = "kata-cc: rootfs did not verify";
 
@@ -273,14 +279,22 @@ fn dm_verity(table_len: u64, params: &str) -> std::io::Result<libc::dev_t> {
     Ok(libc::makedev(major, minor))
 }
 
-/// Reads all of `dev` with direct I/O: dm-verity checks every block, and the guest's page cache
-/// (guest memory is host memory) keeps none of it.
-fn read_all(dev: &str) -> std::io::Result<u64> {
+/// Copies all of `dev` (read with direct I/O: dm-verity checks every block) into `copy` and
+/// returns the bytes copied. The guest then runs from the copy, in its own memory: the agent's
+/// pages are neither read through the disk nor hashed a second time (0.06-0.08 s less from the
+/// init's start to the agent's ready line under emulation, for 7.4 MB of guest memory), and the
+/// host cannot hand the guest other bytes later for a block already checked.
+fn copy_verified(dev: &str, copy: &str) -> std::io::Result<u64> {
     const BUF: usize = 1 << 20;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(dev)?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(copy)?;
     let layout = std::alloc::Layout::from_size_align(BUF, 4096)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     // SAFETY: non-zero size; freed below with the same layout.
@@ -294,7 +308,12 @@ fn read_all(dev: &str) -> std::io::Result<u64> {
     let r = loop {
         match std::io::Read::read(&mut f, buf) {
             Ok(0) => break Ok(total),
-            Ok(n) => total += n as u64,
+            Ok(n) => {
+                if let Err(e) = out.write_all(&buf[..n]) {
+                    break Err(e);
+                }
+                total += n as u64;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => break Err(e),
         }
@@ -351,15 +370,32 @@ fn main() {
     load_modules(&step);
     wait_for_disk(&p.disk, &step);
     let dev = open_verity(&p, &step);
-    if p.verify_full {
-        step(&format!("reading all of {dev}"));
-        if let Err(e) = read_all(&dev) {
+    let source = if p.verify_full {
+        step(&format!("copying all of {dev} to {ROOTFS_COPY}"));
+        let _ = std::fs::create_dir_all(COPY_DIR);
+        mnt(
+            "ramfs",
+            COPY_DIR,
+            "ramfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0700"),
+        );
+        if let Err(e) = copy_verified(&dev, ROOTFS_COPY) {
             not_verified(&format!(
                 "reading {dev} failed (a block does not match the hash tree): {e}"
             ));
         }
+        ROOTFS_COPY
+    } else {
+        dev.as_str()
+    };
+    mount_rootfs(source, &step);
+    if p.verify_full {
+        // erofs holds the file open; nothing else needs to see it.
+        if let Err(e) = nix::mount::umount2(COPY_DIR, nix::mount::MntFlags::MNT_DETACH) {
+            fatal(&format!("detaching {COPY_DIR}: {e}"));
+        }
     }
-    mount_rootfs(&dev, &step);
     prepare_new_root();
     step(&format!(
         "switch_root after {} ms",
