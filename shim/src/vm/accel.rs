@@ -158,10 +158,15 @@ impl ProbeError {
     /// Probing again would say the same (worth remembering): not a timeout or a QEMU that
     /// could not start on a loaded host.
     pub fn definite(&self) -> bool {
-        matches!(
-            self,
-            ProbeError::TestVm(_) | ProbeError::KernelStops { .. } | ProbeError::Cached(_)
-        )
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            ProbeError::TestVm(_) | ProbeError::KernelStops { .. } | ProbeError::Cached(_) => true,
+            // QEMU aborting is an assertion in its KVM set-up (seen on a nested host: "failed to
+            // set MSR 0x10a", then `kvm_buf_set_msrs` asserts), the same on every try; a QEMU
+            // short of resources exits with an error instead.
+            ProbeError::QemuFailed { status, .. } => status.signal() == Some(libc::SIGABRT),
+            _ => false,
+        }
     }
 }
 
@@ -577,6 +582,19 @@ mod tests {
             unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
             0
         );
+    }
+
+    #[test]
+    fn an_aborting_qemu_is_a_definite_verdict_and_a_failing_one_is_not() {
+        use std::os::unix::process::ExitStatusExt;
+        let failed = |raw| ProbeError::QemuFailed {
+            status: ExitStatus::from_raw(raw),
+            first_error: "qemu-system-x86_64: error: failed to set MSR 0x10a".into(),
+        };
+        assert!(failed(libc::SIGABRT).definite());
+        assert!(!failed(1 << 8).definite(), "exit status 1");
+        assert!(!failed(libc::SIGKILL).definite());
+        assert!(!ProbeError::KernelTimeout.definite());
     }
 
     #[test]

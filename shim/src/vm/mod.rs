@@ -516,20 +516,16 @@ impl Vm {
             // wedge the backend for good (seen: the agent listened at 6.4 s, no CONNECT was
             // answered in 120 s). So the first attempt waits for the agent's ready line.
             if matches!(self.channel, AgentChannel::Hybrid { .. }) {
-                let console = self.console_log();
-                loop {
-                    let text = std::fs::read(&console).unwrap_or_default();
-                    if String::from_utf8_lossy(&text).contains(agent_proto::contract::READY_LINE) {
-                        break;
-                    }
+                let mut ready = ReadyLine::new(self.console_log());
+                while !ready.seen() {
                     if Instant::now() >= deadline {
                         return Err(AgentWaitError::NoReadyLine(format!(
                             "the agent never printed {:?} on the console",
                             agent_proto::contract::READY_LINE
                         )));
                     }
-                    // Every millisecond here is pod start time; the file is small.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // Every millisecond here is pod start time; a poll reads only what is new.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
             let mut last = AgentWaitError::NoAttempt;
@@ -696,6 +692,48 @@ impl Vm {
     }
 }
 
+/// Watches the console log for the agent's ready line, reading only what was appended since the
+/// last look.
+struct ReadyLine {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    /// The unread end of the previous read that may start the ready line.
+    tail: Vec<u8>,
+}
+
+impl ReadyLine {
+    fn new(path: PathBuf) -> ReadyLine {
+        ReadyLine {
+            path,
+            file: None,
+            tail: Vec::new(),
+        }
+    }
+
+    /// Whether the ready line has been written by now.
+    fn seen(&mut self) -> bool {
+        use std::io::Read;
+        let needle = agent_proto::contract::READY_LINE.as_bytes();
+        if self.file.is_none() {
+            // QEMU creates the file; until then nothing was written.
+            self.file = std::fs::File::open(&self.path).ok();
+        }
+        let Some(f) = self.file.as_mut() else {
+            return false;
+        };
+        let mut buf = std::mem::take(&mut self.tail);
+        if f.read_to_end(&mut buf).is_err() {
+            return false;
+        }
+        if buf.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+        let keep = buf.len().min(needle.len().saturating_sub(1));
+        self.tail = buf.split_off(buf.len() - keep);
+        false
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         // QEMU before the backend: it is the backend's client.
@@ -757,6 +795,31 @@ mod tests {
     }
 
     /// The task service keeps a `Vm` in shared state and drives it from spawned tasks.
+    #[test]
+    fn ready_line_is_found_across_reads_and_only_once_written() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut r = ReadyLine::new(path.clone());
+        assert!(!r.seen(), "no file yet");
+        let line = format!(
+            "{} vsock://-1:1024 (uptime 3.1 s)\n",
+            agent_proto::contract::READY_LINE
+        );
+        let (a, b) = line.split_at(agent_proto::contract::READY_LINE.len() / 2);
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"SeaBIOS\nkata-cc: init: insmod erofs\n").unwrap();
+        assert!(!r.seen());
+        f.write_all(a.as_bytes()).unwrap();
+        assert!(!r.seen(), "half of the line is not the line");
+        f.write_all(b.as_bytes()).unwrap();
+        assert!(r.seen());
+        // A line that only resembles it is not it.
+        let mut other = ReadyLine::new(dir.path().join("other.log"));
+        std::fs::write(dir.path().join("other.log"), &line[..line.len() / 3]).unwrap();
+        assert!(!other.seen());
+    }
+
     #[test]
     fn vm_and_its_futures_are_send() {
         fn send<T: Send>(_: &T) {}

@@ -102,7 +102,8 @@ impl VsockBackend {
                     timeout,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // The socket appears a few milliseconds after the spawn, and QEMU waits for it.
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 }
