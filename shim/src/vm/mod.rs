@@ -808,7 +808,8 @@ mod tests {
         );
         let (a, b) = line.split_at(agent_proto::contract::READY_LINE.len() / 2);
         let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(b"SeaBIOS\nkata-cc: init: insmod erofs\n").unwrap();
+        f.write_all(b"SeaBIOS\nkata-cc: init: insmod erofs\n")
+            .unwrap();
         assert!(!r.seen());
         f.write_all(a.as_bytes()).unwrap();
         assert!(!r.seen(), "half of the line is not the line");
