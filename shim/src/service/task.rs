@@ -118,8 +118,9 @@ impl Inner {
         Ok(pid)
     }
 
-    /// Delete: an exec is forgotten; a container is removed from the guest and forgotten, and
-    /// the pod's VM stops with its last container, or with its sandbox (pause) container.
+    /// Delete: an exec is forgotten; a container is removed from the guest and forgotten, or,
+    /// when it is the pod's last container or its sandbox (pause) container, the pod's VM stops
+    /// (and the guest with it: no RemoveContainer first).
     async fn delete(&self, req: &DeleteRequest) -> Result<DeleteResponse> {
         let h = self.containers.lookup(&req.id, &req.exec_id).await?;
         let exit = h.finish()?;
@@ -128,15 +129,18 @@ impl Inner {
             self.containers.remove_exec(&h).await;
             return Ok(delete_response(pid, exit));
         }
-        h.remove_from_guest().await;
         self.containers.remove(&req.id).await;
+        // The pod's pause, or its last container: the VM stops now and takes the container with
+        // it (Kata removes no sandbox container in the guest either); else the guest removes it.
+        let vm_stops = h.pod_sandbox || self.containers.is_empty().await;
+        if !vm_stops {
+            h.remove_from_guest().await;
+        }
         self.events
             .publish(events::deleted(&h.process, &exit))
             .await;
-        if h.pod_sandbox {
+        if vm_stops {
             self.pod.stop().await;
-        } else {
-            self.stop_sandbox_if_empty().await;
         }
         Ok(delete_response(pid, exit))
     }
