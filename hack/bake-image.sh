@@ -194,8 +194,8 @@ IR=$WORK/initrd
 mkdir -p "$IR"/{proc,sys,dev,newroot,etc/kata-cc,lib/modules}
 strip --strip-all -o "$IR/init" "$INIT"
 chmod 0755 "$IR/init"
-# Modules are stored uncompressed: the init loads them with finit_module, and the initrd as a
-# whole is compressed anyway.
+# Modules are stored uncompressed: the init loads them with finit_module, and the kernel then
+# decompresses nothing (the initrd is not compressed either, see below).
 for f in "${MOD_FILES[@]}"; do
   base=$(basename "$f"); base=${base%%.ko*}
   case "$f" in
@@ -237,7 +237,10 @@ make_cpio() { # dir out
 make_cpio "$IR" "$WORK/initrd.cpio"
 # No /dev/console entry: the kernel's built-in initramfs (INITRAMFS_SOURCE="") provides it, and
 # writing a device node would need privileges and make the bytes depend on the build host.
-zstd -q -19 -T1 --no-progress -c "$WORK/initrd.cpio" >"$WORK/initrd.img"
+# Not compressed: under emulation the kernel's zstd decompression (level 19) took 0.2-0.3 s of
+# every boot (init reached at 2.00 -> 1.82 s of guest uptime, agent answering 4.15 -> 3.84 s after
+# QEMU's start, medians of 14 interleaved boot-checks); QEMU reads 3.3 MB instead of 0.9 MB.
+cp "$WORK/initrd.cpio" "$WORK/initrd.img"
 
 # ---- rootfs -------------------------------------------------------------------------------------
 RF=$WORK/rootfs
