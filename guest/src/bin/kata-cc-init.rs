@@ -279,28 +279,37 @@ fn dm_verity(table_len: u64, params: &str) -> std::io::Result<libc::dev_t> {
     Ok(libc::makedev(major, minor))
 }
 
+/// Why the rootfs copy failed: reading the device (dm-verity refuses a block that does not match
+/// its hash tree) or writing the copy (guest memory).
+enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
 /// Copies all of `dev` (read with direct I/O: dm-verity checks every block) into `copy` and
 /// returns the bytes copied. The guest then runs from the copy, in its own memory: the agent's
 /// pages are neither read through the disk nor hashed a second time (0.06-0.08 s less from the
 /// init's start to the agent's ready line under emulation, for 7.4 MB of guest memory), and the
 /// host cannot hand the guest other bytes later for a block already checked.
-fn copy_verified(dev: &str, copy: &str) -> std::io::Result<u64> {
+fn copy_verified(dev: &str, copy: &str) -> Result<u64, CopyError> {
     const BUF: usize = 1 << 20;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
-        .open(dev)?;
+        .open(dev)
+        .map_err(CopyError::Read)?;
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o400)
-        .open(copy)?;
+        .open(copy)
+        .map_err(CopyError::Write)?;
     let layout = std::alloc::Layout::from_size_align(BUF, 4096)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        .map_err(|e| CopyError::Write(std::io::Error::other(e.to_string())))?;
     // SAFETY: non-zero size; freed below with the same layout.
     let ptr = unsafe { std::alloc::alloc(layout) };
     if ptr.is_null() {
-        return Err(std::io::Error::other("out of memory"));
+        return Err(CopyError::Write(std::io::Error::other("out of memory")));
     }
     // SAFETY: `ptr` is a live allocation of BUF bytes, used only here.
     let buf = unsafe { std::slice::from_raw_parts_mut(ptr, BUF) };
@@ -310,12 +319,12 @@ fn copy_verified(dev: &str, copy: &str) -> std::io::Result<u64> {
             Ok(0) => break Ok(total),
             Ok(n) => {
                 if let Err(e) = out.write_all(&buf[..n]) {
-                    break Err(e);
+                    break Err(CopyError::Write(e));
                 }
                 total += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
+            Err(e) => break Err(CopyError::Read(e)),
         }
     };
     // SAFETY: allocated above with `layout`.
@@ -380,10 +389,12 @@ fn main() {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             Some("mode=0700"),
         );
-        if let Err(e) = copy_verified(&dev, ROOTFS_COPY) {
-            not_verified(&format!(
+        match copy_verified(&dev, ROOTFS_COPY) {
+            Ok(_) => {}
+            Err(CopyError::Read(e)) => not_verified(&format!(
                 "reading {dev} failed (a block does not match the hash tree): {e}"
-            ));
+            )),
+            Err(CopyError::Write(e)) => fatal(&format!("copying {dev} to {ROOTFS_COPY}: {e}")),
         }
         ROOTFS_COPY
     } else {

@@ -722,9 +722,9 @@ impl ReadyLine {
             return false;
         };
         let mut buf = std::mem::take(&mut self.tail);
-        if f.read_to_end(&mut buf).is_err() {
-            return false;
-        }
+        // A failed read may still have appended bytes: they are searched all the same, and the
+        // next poll goes on from where the file position is.
+        let _ = f.read_to_end(&mut buf);
         if buf.windows(needle.len()).any(|w| w == needle) {
             return true;
         }
@@ -794,7 +794,6 @@ mod tests {
         }
     }
 
-    /// The task service keeps a `Vm` in shared state and drives it from spawned tasks.
     #[test]
     fn ready_line_is_found_across_reads_and_only_once_written() {
         use std::io::Write;
@@ -821,6 +820,7 @@ mod tests {
         assert!(!other.seen());
     }
 
+    /// The task service keeps a `Vm` in shared state and drives it from spawned tasks.
     #[test]
     fn vm_and_its_futures_are_send() {
         fn send<T: Send>(_: &T) {}
