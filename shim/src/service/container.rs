@@ -269,13 +269,20 @@ impl Handle {
             signal,
             ..Default::default()
         };
-        self.sandbox
+        match self
+            .sandbox
             .agent
             .agent
             .signal_process(self.rpc_context(), &req)
             .await
-            .map_err(Error::agent("SignalProcess"))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            // The VM stopped while the signal was on its way (a SIGKILL of the pause ends it as
+            // soon as the exit is seen, possibly before the agent's answer arrives): the process
+            // went with the VM, which is what the kill asked for.
+            Err(_) if self.sandbox.is_ending() || proc.phase() == Phase::Stopped => Ok(()),
+            Err(e) => Err(Error::agent("SignalProcess")(e)),
+        }
     }
 
     /// The process spec and stdio of a new exec of this (init) process's container.
