@@ -88,6 +88,7 @@ pub struct InitrdModule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inputs {
     pub agent_sha256: String,
+    /// Empty when the rootfs has no busybox (a real agent; only a script stand-in brings it).
     pub busybox_sha256: String,
     pub init_sha256: String,
     pub source_date_epoch: u64,

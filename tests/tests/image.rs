@@ -168,6 +168,12 @@ fn bake_is_reproducible_and_its_manifest_true_and_it_boots() {
         "the command line lacks the root hash or hash offset: {cmdline}"
     );
     assert_eq!(ma.inputs.agent_sha256, sha256_hex(&agent));
+    // A script stand-in needs a shell, so busybox comes with it (and only with it).
+    assert!(
+        !ma.inputs.busybox_sha256.is_empty(),
+        "stand-in bake without busybox"
+    );
+    assert!(erofs_has(&a.join("rootfs.img"), "/bin/sh"));
     assert!(!ma.snp_measurement.computed);
     assert!(!ma.kernel.version.is_empty(), "no kernel version");
     // Host-side cross-check of the hash tree.
@@ -191,6 +197,40 @@ fn bake_is_reproducible_and_its_manifest_true_and_it_boots() {
     assert_eq!(r.verified_root_hash(), Some(ha.as_str()));
     assert!(r.refusal().is_none());
     assert!(!r.state_dir.exists(), "{} left", r.state_dir.display());
+}
+
+/// Whether `path` exists in the erofs `image` (dump.erofs prints the inode, or fails to read it).
+fn erofs_has(image: &Path, path: &str) -> bool {
+    let out = Command::new("dump.erofs")
+        .arg(format!("--path={path}"))
+        .arg(image)
+        .output()
+        .expect("dump.erofs (hack/deps.sh installs erofs-utils)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.status.success() && text.contains(&format!("File : {path}"))
+}
+
+/// The image `make image` baked (real agent): the agent and its policy, and no shell or other
+/// program that the agent's policy would not govern.
+#[test]
+fn the_real_image_holds_the_agent_and_no_shell() {
+    paths::require_built();
+    let m = Manifest::load_dir(&paths::guest_dir()).unwrap_or_else(|e| panic!("{e}"));
+    let img = paths::guest_dir().join("rootfs.img");
+    assert!(
+        erofs_has(&img, "/sbin/kata-cc-agent"),
+        "no agent in {}",
+        img.display()
+    );
+    assert!(erofs_has(&img, "/etc/kata-cc/policy.rego"));
+    for p in ["/bin/sh", "/bin/busybox"] {
+        assert!(!erofs_has(&img, p), "{p} in {}", img.display());
+    }
+    assert_eq!(m.inputs.busybox_sha256, "", "manifest records a busybox");
 }
 
 /// The tier's one tampered-rootfs check, on the baked image (real init, real agent).
