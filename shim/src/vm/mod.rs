@@ -144,6 +144,9 @@ pub struct Vm {
     shutdown_timeout: Duration,
     boot_time: Duration,
     accel: Accel,
+    /// The connection whose Health.Check proved the agent up, handed to the first
+    /// [`Vm::agent`] caller: one CONNECT handshake through the guest less per pod start.
+    first_client: std::sync::Mutex<Option<AgentClient>>,
 }
 
 /// Removes the state dir unless disarmed (on every early return of `start`).
@@ -437,6 +440,7 @@ impl Vm {
             dial_timeout: cfg.agent.kata.dial_timeout(),
             shutdown_timeout: q.shutdown_timeout(),
             boot_time: Duration::ZERO,
+            first_client: std::sync::Mutex::new(None),
             accel,
         }
     }
@@ -446,8 +450,9 @@ impl Vm {
     async fn boot(mut self, cfg: &Config, size: VmSize, started: Instant) -> Result<Vm, VmError> {
         let boot_timeout = cfg.hypervisor.qemu.boot_timeout();
         match self.wait_for_agent(started + boot_timeout).await {
-            Ok(()) => {
+            Ok(client) => {
                 self.boot_time = started.elapsed();
+                self.first_client = std::sync::Mutex::new(Some(client));
                 self.report_ready(size);
                 Ok(self)
             }
@@ -508,8 +513,9 @@ impl Vm {
         err
     }
 
-    /// Polls Health.Check until it answers, QEMU exits, or `deadline` passes. Err = why not.
-    async fn wait_for_agent(&self, deadline: Instant) -> Result<(), AgentWaitError> {
+    /// Polls Health.Check until it answers, QEMU exits, or `deadline` passes; Ok: the connection
+    /// that answered. Err = why not.
+    async fn wait_for_agent(&self, deadline: Instant) -> Result<AgentClient, AgentWaitError> {
         let exited = self.wait_exited();
         let probe = async {
             // vhost-device-vsock: a CONNECT sent while the guest's vsock driver is not ready can
@@ -539,7 +545,7 @@ impl Vm {
                         let ctx = agent::context(HEALTH_CALL_TIMEOUT.min(left));
                         let req = agent_proto::health::CheckRequest::new();
                         match c.health.check(ctx, &req).await {
-                            Ok(_) => return Ok(()),
+                            Ok(_) => return Ok(c),
                             Err(e) => last = AgentWaitError::Health(e),
                         }
                     }
@@ -566,8 +572,9 @@ impl Vm {
         Ok(AgentClient::new(client))
     }
 
-    /// A new connection to the agent (bounded by `[agent.kata] dial_timeout`); fails at once when
-    /// QEMU has exited or exits meanwhile.
+    /// A connection to the agent: the first call gets the one the boot's Health.Check used, later
+    /// calls a new one (bounded by `[agent.kata] dial_timeout`); fails at once when QEMU has
+    /// exited or exits meanwhile.
     pub async fn agent(&self) -> Result<AgentClient, VmError> {
         let not_running = |exit: VmExit| VmError::NotRunning {
             id: self.id.clone(),
@@ -575,6 +582,10 @@ impl Vm {
         };
         if let Some(e) = self.exited() {
             return Err(not_running(e));
+        }
+        let first = self.first_client.lock().ok().and_then(|mut c| c.take());
+        if let Some(c) = first {
+            return Ok(c);
         }
         tokio::select! {
             e = self.wait_exited() => Err(not_running(e)),
