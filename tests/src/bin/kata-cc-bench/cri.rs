@@ -239,23 +239,9 @@ fn start_pod(node: &Node, handler: &str, name: &str, uid: &str) -> Started {
     }
 }
 
-/// Waits until none of this containerd's kata-cc shims is left (each QEMU is a shim's child),
-/// so that no VM of a previous measurement runs during the next one; panics naming them.
+/// [`super::settle`] for this node's containerd.
 fn settle(node: &Node) {
-    let deadline = Instant::now() + paths::leak_grace();
-    loop {
-        let shims = node.cd.shims();
-        if shims.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kata-cc shims still running {}s after their pods ended: {shims:?}\n{}",
-            paths::leak_grace().as_secs(),
-            node.cd.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    super::settle(&node.cd);
 }
 
 /// One kata-cc CRI pod start, timed, its split read from the shim's marks, torn down; `qemu`

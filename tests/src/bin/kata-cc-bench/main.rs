@@ -65,6 +65,25 @@ fn stats_json(v: &[f64]) -> Value {
     json!({"median": med, "min": min, "max": max, "runs": v})
 }
 
+/// Waits until none of this containerd's kata-cc shims is left (each QEMU is a shim's child),
+/// so that no VM of a previous measurement runs during the next one; panics naming them.
+fn settle(cd: &Containerd) {
+    let deadline = Instant::now() + paths::leak_grace();
+    loop {
+        let shims = cd.shims();
+        if shims.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kata-cc shims still running {}s after their pods ended: {shims:?}\n{}",
+            paths::leak_grace().as_secs(),
+            cd.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `ctr run --rm --runtime RUNTIME IMAGE ID true`, timed; panics if it fails.
 fn timed_run(cd: &Containerd, runtime: &str, id: &str, img: &TestImage) -> f64 {
     let args = ["run", "--rm", "--runtime", runtime, &img.name, id, "true"];
@@ -642,6 +661,8 @@ fn pods(runs: usize) -> Value {
     let mut split: Vec<Vec<(&'static str, f64)>> = Vec::new();
     for i in 0..runs {
         let id = cd.id(&format!("start{i}"));
+        // As in the CRI part: no VM of the step before runs alongside a measurement.
+        settle(&cd);
         let begin = now_ms();
         kata.push(timed_run(&cd, kata_cc_tests::RUNTIME, &id, &img));
         let end = now_ms();
@@ -649,6 +670,7 @@ fn pods(runs: usize) -> Value {
             Some(p) => split.push(p),
             None => eprintln!("bench: {id}: timeline incomplete in containerd.log"),
         }
+        settle(&cd);
         bare_t.push(bare_boot(&pod_argv[0], &bare));
         runc.push(timed_run(&cd, RUNC, &cd.id(&format!("runc{i}")), &img));
     }
