@@ -25,7 +25,7 @@ use kata_cc_tests::{paths, TestImage};
 use serde_json::{json, Value};
 
 use super::{
-    argv, bare_args, bare_boot, bare_initrd, now_ms, phases, stats, stats_json, timed_run,
+    argv, bare_args, bare_boot, bare_initrd, now_ms, phases, settle, stats, stats_json, timed_run,
     timeline_marks,
 };
 
@@ -239,11 +239,6 @@ fn start_pod(node: &Node, handler: &str, name: &str, uid: &str) -> Started {
     }
 }
 
-/// [`super::settle`] for this node's containerd.
-fn settle(node: &Node) {
-    super::settle(&node.cd);
-}
-
 /// One kata-cc CRI pod start, timed, its split read from the shim's marks, torn down; `qemu`
 /// gets the pod's QEMU argv while it runs.
 fn kata_round(
@@ -252,7 +247,7 @@ fn kata_round(
     uid: &str,
     qemu: Option<&mut Vec<String>>,
 ) -> (Clock, Result<Split, String>, Result<Split, String>) {
-    settle(node);
+    settle(&node.cd);
     let s = start_pod(node, HANDLER, name, uid);
     let q = node.qemu_of(&s.pod);
     if let Some(out) = qemu {
@@ -317,7 +312,7 @@ fn runc_round(node: &Node, name: &str, uid: &str) -> Clock {
 
 /// `ctr run --rm busybox true` on kata-cc, timed, with its split (the pods part's phases).
 fn ctr_round(node: &Node, img: &TestImage, id: &str) -> (f64, Option<Split>) {
-    settle(node);
+    settle(&node.cd);
     let begin = now_ms();
     let s = timed_run(&node.cd, kata_cc_tests::RUNTIME, id, img);
     let split = phases(&timeline_marks(&node.cd, id), begin, now_ms());
@@ -390,7 +385,7 @@ pub fn run(runs: usize) -> Value {
         let (t, s) = ctr_round(&node, &img, &node.cd.id(&format!("ctr{i}")));
         ctr.push(t);
         ctr_split.extend(s);
-        settle(&node);
+        settle(&node.cd);
         bare_t.push(bare_boot(&pod_argv[0], &bare));
         runc.push(runc_round(&node, &format!("bench-cri-runc-{i}"), &uid(2, i)).total_s());
         round_s.push(round.elapsed().as_secs_f64());
