@@ -22,21 +22,25 @@ DESTDIR ?=
 # `kata-cc install` keeps the file as it was in <file>.kata-cc.bak.
 CONTAINERD_CONFIG ?= /etc/containerd/config.toml
 
-.PHONY: all deps build image demo test lint e2e bench install uninstall clean
+.PHONY: all deps kernel build image demo test lint e2e bench install uninstall clean
 
 all: build
 
 deps:
 	bash hack/deps.sh
 
+# The guest kernel, built once per input set and cached outside the checkout (hack/kernel.sh).
+kernel:
+	bash hack/kernel.sh
+
 build:
 	$(CARGO) build --release --workspace
 
-image: build
+image: build kernel
 	$(CARGO) build --profile guest -p kata-cc-guest --bins
 	bash hack/bake-image.sh --agent $(GUEST_BIN)/kata-cc-agent --init $(GUEST_BIN)/kata-cc-init --out $(GUEST) --default-policy $(DEFAULT_POLICY)
 
-demo: deps build image
+demo: deps build kernel image
 	bash hack/demo.sh
 
 # --all-features: the host tier's tests (kata-cc-tests/e2e) are linted too.
@@ -57,7 +61,7 @@ e2e: image
 	if [ -d build/e2e/not-run ]; then echo "e2e: NOT RUN (these tests claimed nothing):"; cat build/e2e/not-run/*; fi; \
 	exit $$rc
 
-test: deps build image lint e2e
+test: deps build kernel image lint e2e
 
 # Benchmarks, not tests: figures printed and written as JSON under build/bench/ (needs the
 # host dependencies and the guest image: `make test`'s set-up, or `make deps image`).

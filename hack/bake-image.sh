@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Bakes the kata-cc guest image: kernel, initrd and a dm-verity protected erofs rootfs.
 #
-#   hack/bake-image.sh [--agent PATH] [--init PATH] [--out DIR] [--config PATH | --no-config]
+#   hack/bake-image.sh [--agent PATH] [--init PATH] [--kernel DIR] [--out DIR]
+#                      [--config PATH | --no-config]
 #                      [--default-policy allow-all|no-exec-no-logs] [--force]
 #
-# The initrd holds kata-cc-init (guest/src/bin/kata-cc-init.rs, the initrd's /init) and the
-# kernel modules it loads; the rootfs holds the agent.
+# The kernel is hack/kernel.sh's build (`make kernel`; --kernel names another build directory
+# with vmlinuz, config and build.json): every driver the guest needs is built in. The initrd
+# holds kata-cc-init (guest/src/bin/kata-cc-init.rs, the initrd's /init) and no modules; the
+# rootfs holds the agent.
 # Output (DIR, default build/guest): vmlinuz, initrd.img, rootfs.img (erofs + verity hash tree),
 # cmdline, manifest.json; and the runtime config (default build/configuration.toml) from
 # hack/configuration.toml.in. The default policy (hack/guest/policy/<name>.rego, default allow-all)
@@ -23,8 +26,7 @@ OUT=$ROOT/build/guest
 CONFIG=$ROOT/build/configuration.toml
 FORCE=0
 DEFAULT_POLICY=allow-all
-KERNEL_DIR=${KATA_CC_KERNEL_DIR:-/var/cache/kata-cc/kernel}
-KERNEL_SERIES=6.12
+KERNEL_BUILD=
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
 # Fixed identities: the image bytes must not depend on when or where it was baked.
 EROFS_UUID=6b617461-6363-4000-8000-726f6f746673
@@ -44,12 +46,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --agent) [ $# -ge 2 ] || die "--agent needs a path"; AGENT=$2; shift 2 ;;
     --init) [ $# -ge 2 ] || die "--init needs a path"; INIT=$2; shift 2 ;;
+    --kernel) [ $# -ge 2 ] || die "--kernel needs a directory"; KERNEL_BUILD=$2; shift 2 ;;
     --out) [ $# -ge 2 ] || die "--out needs a directory"; OUT=$2; shift 2 ;;
     --config) [ $# -ge 2 ] || die "--config needs a path"; CONFIG=$2; shift 2 ;;
     --no-config) CONFIG=; shift ;;
     --default-policy) [ $# -ge 2 ] || die "--default-policy needs a name"; DEFAULT_POLICY=$2; shift 2 ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -60,7 +63,7 @@ case "$DEFAULT_POLICY" in
 esac
 [ -f "$POLICY_FILE" ] || die "--default-policy '$DEFAULT_POLICY': no $POLICY_FILE (available: $(cd "$HACK/guest/policy" && ls *.rego | sed 's/\.rego$//' | paste -sd' '))"
 
-for tool in dpkg-deb depmod modinfo xz busybox cpio zstd mkfs.erofs veritysetup ldd sha256sum jq strip readelf; do
+for tool in busybox cpio zstd mkfs.erofs veritysetup ldd sha256sum jq strip readelf; do
   command -v "$tool" >/dev/null || die "'$tool' not found: run hack/deps.sh"
 done
 BUSYBOX=$(command -v busybox)
@@ -72,12 +75,12 @@ BUSYBOX=$(command -v busybox)
 ! readelf -d "$INIT" 2>/dev/null | grep -q NEEDED || die "init $INIT is dynamically linked (the initrd has no libraries)"
 AGENT=$(cd "$(dirname "$AGENT")" && pwd)/$(basename "$AGENT")
 
-shopt -s nullglob
-debs=("$KERNEL_DIR"/linux-image-"$KERNEL_SERIES"*-cloud-amd64_*.deb)
-shopt -u nullglob
-[ ${#debs[@]} -ge 1 ] || die "no linux-image-${KERNEL_SERIES}*-cloud-amd64 .deb in $KERNEL_DIR: run hack/deps.sh"
-# Newest version wins if several were downloaded over time.
-KERNEL_DEB=$(printf '%s\n' "${debs[@]}" | sort -V | tail -n1)
+if [ -z "$KERNEL_BUILD" ]; then
+  KERNEL_BUILD=$(bash "$HACK/kernel.sh" --print) || die "no guest kernel: run make kernel (hack/kernel.sh)"
+fi
+for f in vmlinuz config build.json; do
+  [ -f "$KERNEL_BUILD/$f" ] || die "kernel build $KERNEL_BUILD has no $f (a hack/kernel.sh build directory is expected)"
+done
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -90,7 +93,7 @@ inputs() {
     echo "default_policy $DEFAULT_POLICY"
     echo "snp_firmware $SNP_FIRMWARE $([ -z "$SNP_FIRMWARE" ] || sha256sum <"$SNP_FIRMWARE" | cut -d' ' -f1) vcpus $SNP_VCPUS"
     echo "tools $(mkfs.erofs --help 2>&1 | head -n1) | $(veritysetup --version) | $(zstd --version) | $(cpio --version | head -n1) | $(strip --version | head -n1)"
-    for f in "$KERNEL_DEB" "$AGENT" "$INIT" "$BUSYBOX" "$0" "$HACK/configuration.toml.in" "$POLICY_FILE"; do
+    for f in "$KERNEL_BUILD/vmlinuz" "$KERNEL_BUILD/build.json" "$AGENT" "$INIT" "$BUSYBOX" "$0" "$HACK/configuration.toml.in" "$POLICY_FILE"; do
       printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
     done
   }
@@ -136,95 +139,22 @@ WORK=$(mktemp -d "$OUT/.work.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 # ---- kernel -------------------------------------------------------------------------------------
-log "kernel from $(basename "$KERNEL_DEB")"
-KROOT=$WORK/kernel
-dpkg-deb -x "$KERNEL_DEB" "$KROOT"
-KVER=$(ls "$KROOT/lib/modules")
-[ "$(echo "$KVER" | wc -l)" = 1 ] || die "expected one kernel in $KERNEL_DEB, found: $KVER"
-[ -f "$KROOT/boot/vmlinuz-$KVER" ] || die "$KERNEL_DEB has no boot/vmlinuz-$KVER"
-# The package ships no modules.dep; build it in the extracted tree only.
-depmod -b "$KROOT" "$KVER"
-
-# Modules in dependency order. "required" ones stop the boot if they fail to load; "snp" ones
-# (configfs-tsm and the SEV guest driver) are loaded only in an SEV-SNP guest, where the kernel
-# has registered the sev-guest platform device: each module load costs tens of milliseconds
-# under emulation, and an ordinary VM has no use for them.
-REQUIRED_MODULES=(virtio_blk dm-verity erofs vmw_vsock_virtio_transport)
-# "optional": loaded when the CPU allows, skipped (and said) when not. sha256-ssse3 goes before
-# dm-verity: the verity target takes the best sha256 loaded when it is set up (without it, the
-# generic C code hashes every block the guest reads); it refuses CPUs without SSSE3.
-OPTIONAL_MODULES=(sha256-ssse3)
-SNP_MODULES=(configfs tsm sev-guest)
-# "balloon": free page reporting, loaded when the VM has a virtio-balloon device (the shim adds
-# one to every VM but SEV-SNP ones) so that memory the guest frees goes back to the host.
-BALLOON_MODULES=(virtio_balloon)
-# "net": the pod's NIC (virtio-net, with net_failover and failover it needs), loaded when the VM
-# has a virtio-net device: a VM without one (internetworking_model none) pays nothing for it.
-NET_MODULES=(virtio_net)
-declare -A SEEN=()
-MOD_ORDER=()
-MOD_FILES=()
-add_module() {
-  local name=$1 need=$2 file dep
-  file=$(modinfo -b "$KROOT" -k "$KVER" -F filename "$name" 2>/dev/null) || file=
-  if [ -z "$file" ]; then
-    [ "$need" = required ] && die "kernel $KVER has no module '$name'"
-    log "$need module $name not in kernel $KVER, skipped"
-    return 0
-  fi
-  [ "$file" = "(builtin)" ] && return 0
-  local base
-  base=$(basename "$file"); base=${base%%.ko*}
-  [ -z "${SEEN[$base]:-}" ] || return 0
-  SEEN[$base]=1
-  for dep in $(modinfo -b "$KROOT" -k "$KVER" -F depends "$name" | tr ',' ' '); do
-    add_module "$dep" "$need"
-  done
-  MOD_ORDER+=("$base $need")
-  MOD_FILES+=("$file")
-}
-for m in "${OPTIONAL_MODULES[@]}"; do add_module "$m" optional; done
-for m in "${REQUIRED_MODULES[@]}"; do add_module "$m" required; done
-for m in "${SNP_MODULES[@]}"; do add_module "$m" snp; done
-for m in "${BALLOON_MODULES[@]}"; do add_module "$m" balloon; done
-for m in "${NET_MODULES[@]}"; do add_module "$m" net; done
+KVER=$(jq -r .release "$KERNEL_BUILD/build.json")
+[ -n "$KVER" ] && [ "$KVER" != null ] || die "$KERNEL_BUILD/build.json has no release"
+log "kernel $KVER from $KERNEL_BUILD"
+# The init loads no modules: what the boot and a pod need must be built in (=y). The SEV guest,
+# balloon and NIC drivers bind only where the VM has the device.
+for opt in VIRTIO_BLK BLK_DEV_DM DM_VERITY EROFS_FS VSOCKETS VIRTIO_VSOCKETS CONFIGFS_FS TSM_REPORTS \
+           SEV_GUEST VIRTIO_BALLOON VIRTIO_NET; do
+  grep -qx "CONFIG_$opt=y" "$KERNEL_BUILD/config" ||
+    die "kernel $KERNEL_BUILD: CONFIG_$opt is not built in (=y); the guest has no modules (see hack/guest/kernel.config)"
+done
 
 # ---- initrd -------------------------------------------------------------------------------------
 IR=$WORK/initrd
-mkdir -p "$IR"/{proc,sys,dev,newroot,etc/kata-cc,lib/modules}
+mkdir -p "$IR"/{proc,sys,dev,newroot,etc/kata-cc}
 strip --strip-all -o "$IR/init" "$INIT"
 chmod 0755 "$IR/init"
-# Modules are stored uncompressed: the init loads them with finit_module, and the kernel then
-# decompresses nothing (the initrd is not compressed either, see below).
-for f in "${MOD_FILES[@]}"; do
-  base=$(basename "$f"); base=${base%%.ko*}
-  case "$f" in
-    *.ko.xz) xz -dc "$f" >"$IR/lib/modules/$base.ko" ;;
-    *.ko.zst) zstd -qdc "$f" >"$IR/lib/modules/$base.ko" ;;
-    *.ko) cp "$f" "$IR/lib/modules/$base.ko" ;;
-    *) die "unexpected module file $f" ;;
-  esac
-done
-# Without Debian's module signatures: the kernel verifies a signature it finds (an RSA check per
-# module, 0.39 s for the twelve modules under emulation against 0.15 s without), while these
-# modules' integrity already comes from the initrd's (the launch measurement covers it). A module
-# without a signature loads as before (signatures are not enforced by this kernel; the kernel
-# notes the taint once); what else may load modules is unchanged.
-python3 - "$IR"/lib/modules/*.ko <<'PY'
-import struct, sys
-MAGIC = b"~Module signature appended~\n"
-for path in sys.argv[1:]:
-    data = open(path, "rb").read()
-    if not data.endswith(MAGIC):
-        continue
-    # struct module_signature (12 bytes, big-endian sig_len last) precedes the magic.
-    sig_len = struct.unpack(">I", data[-len(MAGIC) - 4 : -len(MAGIC)])[0]
-    end = len(data) - len(MAGIC) - 12 - sig_len
-    if end <= 0:
-        sys.exit(f"bake-image: {path}: bad module signature trailer")
-    open(path, "wb").write(data[:end])
-PY
-printf '%s\n' "${MOD_ORDER[@]}" >"$IR/etc/kata-cc/modules"
 echo "$KVER" >"$IR/etc/kata-cc/kernel-release"
 
 # Reproducible cpio: sorted names, owner 0, one fixed mtime, sequential inode numbers.
@@ -300,7 +230,7 @@ rcupdate.rcu_expedited=1 random.trust_cpu=on \
 kata_cc.roothash=$ROOT_HASH kata_cc.salt=$SALT kata_cc.hashoffset=$DATA_SIZE"
 echo "$CMDLINE" >"$WORK/cmdline"
 
-cp "$KROOT/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
+cp "$KERNEL_BUILD/vmlinuz" "$WORK/vmlinuz"
 sha() { sha256sum <"$1" | cut -d' ' -f1; }
 # The manifest's snp_measurement: expected SNP launch digests of this kernel + initrd + cmdline.
 snp_measurement() {
@@ -325,7 +255,7 @@ snp_measurement() {
 }
 
 jq -n --sort-keys \
-  --arg kver "$KVER" --arg deb "$(basename "$KERNEL_DEB")" --arg debsha "$(sha "$KERNEL_DEB")" \
+  --arg kver "$KVER" --argjson kbuild "$(cat "$KERNEL_BUILD/build.json")" --arg kconfig "$(sha "$KERNEL_BUILD/config")" \
   --arg vmlinuz "$(sha "$WORK/vmlinuz")" --arg vsize "$(stat -c %s "$WORK/vmlinuz")" \
   --arg initrd "$(sha "$WORK/initrd.img")" --arg isize "$(stat -c %s "$WORK/initrd.img")" \
   --arg rootfs "$(sha "$IMG")" --arg rsize "$(stat -c %s "$IMG")" \
@@ -333,10 +263,13 @@ jq -n --sort-keys \
   --arg cmdline "$CMDLINE" --arg agent "$(sha "$AGENT")" --arg busybox "$([ "$AGENT_IS_ELF" = 1 ] || sha "$BUSYBOX")" \
   --arg init "$(sha "$INIT")" --arg sde "$SOURCE_DATE_EPOCH" \
   --arg policy "$DEFAULT_POLICY" --arg policysha "$(sha "$POLICY_FILE")" \
-  --arg mods "$(printf '%s\n' "${MOD_ORDER[@]}")" --argjson snp "$(snp_measurement)" \
+  --argjson snp "$(snp_measurement)" \
   '{
-    format: 1,
-    kernel: {version: $kver, package: $deb, package_sha256: $debsha},
+    format: 2,
+    kernel: {version: $kver, source_package: $kbuild.source_package, source_version: $kbuild.source_version,
+             config_package: $kbuild.config_package, config_flavour: $kbuild.config_flavour,
+             config_changes_sha256: $kbuild.config_changes_sha256, config_sha256: $kconfig,
+             compiler: $kbuild.compiler},
     files: {
       "vmlinuz": {sha256: $vmlinuz, size: ($vsize|tonumber)},
       "initrd.img": {sha256: $initrd, size: ($isize|tonumber)},
@@ -350,7 +283,6 @@ jq -n --sort-keys \
     },
     cmdline: $cmdline,
     default_policy: {name: $policy, path: "/etc/kata-cc/policy.rego", sha256: $policysha},
-    initrd_modules: ($mods | split("\n") | map(select(. != "") | split(" ") | {name: .[0], need: .[1]})),
     inputs: {
       agent_sha256: $agent,
       busybox_sha256: $busybox, init_sha256: $init, source_date_epoch: ($sde|tonumber)

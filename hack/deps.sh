@@ -116,18 +116,19 @@ if ! command -v vhost-device-vsock >/dev/null || ! vhost-device-vsock --version 
   install -m 0755 "$HOME/.cargo/bin/vhost-device-vsock" /usr/local/bin/vhost-device-vsock
 fi
 
-# The guest kernel: Debian's cloud kernel from backports, downloaded (not installed) into the build dir.
-BUILD=${BUILD:-$(cd "$(dirname "$0")/.." && pwd)/build}
-KDIR=${KATA_CC_KERNEL_DIR:-/var/cache/kata-cc/kernel}
-mkdir -p "$KDIR"
-if ! ls "$KDIR"/linux-image-${KERNEL_SERIES}*-cloud-amd64_*.deb >/dev/null 2>&1; then
-  pkg=$(apt-cache depends -t bookworm-backports linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-  if [ -z "$pkg" ]; then apt-get update -qq; pkg=$(apt-cache depends -t bookworm-backports linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); fi
-  case "$pkg" in linux-image-${KERNEL_SERIES}*) ;; *) echo "deps.sh: backports cloud kernel is '$pkg', expected ${KERNEL_SERIES}" >&2; exit 1;; esac
-  log "downloading $pkg"
-  # apt drops privileges to _apt for downloads: let it write there.
-  chown _apt "$KDIR" 2>/dev/null || true
-  (cd "$KDIR" && apt-get download -qq "$pkg")
+# The guest kernel is built from Debian's source with Debian's cloud config (hack/kernel.sh,
+# `make kernel`): the source, the config and the build tools.
+KERNEL_PKGS=(linux-source-$KERNEL_SERIES linux-config-$KERNEL_SERIES bc bison flex libelf-dev libssl-dev make gcc xz-utils)
+kernel_pkgs_match() {
+  # The config must be the source's version (both come from the same Debian upload).
+  have_pkgs "${KERNEL_PKGS[@]}" &&
+    [ "$(dpkg-query -W -f='${Version}' "linux-source-$KERNEL_SERIES")" = "$(dpkg-query -W -f='${Version}' "linux-config-$KERNEL_SERIES")" ]
+}
+if ! kernel_pkgs_match; then
+  apt_update_once
+  log "installing ${KERNEL_PKGS[*]}"
+  apt-get install -y -qq --no-install-recommends "${KERNEL_PKGS[@]}" >/dev/null
+  kernel_pkgs_match || { echo "deps.sh: linux-source-$KERNEL_SERIES and linux-config-$KERNEL_SERIES are not the same version after install" >&2; exit 1; }
 fi
 # sev-snp-measure: the reference the SNP measurement tests compare against (pinned).
 SEV_SNP_MEASURE_VERSION=0.0.13

@@ -67,8 +67,8 @@ pub fn mount_filesystems() {
             log::warn!("mounting {fstype} on {target}: {e}");
         }
     }
-    // configfs carries configfs-tsm (SNP reports); its mount point exists only when the
-    // configfs module is loaded, which the initrd does when the kernel has it.
+    // configfs carries configfs-tsm (SNP reports); the guest kernel has it built in (its
+    // mount point exists only in a kernel with configfs).
     let cfg = Path::new("/sys/kernel/config");
     if cfg.is_dir() && !is_mountpoint(cfg) {
         if let Err(e) = mount(

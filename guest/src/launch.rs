@@ -60,8 +60,8 @@ impl Launch {
                 log::warn!(
                     "tee: none (no {} and no {}): not a confidential VM; the policy is not \
                      bound to a measured launch",
-                    tee::TSM_REPORT_DIR,
-                    tee::SEV_GUEST_DEVICE
+                    tee::SEV_GUEST_DEVICE,
+                    tee::SEV_GUEST_PLATFORM
                 );
                 None
             }

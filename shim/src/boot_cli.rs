@@ -572,10 +572,11 @@ mod tests {
 
     fn manifest_json(hash_offset: u64) -> String {
         format!(
-            r#"{{"format":1,"cmdline":"","default_policy":{{"name":"a","path":"p","sha256":"s"}},
-            "files":{{}},"initrd_modules":[],
+            r#"{{"format":2,"cmdline":"","default_policy":{{"name":"a","path":"p","sha256":"s"}},
+            "files":{{}},
             "inputs":{{"agent_sha256":"","busybox_sha256":"","init_sha256":"","source_date_epoch":0}},
-            "kernel":{{"package":"","package_sha256":"","version":"6.12"}},
+            "kernel":{{"compiler":"","config_changes_sha256":"","config_flavour":"","config_package":"",
+                       "config_sha256":"","source_package":"","source_version":"","version":"6.12"}},
             "rootfs":{{"data_blocks":2,"filesystem":"erofs","hash_offset":{hash_offset},"root_hash":"ab","salt":"00","verity":"v"}},
             "snp_measurement":{{"computed":false}}}}"#
         )

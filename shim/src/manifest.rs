@@ -10,7 +10,7 @@ use thiserror::Error;
 /// File name of the manifest in a baked (or installed) guest directory.
 pub const FILE_NAME: &str = "manifest.json";
 /// The `format` this type reads; bake-image.sh bumps it when the layout changes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum ManifestError {
@@ -40,7 +40,6 @@ pub struct Manifest {
     /// The kernel command line (also in `cmdline`), carrying the root hash.
     pub cmdline: String,
     pub default_policy: DefaultPolicy,
-    pub initrd_modules: Vec<InitrdModule>,
     pub inputs: Inputs,
     pub snp_measurement: SnpMeasurement,
 }
@@ -49,8 +48,18 @@ pub struct Manifest {
 pub struct Kernel {
     /// The guest kernel release (`uname -r` in the guest).
     pub version: String,
-    pub package: String,
-    pub package_sha256: String,
+    /// The Debian source it was built from (hack/kernel.sh), e.g. `linux-source-6.12`.
+    pub source_package: String,
+    pub source_version: String,
+    /// The Debian config it started from (package and flavour, e.g. `cloud-amd64`).
+    pub config_package: String,
+    pub config_flavour: String,
+    /// sha256 of hack/guest/kernel.config, the changes made to that config.
+    pub config_changes_sha256: String,
+    /// sha256 of the final .config the kernel was built with.
+    pub config_sha256: String,
+    /// `gcc --version`'s first line.
+    pub compiler: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,13 +85,6 @@ pub struct DefaultPolicy {
     pub name: String,
     pub path: String,
     pub sha256: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InitrdModule {
-    pub name: String,
-    /// Whether the init must load it or may go on without it (bake-image.sh's module class).
-    pub need: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,11 +174,13 @@ mod tests {
         "rootfs.img": {"sha256": "r1", "size": 12288},
         "vmlinuz": {"sha256": "v1", "size": 20}
       },
-      "format": 1,
-      "initrd_modules": [{"name": "virtio_blk", "need": "required"}],
+      "format": 2,
       "inputs": {"agent_sha256": "a", "busybox_sha256": "b", "init_sha256": "c",
                  "source_date_epoch": 0},
-      "kernel": {"package": "linux-image.deb", "package_sha256": "e", "version": "6.12.0-cloud-amd64"},
+      "kernel": {"compiler": "gcc 12", "config_changes_sha256": "f", "config_flavour": "cloud-amd64",
+                 "config_package": "linux-config-6.12", "config_sha256": "g",
+                 "source_package": "linux-source-6.12", "source_version": "6.12.118-1",
+                 "version": "6.12.118-kata-cc"},
       "rootfs": {"data_blocks": 2, "filesystem": "erofs", "hash_offset": 8192,
                  "root_hash": "ab12", "salt": "00", "verity": "dm-verity v1"},
       "snp_measurement": {"computed": false, "reason": "no AMD SEV firmware given"}
@@ -185,7 +189,8 @@ mod tests {
     #[test]
     fn parses_what_the_bake_writes() {
         let m = Manifest::parse(SAMPLE.as_bytes(), Path::new("m.json")).unwrap();
-        assert_eq!(m.kernel.version, "6.12.0-cloud-amd64");
+        assert_eq!(m.kernel.version, "6.12.118-kata-cc");
+        assert_eq!(m.kernel.source_version, "6.12.118-1");
         assert_eq!(m.rootfs.hash_offset, 8192);
         assert_eq!(m.sha256_of("rootfs.img"), Some("r1"));
         assert_eq!(m.sha256_of("nope"), None);
@@ -198,11 +203,12 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_the_problem() {
-        let e = Manifest::parse(b"{\"format\": 2}", Path::new("/g/manifest.json")).unwrap_err();
-        assert!(matches!(e, ManifestError::Format { found: 2, .. }), "{e}");
+        // A format-1 manifest (the Debian kernel package with its modules in the initrd).
+        let e = Manifest::parse(b"{\"format\": 1}", Path::new("/g/manifest.json")).unwrap_err();
+        assert!(matches!(e, ManifestError::Format { found: 1, .. }), "{e}");
         assert!(e
             .to_string()
-            .starts_with("guest manifest /g/manifest.json: format 2"));
+            .starts_with("guest manifest /g/manifest.json: format 1"));
         let broken = SAMPLE.replace("\"hash_offset\": 8192,", "");
         let e = Manifest::parse(broken.as_bytes(), Path::new("x.json")).unwrap_err();
         assert!(e.to_string().contains("hash_offset"), "{e}");

@@ -196,6 +196,17 @@ fn bake_is_reproducible_and_its_manifest_true_and_it_boots() {
     );
     assert_eq!(r.verified_root_hash(), Some(ha.as_str()));
     assert!(r.refusal().is_none());
+    // The baked kernel booted, with every driver built in: the guest loaded no module.
+    let started = r.payload_started().unwrap_or_default();
+    assert!(
+        started.contains(&format!(" kernel={} ", ma.kernel.version)),
+        "the guest did not run the baked kernel {}: {started}",
+        ma.kernel.version
+    );
+    assert!(
+        started.contains(" modules=0 "),
+        "the guest loaded kernel modules (the kernel should have its drivers built in): {started}"
+    );
     assert!(!r.state_dir.exists(), "{} left", r.state_dir.display());
 }
 

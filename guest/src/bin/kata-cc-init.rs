@@ -1,7 +1,6 @@
 //! kata-cc-init: `/init` of the kata-cc initrd (PID 1 until it hands over to the agent).
 //!
-//! Loads the guest's kernel modules, opens the rootfs disk as a dm-verity device with the root
-//! hash from the kernel command line, copies it all once into guest memory (so that any
+//! Opens the rootfs disk as a dm-verity device with the root hash from the kernel command line, copies it all once into guest memory (so that any
 //! corrupted block stops the boot here, and the disk is not read again), mounts the copy
 //! read-only and switch_root's into /sbin/kata-cc-agent. Any failure
 //! prints one line to the console and powers the VM off at once: the host reads the console
@@ -18,11 +17,8 @@
 //!   kata_cc.disk=<dev>         rootfs block device (default /dev/vda)
 //!   kata_cc.debug=1            print each step with the uptime
 //!
-//! /etc/kata-cc/modules lists `<module> <when>` in load order; when is `required` (a failure
-//! stops the boot), `optional` (a failure is said and skipped, e.g. a CPU-specific speed-up),
-//! `snp` (only in an SEV-SNP guest: the kernel registered the sev-guest platform device; the
-//! agent decides what it cannot do without them), `balloon` (only with a virtio-balloon
-//! device, virtio device id 5) or `net` (only with a virtio-net device, id 1: the pod's NIC).
+//! The kernel has every driver the boot needs built in (hack/kernel.sh): the init loads no
+//! modules.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -148,60 +144,6 @@ fn params(cmdline: &str) -> Result<Params, ParamError> {
 fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) {
     if let Err(e) = mount(Some(src), target, Some(fstype), flags, data) {
         fatal(&format!("mount {fstype} on {target}: {e}"));
-    }
-}
-
-/// Virtio device ids as sysfs shows them (include/uapi/linux/virtio_ids.h).
-const VIRTIO_ID_NET: &str = "0x0001";
-const VIRTIO_ID_BALLOON: &str = "0x0005";
-
-/// Loads the modules listed in /etc/kata-cc/modules that apply to this VM.
-fn load_modules(step: &dyn Fn(&str)) {
-    let list = std::fs::read_to_string("/etc/kata-cc/modules")
-        .unwrap_or_else(|e| fatal(&format!("/etc/kata-cc/modules: {e}")));
-    let snp = Path::new("/sys/devices/platform/sev-guest").exists();
-    let virtio_ids: Vec<String> = std::fs::read_dir("/sys/bus/virtio/devices")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("device")).ok())
-                .map(|id| id.trim().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    let balloon = virtio_ids.iter().any(|id| id == VIRTIO_ID_BALLOON);
-    let nic = virtio_ids.iter().any(|id| id == VIRTIO_ID_NET);
-    for line in list.lines() {
-        let mut w = line.split_whitespace();
-        let (Some(name), need) = (w.next(), w.next().unwrap_or("required")) else {
-            continue;
-        };
-        if (need == "snp" && !snp) || (need == "balloon" && !balloon) || (need == "net" && !nic) {
-            continue;
-        }
-        step(&format!("insmod {name}"));
-        let path = format!("/lib/modules/{name}.ko");
-        let f = File::open(&path).unwrap_or_else(|e| fatal(&format!("insmod {name}: {path}: {e}")));
-        // SAFETY: finit_module with an open module file, empty parameters and no flags.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_finit_module,
-                f.as_raw_fd(),
-                c"".as_ptr(),
-                0 as libc::c_int,
-            )
-        };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EEXIST) {
-                continue;
-            }
-            if need == "required" {
-                fatal(&format!("insmod {name}: {e}"));
-            }
-            say(&format!(
-                "kata-cc: init: {need} module {name} not loaded: {e}"
-            ));
-        }
     }
 }
 
@@ -376,7 +318,6 @@ fn main() {
         }
     };
 
-    load_modules(&step);
     wait_for_disk(&p.disk, &step);
     let dev = open_verity(&p, &step);
     let source = if p.verify_full {
