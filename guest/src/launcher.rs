@@ -152,9 +152,16 @@ impl Launcher {
             return Ok(());
         }
         in_helper(cid, "delete", move || {
-            Container::load(dir)
-                .and_then(|mut c| c.delete(true))
-                .map_err(|e| lib_error(cid, "delete", e))
+            // libcontainer's status refresh sees /proc/<pid>, then reads /proc/<pid>/stat: an
+            // init reaped in between fails the read. Loaded again, it is seen stopped.
+            let mut tries = 0;
+            loop {
+                match Container::load(dir.clone()).and_then(|mut c| c.delete(true)) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if tries < 2 && is_reaped_meanwhile(&e) => tries += 1,
+                    Err(e) => return Err(lib_error(cid, "delete", e)),
+                }
+            }
         })
         .await
     }
@@ -281,6 +288,12 @@ fn lib_error(
         step,
         source: Box::new(source),
     }
+}
+
+/// The status refresh's race with the reaper: `/proc/<pid>/...` vanished while being read.
+fn is_reaped_meanwhile(e: &libcontainer::error::LibcontainerError) -> bool {
+    let text = chain(e);
+    text.contains("/proc/") && text.to_ascii_lowercase().contains("not found")
 }
 
 /// An error and its causes, outermost first.
