@@ -63,7 +63,7 @@ case "$DEFAULT_POLICY" in
 esac
 [ -f "$POLICY_FILE" ] || die "--default-policy '$DEFAULT_POLICY': no $POLICY_FILE (available: $(cd "$HACK/guest/policy" && ls *.rego | sed 's/\.rego$//' | paste -sd' '))"
 
-for tool in busybox cpio zstd mkfs.erofs veritysetup ldd sha256sum jq strip readelf; do
+for tool in busybox cpio mkfs.erofs veritysetup ldd sha256sum jq strip readelf; do
   command -v "$tool" >/dev/null || die "'$tool' not found: run hack/deps.sh"
 done
 BUSYBOX=$(command -v busybox)
@@ -92,7 +92,7 @@ inputs() {
     echo "source_date_epoch $SOURCE_DATE_EPOCH"
     echo "default_policy $DEFAULT_POLICY"
     echo "snp_firmware $SNP_FIRMWARE $([ -z "$SNP_FIRMWARE" ] || sha256sum <"$SNP_FIRMWARE" | cut -d' ' -f1) vcpus $SNP_VCPUS"
-    echo "tools $(mkfs.erofs --help 2>&1 | head -n1) | $(veritysetup --version) | $(zstd --version) | $(cpio --version | head -n1) | $(strip --version | head -n1)"
+    echo "tools $(mkfs.erofs --help 2>&1 | head -n1) | $(veritysetup --version) | $(cpio --version | head -n1) | $(strip --version | head -n1)"
     for f in "$KERNEL_BUILD/vmlinuz" "$KERNEL_BUILD/build.json" "$AGENT" "$INIT" "$BUSYBOX" "$0" "$HACK/configuration.toml.in" "$POLICY_FILE"; do
       printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
     done
@@ -142,13 +142,14 @@ trap 'rm -rf "$WORK"' EXIT
 KVER=$(jq -r .release "$KERNEL_BUILD/build.json")
 [ -n "$KVER" ] && [ "$KVER" != null ] || die "$KERNEL_BUILD/build.json has no release"
 log "kernel $KVER from $KERNEL_BUILD"
-# The init loads no modules: what the boot and a pod need must be built in (=y). The SEV guest,
-# balloon and NIC drivers bind only where the VM has the device.
-for opt in VIRTIO_BLK BLK_DEV_DM DM_VERITY EROFS_FS VSOCKETS VIRTIO_VSOCKETS CONFIGFS_FS TSM_REPORTS \
-           SEV_GUEST VIRTIO_BALLOON VIRTIO_NET; do
-  grep -qx "CONFIG_$opt=y" "$KERNEL_BUILD/config" ||
-    die "kernel $KERNEL_BUILD: CONFIG_$opt is not built in (=y); the guest has no modules (see hack/guest/kernel.config)"
-done
+# The init loads no modules: whatever hack/guest/kernel.config builds in must be built in (=y)
+# in this kernel too (one list; it matters for a --kernel from elsewhere).
+while IFS= read -r line; do
+  case "$line" in
+    CONFIG_*=y) grep -qxF -- "$line" "$KERNEL_BUILD/config" ||
+      die "kernel $KERNEL_BUILD: ${line%=y} is not built in (=y); the guest has no modules (see hack/guest/kernel.config)" ;;
+  esac
+done <"$HACK/guest/kernel.config"
 
 # ---- initrd -------------------------------------------------------------------------------------
 IR=$WORK/initrd
